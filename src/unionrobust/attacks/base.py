@@ -1,0 +1,140 @@
+"""The attack contract: ``attack(model, x, y) -> AttackResult``.
+
+Every attack validates its inputs, runs with the model in eval mode and its parameters frozen
+(restored exactly afterwards: per-module training flags, ``requires_grad``, BatchNorm statistics
+untouched because of eval mode), takes input gradients with ``torch.autograd.grad`` so no
+parameter ``.grad`` is written, and returns the best perturbation found over all iterations and
+restarts. Randomness is keyed by example (see :mod:`unionrobust.rng`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from unionrobust.errors import check_images, check_labels, check_logits
+from unionrobust.rng import KeyedRandom
+from unionrobust.threats import ThreatModel, Union
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns for a batch of B examples.
+
+    ``x_adv``: adversarial inputs (B, ...) in [0,1] and inside the threat model.
+    ``success``: bool (B,), the model misclassifies ``x_adv`` (or predicts the target, if targeted).
+    ``loss``: (B,) the attack's loss at ``x_adv``.
+    ``threat_index``: long (B,) for union attacks, the member whose ball holds ``x_adv``
+    (-1 where ``x_adv`` equals ``x``); ``None`` for single-threat attacks.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    loss: torch.Tensor
+    threat_index: torch.Tensor | None = None
+
+    def detach(self) -> AttackResult:
+        return AttackResult(
+            self.x_adv.detach(),
+            self.success.detach(),
+            self.loss.detach(),
+            None if self.threat_index is None else self.threat_index.detach(),
+        )
+
+
+@contextlib.contextmanager
+def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters inside the block; the exact previous state after it."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        for m, flag in modes:
+            m.training = flag
+
+
+def autocast_for(x: torch.Tensor, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16/float16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
+    if enabled and x.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def loss_and_grad(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    amp: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward + backward: (logits, per-example loss, d loss.sum() / d x_adv)."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with autocast_for(x_adv, amp):
+            logits = model(x_adv)
+        logits = logits.float()
+        loss = loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+    return logits.detach(), loss.detach(), grad.detach()
+
+
+def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=1) != y
+
+
+class Attack(ABC):
+    """Base class: input checks, model freezing and keyed randomness around ``_run``."""
+
+    #: short registry name, e.g. "pgd"
+    name: str = "attack"
+
+    def __init__(self, threat: ThreatModel | Union, seed: int = 0, amp: bool = False) -> None:
+        self.threat = threat
+        self.seed = int(seed)
+        self.amp = bool(amp)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        example_ids: torch.Tensor | None = None,
+    ) -> AttackResult:
+        check_images(x)
+        check_labels(y, x.shape[0])
+        y = y.to(device=x.device, dtype=torch.int64)
+        rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device, example_ids)
+        x = x.detach()
+        with frozen_model(model), torch.no_grad():
+            clean_logits = model(x)
+            classes = check_logits(clean_logits, x.shape[0])
+            check_labels(y, x.shape[0], classes)
+            return self._run(model, x, y, rand, clean_logits.float())
+
+    @abstractmethod
+    def _run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rand: KeyedRandom,
+        clean_logits: torch.Tensor,
+    ) -> AttackResult:
+        """Attack a validated batch; the model is already frozen and in eval mode."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.threat})"

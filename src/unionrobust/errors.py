@@ -1,0 +1,74 @@
+"""Error types and input checks shared by every layer.
+
+Every user-facing failure is a :class:`UnionRobustError` (a ``ValueError``) whose message is one
+line naming the problem, so the CLI can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class UnionRobustError(ValueError):
+    """A problem with the caller's input: the message is one line that names it."""
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnionRobustError:
+    """Error for an unknown registry name that lists the valid ones."""
+    choices = ", ".join(sorted(valid))
+    return UnionRobustError(f"unknown {kind} {name!r}; valid: {choices}")
+
+
+def check_images(x: torch.Tensor, name: str = "x") -> None:
+    """Raise if ``x`` is not a finite floating batch with values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise UnionRobustError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise UnionRobustError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2:
+        raise UnionRobustError(f"{name} must be a batch (first dim = examples), got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        return
+    finite = torch.isfinite(x).all()
+    lo, hi = x.min(), x.max()
+    if not bool(finite):
+        raise UnionRobustError(f"{name} contains NaN or infinite values")
+    if bool(lo < 0) or bool(hi > 1):
+        raise UnionRobustError(
+            f"{name} must lie in [0, 1] (normalisation belongs inside the model); "
+            f"got min {float(lo):.4g}, max {float(hi):.4g}"
+        )
+
+
+def check_labels(y: torch.Tensor, batch: int, num_classes: int | None = None) -> None:
+    """Raise if ``y`` is not a vector of ``batch`` integer labels in ``[0, num_classes)``."""
+    if not isinstance(y, torch.Tensor):
+        raise UnionRobustError(f"labels must be a torch.Tensor, got {type(y).__name__}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise UnionRobustError(f"labels must be integers, got {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != batch:
+        raise UnionRobustError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
+    if num_classes is not None and y.numel() > 0:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise UnionRobustError(
+                f"labels must lie in [0, {num_classes - 1}] for a model with {num_classes} "
+                f"outputs; got range [{lo}, {hi}]"
+            )
+
+
+def check_logits(logits: torch.Tensor, batch: int) -> int:
+    """Raise unless ``logits`` has shape (batch, classes) with classes >= 2; return classes."""
+    if not isinstance(logits, torch.Tensor):
+        raise UnionRobustError(
+            f"the model must return a tensor of logits, got {type(logits).__name__}"
+        )
+    if logits.dim() != 2 or logits.shape[0] != batch:
+        raise UnionRobustError(
+            f"the model must return logits of shape ({batch}, classes), got {tuple(logits.shape)}"
+        )
+    if logits.shape[1] < 2:
+        raise UnionRobustError(f"the model must return >= 2 logits per example, got {logits.shape[1]}")
+    return int(logits.shape[1])

@@ -1,0 +1,150 @@
+"""The threat-model contract every attack is written against.
+
+A threat model is a set of allowed perturbations of an input ``x`` ∈ [0,1]. Additive ℓp threats
+implement ``project``, ``step``, ``random_init``, ``norm`` and ``contains`` for batches, always
+together with the pixel box; attacks never branch on the norm. Threats combine with ``|`` into a
+:class:`Union`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from unionrobust.errors import UnionRobustError
+from unionrobust.rng import KeyedRandom
+
+#: relative slack of ``contains`` for float round-off (absolute slack is 1e-6 on top)
+DEFAULT_TOL = 1e-5
+
+
+class ThreatModel(ABC):
+    """One perturbation set. Subclasses define ``name`` (e.g. ``"l2"``) and the geometry."""
+
+    name: str = "threat"
+
+    @property
+    @abstractmethod
+    def size(self) -> float:
+        """The radius (ε, or k for ℓ0) shown in specs and reports."""
+
+    @abstractmethod
+    def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Euclidean projection of ``delta`` onto {δ in the ball, x + δ ∈ [0,1]}."""
+
+    @abstractmethod
+    def step(
+        self,
+        grad: torch.Tensor,
+        alpha: float | torch.Tensor,
+        delta: torch.Tensor,
+        x: torch.Tensor,
+        rand: KeyedRandom | None = None,
+        counter: int = 0,
+    ) -> torch.Tensor:
+        """The steepest-ascent step (already scaled by ``alpha``) for gradient ``grad`` at
+        ``x + delta``; not yet projected. ``rand``/``counter`` feed randomised steps."""
+
+    @abstractmethod
+    def random_init(self, x: torch.Tensor, rand: KeyedRandom, counter: int = 0) -> torch.Tensor:
+        """A random perturbation inside ball ∩ box."""
+
+    @abstractmethod
+    def norm(self, delta: torch.Tensor) -> torch.Tensor:
+        """Per-example size of ``delta`` in this threat's norm, shape (B,)."""
+
+    @abstractmethod
+    def default_alpha(self, steps: int) -> float:
+        """A step size that suits ``steps`` iterations when the user gives none."""
+
+    @abstractmethod
+    def with_size(self, size: float) -> ThreatModel:
+        """The same threat with another radius (used by ε warm-up and robustness curves)."""
+
+    def contains(
+        self, delta: torch.Tensor, x: torch.Tensor, tol: float = DEFAULT_TOL
+    ) -> torch.Tensor:
+        """Bool (B,): ``delta`` is inside the ball (up to ``tol``) and ``x + delta`` in [0,1]."""
+        xa = (x + delta).reshape(x.shape[0], -1)
+        in_box = (xa >= -1e-6).all(dim=1) & (xa <= 1 + 1e-6).all(dim=1)
+        return in_box & (self.norm(delta) <= self.size * (1 + tol) + 1e-6)
+
+    @property
+    def spec(self) -> str:
+        """Text form accepted by :func:`unionrobust.threats.parse`, e.g. ``"l2:0.5"``."""
+        return f"{self.name}:{self.size:g}"
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def __or__(self, other: ThreatModel | Union) -> Union:
+        return Union([self, other])
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.spec))
+
+
+class Union:
+    """A union of threat models: a perturbation is allowed if any member allows it."""
+
+    def __init__(self, members: Iterable[ThreatModel | Union]) -> None:
+        flat: list[ThreatModel] = []
+        for m in members:
+            if isinstance(m, Union):
+                flat.extend(m.members)
+            elif isinstance(m, ThreatModel):
+                flat.append(m)
+            else:
+                raise UnionRobustError(
+                    f"a union holds threat models, got {type(m).__name__}"
+                )
+        if not flat:
+            raise UnionRobustError("a union needs at least one threat model")
+        self.members: tuple[ThreatModel, ...] = tuple(flat)
+
+    def __or__(self, other: ThreatModel | Union) -> Union:
+        return Union([self, other])
+
+    def __iter__(self) -> Iterator[ThreatModel]:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, i: int) -> ThreatModel:
+        return self.members[i]
+
+    def contains(
+        self, delta: torch.Tensor, x: torch.Tensor, tol: float = DEFAULT_TOL
+    ) -> torch.Tensor:
+        """Bool (B,): inside at least one member."""
+        out = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for m in self.members:
+            out |= m.contains(delta, x, tol)
+        return out
+
+    @property
+    def spec(self) -> str:
+        return ", ".join(m.spec for m in self.members)
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def __repr__(self) -> str:
+        return f"Union({self.spec!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Union) and self.members == other.members
+
+    def __hash__(self) -> int:
+        return hash(self.members)
+
+
+def as_union(threat: ThreatModel | Union) -> Union:
+    """Wrap a single threat model as a one-member union."""
+    return threat if isinstance(threat, Union) else Union([threat])
