@@ -16,7 +16,6 @@ from unionrobust.geometry import (
     project_linf_box,
     slide_direction,
 )
-from unionrobust.rng import KeyedRandom
 from unionrobust.threats.base import ThreatModel
 
 
