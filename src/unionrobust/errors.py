@@ -28,7 +28,9 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
     if not x.is_floating_point():
         raise UnionRobustError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.dim() < 2:
-        raise UnionRobustError(f"{name} must be a batch (first dim = examples), got shape {tuple(x.shape)}")
+        raise UnionRobustError(
+            f"{name} must be a batch (first dim = examples), got shape {tuple(x.shape)}"
+        )
     if x.numel() == 0:
         return
     finite = torch.isfinite(x).all()
@@ -70,5 +72,7 @@ def check_logits(logits: torch.Tensor, batch: int) -> int:
             f"the model must return logits of shape ({batch}, classes), got {tuple(logits.shape)}"
         )
     if logits.shape[1] < 2:
-        raise UnionRobustError(f"the model must return >= 2 logits per example, got {logits.shape[1]}")
+        raise UnionRobustError(
+            f"the model must return >= 2 logits per example, got {logits.shape[1]}"
+        )
     return int(logits.shape[1])

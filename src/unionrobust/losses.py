@@ -58,8 +58,10 @@ def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) ->
 def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
     """KL(p_clean ‖ p_adv) per example, the TRADES robustness term."""
     return F.kl_div(
-        F.log_softmax(logits_adv, dim=1), F.log_softmax(logits_clean, dim=1),
-        reduction="none", log_target=True,
+        F.log_softmax(logits_adv, dim=1),
+        F.log_softmax(logits_clean, dim=1),
+        reduction="none",
+        log_target=True,
     ).sum(dim=1)
 
 

@@ -32,9 +32,7 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def keyed_bits(
-    seed: int, example_ids: torch.Tensor, counter: int, numel: int
-) -> torch.Tensor:
+def keyed_bits(seed: int, example_ids: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
     """Return int64 hash values in [0, 2**32) of shape ``(B, numel)``.
 
     ``example_ids`` is a 1-D integer tensor; ``counter`` distinguishes successive draws

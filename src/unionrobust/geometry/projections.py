@@ -120,7 +120,9 @@ def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tens
     def neg_l1_at(lam: torch.Tensor) -> torch.Tensor:
         return -torch.minimum((abs_a - lam).clamp_min(0), room).sum(dim=1, keepdim=True)
 
-    lam = _bisect_increasing(neg_l1_at, torch.zeros_like(e), abs_a.amax(dim=1, keepdim=True), -e, 60)
+    lam = _bisect_increasing(
+        neg_l1_at, torch.zeros_like(e), abs_a.amax(dim=1, keepdim=True), -e, 60
+    )
     mag = torch.minimum((abs_a - lam).clamp_min(0), room)
     s = mag.sum(dim=1, keepdim=True)
     mag = mag * torch.where(s > e, e / s.clamp_min(1e-30), torch.ones_like(s))

@@ -100,9 +100,7 @@ class Union:
             elif isinstance(m, ThreatModel):
                 flat.append(m)
             else:
-                raise UnionRobustError(
-                    f"a union holds threat models, got {type(m).__name__}"
-                )
+                raise UnionRobustError(f"a union holds threat models, got {type(m).__name__}")
         if not flat:
             raise UnionRobustError("a union needs at least one threat model")
         self.members: tuple[ThreatModel, ...] = tuple(flat)

@@ -10,10 +10,16 @@ from unionrobust.threats.lp import L0, L1, L2, Linf
 
 #: accepted spellings of each norm
 NORM_ALIASES: dict[str, type[ThreatModel]] = {
-    "linf": Linf, "l_inf": Linf, "inf": Linf, "lInf": Linf,
-    "l2": L2, "l_2": L2,
-    "l1": L1, "l_1": L1,
-    "l0": L0, "l_0": L0,
+    "linf": Linf,
+    "l_inf": Linf,
+    "inf": Linf,
+    "lInf": Linf,
+    "l2": L2,
+    "l_2": L2,
+    "l1": L1,
+    "l_1": L1,
+    "l0": L0,
+    "l_0": L0,
 }
 
 
