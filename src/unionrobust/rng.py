@@ -1,7 +1,7 @@
 """Counter-based random numbers keyed by example.
 
-Attacks draw their randomness from ``(seed, example_id, counter)`` through an integer hash rather than
-from a stateful generator. An example therefore gets the same random start and the same random
+Attacks draw their randomness from ``(seed, example_id, counter)`` through an integer hash rather
+than from a stateful generator. An example therefore gets the same random start and the same random
 sparsity whatever batch it is in, so the evaluation cascade, resumed runs and sharded (distributed)
 runs give exactly the verdicts of one uninterrupted pass over the data. All ops are vectorised
 tensor ops on the keys' device; nothing loops over examples.
@@ -9,7 +9,12 @@ tensor ops on the keys' device; nothing loops over examples.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
+
+from unionrobust.errors import UnionRobustError
 
 _MASK32 = 0xFFFFFFFF
 
@@ -32,17 +37,45 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def keyed_bits(seed: int, example_ids: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
+#: stream tags: the same (seed, id, counter) gives unrelated numbers for each kind of draw
+STREAM_UNIFORM, STREAM_NORMAL, STREAM_RANDINT = 0, 1, 2
+
+
+def keyed_bits(
+    seed: int, example_ids: torch.Tensor, counter: int, numel: int, stream: int = 0
+) -> torch.Tensor:
     """Return int64 hash values in [0, 2**32) of shape ``(B, numel)``.
 
     ``example_ids`` is a 1-D integer tensor; ``counter`` distinguishes successive draws
-    (restart index, iteration, purpose) for the same example.
+    (restart index, iteration, purpose) for the same example, ``stream`` the kind of draw. The
+    key is absorbed one 32-bit word at a time (seed low/high, id low/high, counter, stream),
+    each followed by a bijective avalanche mix, so for fixed other inputs distinct ids, counters
+    or seeds give distinct states (no structured collisions such as seed + id shifts).
     """
-    ids = example_ids.to(torch.int64).reshape(-1, 1) & _MASK32
-    base = _mix32((ids * 0x9E37 + (seed & _MASK32)) & _MASK32)
-    base = _mix32(base ^ _mix32(torch.full_like(base, counter & _MASK32)))
+    ids = example_ids.to(torch.int64).reshape(-1, 1)
+    seed = int(seed)
+    h = torch.full_like(ids, _mix32_int(((seed & _MASK32) ^ 0x243F6A88) & _MASK32))
+    h = _mix32(h ^ ((seed >> 32) & _MASK32))
+    h = _mix32(h ^ (ids & _MASK32))
+    h = _mix32(h ^ ((ids >> 32) & _MASK32))
+    h = _mix32(h ^ (int(counter) & _MASK32))
+    h = _mix32(h ^ ((int(stream) * 0x9E3779B9 + (int(counter) >> 32)) & _MASK32))
     idx = torch.arange(numel, device=ids.device, dtype=torch.int64).reshape(1, -1)
-    return _mix32((_mix32(base ^ _mix32(idx & _MASK32)) + idx) & _MASK32)
+    return _mix32((_mix32(h ^ idx) + idx * 0x9E3779B9) & _MASK32)
+
+
+@functools.lru_cache(maxsize=256)
+def _mix32_int(v: int) -> int:
+    """:func:`_mix32` on a Python int (for the key words known on the host)."""
+    return int(_mix32(torch.tensor([v & _MASK32], dtype=torch.int64))[0])
+
+
+def _to_unit(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Map 32-bit hashes to floats in [0, 1) exactly: keep as many top bits as ``dtype`` has
+    mantissa bits (24 for float32, 32 for float64, 11 for float16), so no value rounds up
+    to 1."""
+    nbits = min(round(-math.log2(torch.finfo(dtype).eps)) + 1, 32)
+    return (bits >> (32 - nbits)).to(dtype) * (1.0 / (1 << nbits))
 
 
 def keyed_uniform(
@@ -56,9 +89,8 @@ def keyed_uniform(
     numel = 1
     for s in shape:
         numel *= s
-    bits = keyed_bits(seed, example_ids, counter, numel) >> 8  # 24 bits
-    u = bits.to(dtype) * (1.0 / (1 << 24))
-    return u.reshape(example_ids.shape[0], *shape)
+    bits = keyed_bits(seed, example_ids, counter, numel, STREAM_UNIFORM)
+    return _to_unit(bits, dtype).reshape(example_ids.shape[0], *shape)
 
 
 def keyed_normal(
@@ -68,20 +100,34 @@ def keyed_normal(
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Standard normal samples (Box-Muller) keyed like :func:`keyed_uniform`."""
-    u1 = keyed_uniform(seed, example_ids, 2 * counter, shape, torch.float64)
-    u2 = keyed_uniform(seed, example_ids, 2 * counter + 1, shape, torch.float64)
+    """Standard normal samples (Box-Muller) keyed like :func:`keyed_uniform`, from their own
+    stream (so ``normal(c)`` and ``uniform(c)`` are unrelated)."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    bits = keyed_bits(seed, example_ids, counter, 2 * numel, STREAM_NORMAL)
+    u = _to_unit(bits, torch.float64)
+    u1, u2 = u[:, :numel], u[:, numel:]
     r = torch.sqrt(-2.0 * torch.log1p(-u1))  # 1 - u1 in (0, 1]
-    return (r * torch.cos(2 * torch.pi * u2)).to(dtype)
+    z = r * torch.cos(2 * torch.pi * u2)
+    return z.to(dtype).reshape(example_ids.shape[0], *shape)
 
 
 def keyed_randint(
     seed: int, example_ids: torch.Tensor, counter: int, low: int, high: int
 ) -> torch.Tensor:
-    """One integer per example, uniform in ``[low, high]`` (inclusive), shape ``(B,)``."""
+    """One integer per example, uniform in ``[low, high]`` (inclusive), shape ``(B,)``.
+
+    Drawn from its own stream by 64-bit multiply-shift of a 32-bit hash (bias < span/2**32).
+    """
+    low, high = int(low), int(high)
+    if high < low:
+        raise UnionRobustError(f"randint needs low <= high, got [{low}, {high}]")
     span = high - low + 1
-    bits = keyed_bits(seed, example_ids, counter, 1).reshape(-1)
-    return low + torch.remainder(bits, span)
+    if span > 1 << 31:
+        raise UnionRobustError(f"randint range [{low}, {high}] is wider than 2**31")
+    bits = keyed_bits(seed, example_ids, counter, 1, STREAM_RANDINT).reshape(-1)
+    return low + ((bits * span) >> 32)
 
 
 def default_ids(batch: int, device: torch.device | str) -> torch.Tensor:

@@ -1,1 +1,25 @@
-"""attacks layer."""
+"""Attacks: ``attack(model, x, y) -> AttackResult``, written once against the ThreatModel API."""
+
+from unionrobust.attacks.base import Attack, AttackResult, frozen_model, loss_and_grad
+from unionrobust.attacks.best import BestTracker
+from unionrobust.attacks.msd import MSD
+from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
+from unionrobust.attacks.registry import ATTACKS, attack_names, make_attack
+from unionrobust.attacks.union import WorstOf
+
+__all__ = [
+    "ATTACKS",
+    "FGSM",
+    "MIM",
+    "MSD",
+    "PGD",
+    "SLIDE",
+    "Attack",
+    "AttackResult",
+    "BestTracker",
+    "WorstOf",
+    "attack_names",
+    "frozen_model",
+    "loss_and_grad",
+    "make_attack",
+]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unionrobust.errors import check_images, check_labels, check_logits
+from unionrobust.attacks.best import BestTracker
+from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import ThreatModel, Union
 
@@ -92,8 +93,42 @@ def loss_and_grad(
     return logits.detach(), loss.detach(), grad.detach()
 
 
+def forward(model: nn.Module, x_adv: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """Logits (float32) of ``model`` at ``x_adv`` without building a graph."""
+    with torch.no_grad(), autocast_for(x_adv, amp):
+        return model(x_adv).float()
+
+
 def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1) != y
+
+
+def run_restarts(
+    restarts: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rand: KeyedRandom,
+    tracker: BestTracker,
+    attack_once: Callable[[torch.Tensor, torch.Tensor, KeyedRandom, BestTracker, int], None],
+) -> BestTracker:
+    """Run ``attack_once(x, y, rand, tracker, restart)`` ``restarts`` times, the first on the
+    whole batch and each later one only on the examples ``tracker`` has not broken yet.
+
+    ``attack_once`` folds its iterates into the tracker it is given (a tracker restricted to the
+    remaining examples, merged back afterwards). Costs one host sync per restart; an example's
+    result does not depend on the other examples of the batch.
+    """
+    for r in range(restarts):
+        if r == 0:
+            attack_once(x, y, rand, tracker, 0)
+            continue
+        idx = (~tracker.success).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        local = tracker.subset(idx)
+        attack_once(x[idx], y[idx], rand.subset(idx), local, r)
+        tracker.merge(local, idx)
+    return tracker
 
 
 class Attack(ABC):
@@ -117,6 +152,16 @@ class Attack(ABC):
         check_images(x)
         check_labels(y, x.shape[0])
         y = y.to(device=x.device, dtype=torch.int64)
+        if example_ids is not None and (
+            not isinstance(example_ids, torch.Tensor)
+            or example_ids.dim() != 1
+            or example_ids.shape[0] != x.shape[0]
+            or example_ids.is_floating_point()
+        ):
+            shape = getattr(example_ids, "shape", type(example_ids).__name__)
+            raise UnionRobustError(
+                f"example_ids must be an integer tensor of shape ({x.shape[0]},), got {shape}"
+            )
         rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device, example_ids)
         x = x.detach()
         with frozen_model(model), torch.no_grad():

@@ -9,6 +9,7 @@ class BestTracker:
     """Per-example best so far: a success beats a failure; among equals, the higher loss wins.
 
     ``update`` is fully vectorised (no ``.item()``), so it adds no host sync to attack loops.
+    ``threat_index`` stays ``None`` until an update passes one; rows never improved keep -1.
     """
 
     def __init__(self, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
@@ -16,6 +17,11 @@ class BestTracker:
         self.loss = loss.detach().clone()
         self.success = success.detach().clone()
         self.threat_index: torch.Tensor | None = None
+
+    def _ensure_index(self) -> torch.Tensor:
+        if self.threat_index is None:
+            self.threat_index = torch.full_like(self.loss, -1, dtype=torch.int64)
+        return self.threat_index
 
     def update(
         self,
@@ -26,16 +32,44 @@ class BestTracker:
         threat_index: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Fold in candidates for rows ``index`` (all rows if None); return the improved mask."""
-        idx = slice(None) if index is None else index
-        old_loss, old_succ = self.loss[idx], self.success[idx]
+        if index is None:
+            old_loss, old_succ = self.loss, self.success
+        else:
+            old_loss, old_succ = self.loss[index], self.success[index]
         better = (success & ~old_succ) | ((success == old_succ) & (loss > old_loss))
         shape = (-1,) + (1,) * (x_adv.dim() - 1)
-        self.x_adv[idx] = torch.where(better.reshape(shape), x_adv.detach(), self.x_adv[idx])
-        self.loss[idx] = torch.where(better, loss.detach(), old_loss)
-        self.success[idx] = old_succ | success
+        if index is None:
+            # rebinding (no in-place copy): the cheapest form inside attack loops
+            self.x_adv = torch.where(better.reshape(shape), x_adv.detach(), self.x_adv)
+            self.loss = torch.where(better, loss.detach(), old_loss)
+            self.success = old_succ | success
+        else:
+            self.x_adv[index] = torch.where(
+                better.reshape(shape), x_adv.detach(), self.x_adv[index]
+            )
+            self.loss[index] = torch.where(better, loss.detach(), old_loss)
+            self.success[index] = old_succ | success
         if threat_index is not None:
-            if self.threat_index is None:
-                self.threat_index = torch.full_like(self.loss, -1, dtype=torch.int64)
-            ti = torch.as_tensor(threat_index, device=self.loss.device).expand_as(better)
-            self.threat_index[idx] = torch.where(better, ti, self.threat_index[idx])
+            current = self._ensure_index()
+            ti = torch.as_tensor(threat_index, device=self.loss.device, dtype=torch.int64)
+            ti = ti.expand_as(better)
+            if index is None:
+                self.threat_index = torch.where(better, ti, current)
+            else:
+                current[index] = torch.where(better, ti, current[index])
         return better
+
+    def subset(self, index: torch.Tensor) -> BestTracker:
+        """A tracker holding copies of rows ``index`` (for a restart on the remaining rows)."""
+        sub = BestTracker(self.x_adv[index], self.loss[index], self.success[index])
+        if self.threat_index is not None:
+            sub.threat_index = self.threat_index[index].clone()
+        return sub
+
+    def merge(self, other: BestTracker, index: torch.Tensor) -> None:
+        """Write back a tracker made by ``subset(index)`` (its rows only ever improved)."""
+        self.x_adv[index] = other.x_adv
+        self.loss[index] = other.loss
+        self.success[index] = other.success
+        if other.threat_index is not None:
+            self._ensure_index()[index] = other.threat_index

@@ -14,7 +14,7 @@ from unionrobust._version import __version__
 from unionrobust.errors import UnionRobustError
 
 #: sub-command names, in the order ``--help`` lists them
-COMMANDS: list[str] = []
+COMMANDS: list[str] = ["geometry", "theory", "eval", "attack", "train", "finetune", "compare"]
 
 
 def _load(name: str):

@@ -49,31 +49,33 @@ def project_l1(delta: torch.Tensor, eps: Eps) -> torch.Tensor:
     """Exact projection onto the ℓ1 ball (MSD App. A, Algorithm 2; Duchi et al. 2008).
 
     Rows already inside the ball are returned unchanged (the MSD reference code moves them to the
-    surface; the algorithm's ρ is only defined for rows outside the ball).
+    surface; the algorithm's ρ is only defined for rows outside the ball). The threshold η and
+    |δ| − η are computed in float64, so small ε keep their relative accuracy in float32.
     """
     flat = _flat(delta)
-    e = _col(eps, flat)
-    a = flat.abs()
+    w = _work_dtype(flat)
+    e = _col(eps, flat).to(w)
+    a = flat.to(w).abs()
     inside = a.sum(dim=1, keepdim=True) <= e
     gamma, _ = torch.sort(a, dim=1, descending=True)
     css = gamma.cumsum(dim=1)
-    j = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    j = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=w)
     cond = gamma - (css - e) / j > 0
     rho = (cond * j).amax(dim=1, keepdim=True).clamp_min(1)  # last index where cond holds
-    eta = (css.gather(1, rho.long() - 1) - e) / rho
-    out = torch.sign(flat) * (a - eta).clamp_min(0)
-    out = torch.where(inside, flat, out)
+    eta = ((css.gather(1, rho.long() - 1) - e) / rho).clamp_min(0)
+    mag = (a - eta).clamp_min(0)
+    # rounding guard for the float64 -> dtype cast: rescale rows that land outside
+    out = (torch.sign(flat) * mag.to(flat.dtype)).to(flat.dtype)
+    s = out.to(w).abs().sum(dim=1, keepdim=True)
+    scale = torch.where(s > e, e / s.clamp_min(torch.finfo(w).tiny), 1.0).to(flat.dtype)
+    out = torch.where(inside, flat, out * scale)
     return out.reshape(delta.shape)
 
 
-def _bisect_increasing(fn, lo: torch.Tensor, hi: torch.Tensor, target: torch.Tensor, iters: int):
-    """Find t in [lo, hi] with fn(t) = target for a per-row nondecreasing fn (bisection)."""
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        below = fn(mid) < target
-        lo = torch.where(below, mid, lo)
-        hi = torch.where(below, hi, mid)
-    return (lo + hi) / 2
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for the breakpoint sums: as cheap as float32 next to the sort, and it keeps the
+    float32 results exact to a few ulps even for tiny ε (no cancellation in |a| − λ)."""
+    return torch.float64
 
 
 def project_linf_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tensor:
@@ -81,52 +83,117 @@ def project_linf_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Te
     return project_box(project_linf(delta, eps), x)
 
 
+def l2_box_scale(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, e: torch.Tensor):
+    """The t ∈ [0, 1] of the ℓ2 ∩ box projection z = clip(t·a, lo, hi) for flat rows (B, d),
+    with lo ≤ 0 ≤ hi and ε a (B, 1) column.
+
+    ‖clip(t·a, lo, hi)‖² is piecewise quadratic in t: coordinate i follows t·a_i until
+    t_i = (hi_i or lo_i)/a_i and stays at its bound c_i afterwards. With the t_i sorted,
+    g(t) = t²·Σ_{t_i > t} a_i² + Σ_{t_i ≤ t} c_i²; the segment where g crosses ε² is located from
+    g at the sorted breakpoints and t solved there in closed form (no bisection). Rows with
+    g(1) ≤ ε² get t = 1. Returns t as a (B, 1) float64 column.
+    """
+    w = _work_dtype(a)
+    a64 = a.to(w)
+    bound = torch.where(a64 > 0, hi.to(w), lo.to(w))
+    tb = torch.where(a64 != 0, bound / a64, torch.inf)
+    tb, order = torch.sort(tb, dim=1)
+    a2 = a64.square().gather(1, order)
+    c2 = bound.square().gather(1, order)
+    zero = a2.new_zeros(a2.shape[0], 1)
+    # after passing j breakpoints (j = 0..d): A_j = Σ_{m≥j} a², C_j = Σ_{m<j} c²
+    csum_c = torch.cat([zero, c2.cumsum(dim=1)], dim=1)
+    csum_a = torch.cat([zero, a2.cumsum(dim=1)], dim=1)
+    rem_a = (csum_a[:, -1:] - csum_a).clamp_min(0)
+    # g at breakpoint j on the segment that ends there (NaN for t_j = inf: never counted)
+    g_at = tb.square() * rem_a[:, :-1] + csum_c[:, :-1]
+    e2 = e.to(w).square()
+    j = (g_at <= e2).sum(dim=1, keepdim=True)
+    a_seg = rem_a.gather(1, j)
+    c_seg = csum_c.gather(1, j)
+    t = ((e2 - c_seg).clamp_min(0) / a_seg.clamp_min(torch.finfo(w).tiny)).sqrt()
+    return t.clamp(0, 1)
+
+
 def project_l2_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tensor:
     """Exact projection onto ℓ2 ball ∩ [0,1] box (Wang et al. Prop. 1, p = 2).
 
-    KKT: z = clip(t·a, -x, 1-x) with t ∈ (0, 1] the largest value with ‖z‖2 ≤ ε.
+    KKT: z = clip(t·a, -x, 1-x) with t = 1/(λ2+1) ∈ (0, 1] the largest value with ‖z‖2 ≤ ε;
+    t is found exactly from the sorted breakpoints (:func:`l2_box_scale`), not by bisection.
+    Rows whose box-clip is inside the ball get that clip (so rows already inside ball ∩ box are
+    returned bit-exact).
     """
-    a, lo, hi = _flat(delta), _flat(-x), _flat(1 - x)
+    a = _flat(delta)
+    lo = _flat(-x).expand_as(a)
+    hi = _flat(1 - x).expand_as(a)
     e = _col(eps, a)
+    w = _work_dtype(a)
+    ew = e.to(w)
     clipped = torch.minimum(torch.maximum(a, lo), hi)
-    inside = clipped.norm(dim=1, keepdim=True) <= e
-
-    def norm_at(t: torch.Tensor) -> torch.Tensor:
-        return torch.minimum(torch.maximum(a * t, lo), hi).norm(dim=1, keepdim=True)
-
-    zeros = torch.zeros_like(e)
-    t = _bisect_increasing(norm_at, zeros, torch.ones_like(e), e, 60)
+    inside = clipped.to(w).square().sum(dim=1, keepdim=True) <= ew.square()
+    t = torch.where(inside, 1.0, l2_box_scale(a, lo, hi, e)).to(a.dtype)
     out = torch.minimum(torch.maximum(a * t, lo), hi)
-    # guard the float tolerance of bisection: rescale into the ball
-    n = out.norm(dim=1, keepdim=True)
-    out = out * torch.where(n > e, e / n.clamp_min(1e-30), torch.ones_like(n))
-    out = torch.where(inside, clipped, out)
+    # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
+    n = out.to(w).norm(dim=1, keepdim=True)
+    scale = torch.where(inside | (n <= ew), 1.0, ew / n.clamp_min(torch.finfo(w).tiny))
+    out = torch.where(inside, clipped, out * scale.to(a.dtype))
     return out.reshape(delta.shape)
+
+
+def l1_box_threshold(abs_a: torch.Tensor, room: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """The λ ≥ 0 of the ℓ1 ∩ box projection for flat rows: Σ min((|a_i| − λ)+, u_i) = ε.
+
+    f(λ) = Σ min((|a_i| − λ)+, u_i) is piecewise linear and nonincreasing, with breakpoints at
+    λ = |a_i| (coordinate i starts moving: slope −1 more) and λ = (|a_i| − u_i)+ (it leaves its
+    box bound: slope +1). With all 2d breakpoints b sorted in decreasing order and running sums
+    N = Σ ±1, C = Σ ±b, f(λ) = C − N·λ on each segment (the sorted-breakpoint solver of Croce &
+    Hein 2021, "Mind the box"): the crossing segment is located and λ solved in closed form.
+    Rows with f(0) ≤ ε get λ = 0. Returns λ as a (B, 1) float64 column.
+    """
+    w = _work_dtype(abs_a)
+    aa = abs_a.to(w)
+    d = aa.shape[1]
+    bp = torch.cat([aa, (aa - room.to(w)).clamp_min(0)], dim=1)
+    bp, order = torch.sort(bp, dim=1, descending=True)
+    sign = torch.where(order < d, 1.0, -1.0).to(w)
+    n_run = sign.cumsum(dim=1)
+    c_run = (sign * bp).cumsum(dim=1)
+    f_at = c_run - n_run * bp  # f at each breakpoint (the last one is f(0))
+    ew = e.to(w)
+    j = (f_at < ew).sum(dim=1, keepdim=True)  # f(b_j) ≥ ε first at sorted index j
+    last = 2 * d - 1
+    jm = (j - 1).clamp(0, last)
+    lam = (c_run.gather(1, jm) - ew) / n_run.gather(1, jm).clamp_min(1)
+    # keep λ inside its segment [b_j, b_{j-1}] against round-off
+    seg_lo = torch.where(j > last, 0.0, bp.gather(1, j.clamp(max=last)))
+    lam = torch.minimum(torch.maximum(lam, seg_lo), bp.gather(1, jm))
+    return torch.where(j > last, 0.0, lam).clamp_min(0)
 
 
 def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tensor:
     """Exact projection onto ℓ1 ball ∩ [0,1] box (Wang et al. Prop. 1, p = 1; Croce & Hein 2021).
 
     KKT: z_i = sign(a_i)·min(max(|a_i| - λ, 0), u_i), u_i the box room in a_i's direction,
-    λ ≥ 0 the smallest value with ‖z‖1 ≤ ε.
+    λ ≥ 0 the smallest value with ‖z‖1 ≤ ε, found exactly from the sorted breakpoints
+    (:func:`l1_box_threshold`). Rows whose box-clip is inside the ball get that clip (λ = 0), so
+    rows already inside ball ∩ box are returned bit-exact.
     """
-    a, lo, hi = _flat(delta), _flat(-x), _flat(1 - x)
+    a = _flat(delta)
+    xf = _flat(x).expand_as(a)
     e = _col(eps, a)
-    room = torch.where(a >= 0, hi, -lo)
+    w = _work_dtype(a)
+    ew = e.to(w)
+    room = torch.where(a >= 0, 1 - xf, xf)
     abs_a = a.abs()
-    clipped_abs = torch.minimum(abs_a, room)
-    inside = clipped_abs.sum(dim=1, keepdim=True) <= e
-
-    def neg_l1_at(lam: torch.Tensor) -> torch.Tensor:
-        return -torch.minimum((abs_a - lam).clamp_min(0), room).sum(dim=1, keepdim=True)
-
-    lam = _bisect_increasing(
-        neg_l1_at, torch.zeros_like(e), abs_a.amax(dim=1, keepdim=True), -e, 60
-    )
+    clip_abs = torch.minimum(abs_a, room)
+    inside = clip_abs.to(w).sum(dim=1, keepdim=True) <= ew
+    lam = torch.where(inside, 0.0, l1_box_threshold(abs_a, room, e)).to(a.dtype)
     mag = torch.minimum((abs_a - lam).clamp_min(0), room)
-    s = mag.sum(dim=1, keepdim=True)
-    mag = mag * torch.where(s > e, e / s.clamp_min(1e-30), torch.ones_like(s))
-    out = torch.where(inside, torch.sign(a) * clipped_abs, torch.sign(a) * mag)
+    # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
+    s = mag.to(w).sum(dim=1, keepdim=True)
+    scale = torch.where(inside | (s <= ew), 1.0, ew / s.clamp_min(torch.finfo(w).tiny))
+    mag = torch.where(inside, clip_abs, mag * scale.to(a.dtype))
+    out = torch.where(inside, torch.minimum(torch.maximum(a, -xf), 1 - xf), torch.sign(a) * mag)
     return out.reshape(delta.shape)
 
 
@@ -144,12 +211,17 @@ def project_l0_box(delta: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
     """Projection of each row of ``v`` (B, K) onto the probability simplex (sort-based;
-    Wang et al. eq. 14 solved exactly instead of by bisection)."""
+    Wang et al. eq. 14 with μ found exactly from the sorted values instead of by bisection).
+
+    μ is computed in float64 so ties, huge offsets and K = 1 behave (K = 1 gives [1.0]).
+    """
+    w = _work_dtype(v)
+    v64 = v.to(w)
     k = v.shape[1]
-    u, _ = torch.sort(v, dim=1, descending=True)
+    u, _ = torch.sort(v64, dim=1, descending=True)
     css = u.cumsum(dim=1) - 1
-    j = torch.arange(1, k + 1, device=v.device, dtype=v.dtype)
+    j = torch.arange(1, k + 1, device=v.device, dtype=w)
     cond = u - css / j > 0
-    rho = (cond * j).amax(dim=1, keepdim=True)
+    rho = (cond * j).amax(dim=1, keepdim=True).clamp_min(1)  # j = 1 always satisfies cond
     theta = css.gather(1, rho.long() - 1) / rho
-    return (v - theta).clamp_min(0)
+    return (v64 - theta).clamp_min(0).to(v.dtype)

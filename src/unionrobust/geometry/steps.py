@@ -8,6 +8,8 @@ pinned at the pixel box in the gradient's direction are skipped).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -26,19 +28,32 @@ def linf_direction(grad: torch.Tensor) -> torch.Tensor:
 
 
 def l2_direction(grad: torch.Tensor) -> torch.Tensor:
-    """g / ‖g‖2 (MSD eq. 17); zero rows stay zero."""
+    """g / ‖g‖2 (MSD eq. 17); zero rows stay zero.
+
+    The row is first divided by its largest |g_i|, so gradients whose squares underflow (or
+    overflow) still give a unit-norm direction.
+    """
     flat = _flat(grad)
-    norm = flat.norm(dim=1, keepdim=True)
-    return (flat / norm.clamp_min(1e-12) * (norm > 0)).reshape(grad.shape)
+    peak = flat.abs().amax(dim=1, keepdim=True)
+    scaled = flat / torch.where(peak > 0, peak, torch.ones_like(peak))
+    norm = scaled.norm(dim=1, keepdim=True)
+    return (scaled / torch.where(norm > 0, norm, torch.ones_like(norm))).reshape(grad.shape)
 
 
 def l1_topk_direction(
-    grad: torch.Tensor, k: int | torch.Tensor, movable: torch.Tensor | None = None
+    grad: torch.Tensor,
+    k: int | torch.Tensor,
+    movable: torch.Tensor | None = None,
+    k_max: int | None = None,
 ) -> torch.Tensor:
     """sign(g) on the k largest |g_i| (per row), each scaled 1/k (MSD App. A.1; k = 1 is eq. 19).
 
-    ``k`` is an int or a (B,) tensor of per-example sparsities. Unmovable coordinates are never
-    chosen; rows with fewer than k movable nonzero coordinates spread the step over those.
+    ``k`` is an int or a (B,) tensor of per-example sparsities (e.g. drawn from [k1, k2]);
+    ``k_max`` ≥ max(k) avoids reading the tensor's maximum back from the device. Unmovable
+    coordinates are never chosen; ties at the k-th largest |g_i| go to the lowest indices (so a
+    row's choice depends neither on ``k_max`` nor on the other rows); a row with fewer than k
+    movable nonzero coordinates spreads its unit ℓ1 mass over those (so the direction always
+    has ℓ1 norm 1, or 0 for a zero row).
     """
     flat = _flat(grad)
     score = flat.abs()
@@ -47,26 +62,48 @@ def l1_topk_direction(
     d = flat.shape[1]
     k_t = torch.as_tensor(k, device=flat.device).reshape(-1, 1).expand(flat.shape[0], 1)
     k_t = k_t.clamp(1, d)
-    kmax = int(k_t.max()) if k_t.numel() else 1
-    top = score.topk(kmax, dim=1)
-    rank = torch.arange(kmax, device=flat.device).reshape(1, -1)
-    keep = (rank < k_t) & (top.values > 0)
-    count = keep.sum(dim=1, keepdim=True).clamp_min(1)
-    vals = torch.sign(flat.gather(1, top.indices)) * keep / count
-    out = torch.zeros_like(flat).scatter(1, top.indices, vals.to(flat.dtype))
-    return out.reshape(grad.shape)
+    bound = (int(k_t.max()) if k_t.numel() else 1) if k_max is None else int(k_max)
+    kmax = max(1, min(bound, d))
+    # the k-th largest |g_i| is well defined; ties at it are broken towards the lowest index, so
+    # the choice depends neither on k_max nor on the other rows of the batch
+    kth = score.topk(kmax, dim=1).values.gather(1, k_t.long() - 1)
+    above = score > kth
+    tie = score == kth
+    room = k_t - above.sum(dim=1, keepdim=True)
+    chosen = (above | (tie & (tie.cumsum(dim=1) <= room))) & (score > 0)
+    count = chosen.sum(dim=1, keepdim=True).clamp_min(1)
+    out = torch.sign(flat) * chosen / count
+    return out.to(flat.dtype).reshape(grad.shape)
+
+
+def percentile_index(q: float, d: int) -> int:
+    """0-based ascending rank of the q-th percentile's upper neighbour among d values.
+
+    With linear interpolation (numpy's and torch.quantile's default) the percentile P_q lies
+    between the sorted values at ranks floor(q(d−1)) and ceil(q(d−1)), so for distinct values
+    {i : |g_i| ≥ P_q} = the entries of rank ≥ ceil(q(d−1)).
+    """
+    return min(max(math.ceil(q * (d - 1)), 0), d - 1)
 
 
 def slide_direction(
     grad: torch.Tensor, q: float, movable: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """SLIDE step (Tramèr & Boneh Alg. 1): sign(g_i) where |g_i| ≥ the q-th percentile of |g|,
-    normalised to unit ℓ1 norm; unmovable coordinates are ignored."""
+    """SLIDE step (Tramèr & Boneh Alg. 1): e_i = sign(g_i) where |g_i| ≥ P_q(|g|), normalised to
+    unit ℓ1 norm.
+
+    Unmovable coordinates are ignored as in the paper's §3: their |g_i| is set to 0 before the
+    percentile is taken (as the authors' code does) and they are never selected; zero entries
+    are never selected. P_q is taken as the value at rank ceil(q(d−1))
+    (:func:`percentile_index`), which selects exactly the entries ≥ the linearly interpolated
+    percentile, found with ``kthvalue`` instead of a full sort.
+    """
     flat = _flat(grad)
     score = flat.abs()
     if movable is not None:
         score = score * _flat(movable)
-    thresh = torch.quantile(score, q, dim=1, keepdim=True)
+    rank = percentile_index(float(q), flat.shape[1])
+    thresh = score.kthvalue(rank + 1, dim=1, keepdim=True).values
     e = torch.sign(flat) * ((score >= thresh) & (score > 0))
     norm = e.abs().sum(dim=1, keepdim=True).clamp_min(1)
     return (e / norm).reshape(grad.shape)

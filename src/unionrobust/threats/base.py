@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from fractions import Fraction
 
 import torch
 
@@ -18,6 +19,19 @@ from unionrobust.rng import KeyedRandom
 
 #: relative slack of ``contains`` for float round-off (absolute slack is 1e-6 on top)
 DEFAULT_TOL = 1e-5
+
+
+def format_size(value: float) -> str:
+    """Shortest text for a radius that parses back to exactly ``value``: ``0.5``, ``8/255``
+    (pixel-level fractions), or the full repr as a last resort."""
+    short = f"{value:g}"
+    if float(short) == value:
+        return short
+    for den in (255,):
+        num = round(value * den)
+        if num and float(Fraction(num, den)) == value:
+            return f"{num}/{den}"
+    return repr(float(value))
 
 
 class ThreatModel(ABC):
@@ -73,8 +87,9 @@ class ThreatModel(ABC):
 
     @property
     def spec(self) -> str:
-        """Text form accepted by :func:`unionrobust.threats.parse`, e.g. ``"l2:0.5"``."""
-        return f"{self.name}:{self.size:g}"
+        """Text form accepted by :func:`unionrobust.threats.parse`, e.g. ``"l2:0.5"`` or
+        ``"linf:8/255"``; ``parse(spec)`` gives back the same radius exactly."""
+        return f"{self.name}:{format_size(self.size)}"
 
     def __str__(self) -> str:
         return self.spec

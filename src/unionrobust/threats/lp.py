@@ -89,7 +89,8 @@ class L2(_Lp):
     def random_init(self, x, rand, counter=0):
         shape = tuple(x.shape[1:])
         g = l2_direction(rand.normal(counter, shape, x.dtype))
-        r = rand.uniform(counter + 1, (1,), x.dtype).reshape(-1, *([1] * len(shape)))
+        # normal and uniform draws come from separate streams, so one counter keys both
+        r = rand.uniform(counter, (1,), x.dtype).reshape(-1, *([1] * len(shape)))
         return self.project(g * r * self.eps, x)
 
     def norm(self, delta):
@@ -154,17 +155,19 @@ class L1(_Lp):
                 if rand is None:
                     raise UnionRobustError("l1 random_k steps need a KeyedRandom")
                 k = rand.randint(counter, *self.k_range)
-            direction = l1_topk_direction(grad, k, movable)
+            direction = l1_topk_direction(grad, k, movable, k_max=max(self.k_range[1], self.k))
         return _per_example(alpha, grad) * direction
 
     def random_init(self, x, rand, counter=0):
-        shape = tuple(x.shape[1:])
-        u = rand.uniform(counter, shape, x.dtype).clamp(1e-7, 1 - 1e-7)
-        lap = torch.sign(u - 0.5) * -torch.log1p(-2 * (u - 0.5).abs())  # Laplace(0, 1)
-        flat = lap.reshape(lap.shape[0], -1)
-        flat = flat / flat.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
-        r = rand.uniform(counter + 1, (1,), x.dtype)
-        return self.project((flat * r * self.eps).reshape(x.shape), x)
+        # one draw per call: d Laplace(0, 1) coordinates (their ℓ1-normalisation is a uniform
+        # direction on the ℓ1 sphere) and one radius; `counter` alone keys it
+        d = x[0].numel()
+        u = rand.uniform(counter, (d + 1,), torch.float64)
+        c = u[:, :d].clamp(1e-12, 1 - 1e-12) - 0.5
+        lap = torch.sign(c) * -torch.log1p(-2 * c.abs())
+        flat = lap / lap.abs().sum(dim=1, keepdim=True).clamp_min(1e-300)
+        r = u[:, d:]
+        return self.project((flat * r * self.eps).to(x.dtype).reshape(x.shape), x)
 
     def norm(self, delta):
         return delta.reshape(delta.shape[0], -1).abs().sum(dim=1)
@@ -183,6 +186,9 @@ class L0(_Lp):
         if k_f != int(k_f):
             raise UnionRobustError(f"l0: k must be a whole number, got {k!r}")
         self.eps = float(int(k_f))
+
+    def with_size(self, size: float) -> ThreatModel:
+        return L0(size)
 
     def default_alpha(self, steps: int) -> float:
         return 1.0

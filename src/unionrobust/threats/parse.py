@@ -8,19 +8,24 @@ from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.threats.base import ThreatModel, Union
 from unionrobust.threats.lp import L0, L1, L2, Linf
 
-#: accepted spellings of each norm
+#: accepted spellings of each norm (matched case-insensitively, spaces ignored)
 NORM_ALIASES: dict[str, type[ThreatModel]] = {
     "linf": Linf,
     "l_inf": Linf,
+    "l-inf": Linf,
     "inf": Linf,
-    "lInf": Linf,
+    "l∞": Linf,
     "l2": L2,
     "l_2": L2,
+    "l-2": L2,
     "l1": L1,
     "l_1": L1,
+    "l-1": L1,
     "l0": L0,
     "l_0": L0,
+    "l-0": L0,
 }
+VALID_NORMS = ("linf", "l2", "l1", "l0")
 
 
 def parse_number(token: str, context: str) -> float:
@@ -35,30 +40,45 @@ def parse_number(token: str, context: str) -> float:
 
 
 def parse_threat(token: str) -> ThreatModel:
-    """One ``norm:radius`` token."""
+    """One ``norm:radius`` token, e.g. ``"l2:0.5"`` or ``"linf:8/255"``."""
     text = token.strip()
     if ":" not in text:
         raise UnionRobustError(f"threat {text!r} must look like 'norm:radius', e.g. 'l2:0.5'")
     norm, _, radius = text.partition(":")
-    key = norm.strip().lower()
+    key = norm.strip().lower().replace(" ", "")
     cls = NORM_ALIASES.get(key)
     if cls is None:
-        raise unknown_name("norm in threat", norm.strip(), ["linf", "l2", "l1", "l0"])
+        raise unknown_name(f"norm in threat {text!r}:", norm.strip(), VALID_NORMS)
+    if not radius.strip():
+        raise UnionRobustError(f"threat {text!r}: missing radius after ':'")
     value = parse_number(radius, f"threat {text!r}")
     if not value > 0:
-        raise UnionRobustError(f"threat {text!r}: radius must be > 0")
-    return cls(value)
+        raise UnionRobustError(
+            f"threat {text!r}: radius must be a number > 0, got {radius.strip()}"
+        )
+    try:
+        return cls(value)
+    except UnionRobustError as err:
+        raise UnionRobustError(f"threat {text!r}: {err}") from None
 
 
 def parse(spec: str | ThreatModel | Union) -> Union:
-    """Parse a comma-separated union spec; a threat model or union passes through."""
+    """Parse a comma-separated union spec (``;`` also separates); a threat model or union
+    passes through. Errors are one line naming the bad token."""
     if isinstance(spec, Union):
         return spec
     if isinstance(spec, ThreatModel):
         return Union([spec])
     if not isinstance(spec, str):
         raise UnionRobustError(f"a threat spec must be text, got {type(spec).__name__}")
-    tokens = [t for t in spec.replace(";", ",").split(",")]
-    if not spec.strip() or any(not t.strip() for t in tokens):
-        raise UnionRobustError(f"empty threat in spec {spec!r}; write e.g. 'linf:0.3, l2:2, l1:10'")
+    if not spec.strip():
+        raise UnionRobustError("empty threat spec; write e.g. 'linf:0.3, l2:2, l1:10'")
+    tokens = spec.replace(";", ",").split(",")
+    for i, t in enumerate(tokens):
+        if not t.strip():
+            where = "trailing" if i == len(tokens) - 1 else ("leading" if i == 0 else "double")
+            raise UnionRobustError(
+                f"empty threat ({where} comma, item {i + 1}) in spec {spec!r}; "
+                "write e.g. 'linf:0.3, l2:2, l1:10'"
+            )
     return Union([parse_threat(t) for t in tokens])

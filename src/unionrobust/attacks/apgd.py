@@ -1,0 +1,339 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble
+of diverse parameter-free attacks", Alg. 1) and its ℓ1 version (Croce & Hein 2021, "Mind the
+box: ℓ1-APGD for sparse adversarial attacks on image classifiers").
+
+One loop serves every threat model; what differs between norms lives in a *step rule*:
+
+* :class:`StepSizeRule` (ℓ∞, ℓ2 and any threat with a steepest-ascent ``step``), Croce & Hein 2020
+  §3.1–3.2: η⁽⁰⁾ = 2ε; momentum z = P(x⁽ᵏ⁾ + η s(∇f)), x⁽ᵏ⁺¹⁾ = P(x⁽ᵏ⁾ + α(z − x⁽ᵏ⁾) +
+  (1 − α)(x⁽ᵏ⁾ − x⁽ᵏ⁻¹⁾)) with α = 0.75 (α = 1 on the first step); checkpoints
+  w_j = ⌈p_j N⌉, p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06). At w_j the
+  step halves and the iterate restarts from x_max if (cond. 1) f rose on fewer than
+  ρ·(w_j − w_{j−1}) of the steps since w_{j−1}, or (cond. 2) η was not halved at w_{j−1} and
+  f_max did not improve since then.
+* :class:`L1SparsityRule` (ℓ1), Croce & Hein 2021 §3: the step moves the k coordinates with the
+  largest |∇f| that can still move inside the box by η/k each (sign of the gradient), projected
+  exactly onto ℓ1-ball ∩ box (``threat.project``); η⁽⁰⁾ = ε, k⁽⁰⁾ = ``l1_sparsity``·d. Every
+  ⌈0.04 N⌉ steps (at least 1) the sparsity of the best point s = ‖δ_max‖₀ sets k = max(1, ⌊s/1.5⌋)
+  (the paper's s/1.5, rounded down: rounding up would freeze k at 2 and never allow the one-pixel
+  steps that reach a vertex of the ℓ1 ball); if s fell below 0.95× its value at the previous
+  check, η resets to ε and the iterate restarts from x_max, else η shrinks by 1.5 (never below
+  ε/10). No momentum: the paper's ℓ1 update is a plain
+  projected step (reading of the paper's update rule; the authors' code agrees).
+
+Where the papers leave the order of operations open we read them as follows: f(x⁽ᵏ⁺¹⁾) > f(x⁽ᵏ⁾)
+is counted for every evaluated iterate since the previous checkpoint (w_j − w_{j−1} comparisons);
+after a restart the next step starts from x_max with its stored gradient and the momentum term
+x_max − x⁽ᵏ⁾ (Alg. 1 replaces x⁽ᵏ⁺¹⁾ only). The last iterate is evaluated with a forward pass only.
+
+Losses: ``ce``, ``cw`` (margin), ``dlr`` (eq. 5, ≥ 3 classes) and ``dlr-targeted`` (≥ 4 classes;
+one pass per target, targets = the ``n_targets`` highest clean non-true logits, clipped to
+classes − 1). Success is always untargeted misclassification. Each restart/target pass runs only
+on the points not yet broken; the result is, per example, the best point over all iterations,
+restarts and targets (a success beats a failure, then the higher loss wins).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from unionrobust.attacks.base import (
+    Attack,
+    AttackResult,
+    LossFn,
+    autocast_for,
+    loss_and_grad,
+    misclassified,
+)
+from unionrobust.attacks.best import BestTracker
+from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.geometry import box_movable, l1_topk_direction
+from unionrobust.losses import get_loss, targeted_dlr
+from unionrobust.rng import KeyedRandom
+from unionrobust.threats import L1, ThreatModel, Union
+
+APGD_LOSSES = ("ce", "cw", "dlr", "dlr-targeted")
+#: fewest classes each loss is defined for
+MIN_CLASSES = {"ce": 2, "cw": 2, "dlr": 3, "dlr-targeted": 4}
+#: |δ_i| at or below this counts as zero in ‖δ‖₀: the projection's float round-off leaves
+#: ~1e-8 residues that would otherwise freeze the adaptive sparsity
+ZERO_TOL = 1e-6
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Croce & Hein 2020 §3.2: w_j = ⌈p_j N⌉ for p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), while p_j ≤ 1 (j ≥ 1 returned)."""
+    out: list[int] = []
+    p_prev, p = 0.0, 0.22
+    while p <= 1.0:
+        w = math.ceil(round(p * steps, 9))
+        if w >= 1 and (not out or w > out[-1]):
+            out.append(w)
+        p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
+    return out
+
+
+def _rows(mask: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(-1, *([1] * (ref.dim() - 1)))
+
+
+class StepSizeRule:
+    """APGD's step size and restarts for ℓ∞/ℓ2-type threats (Croce & Hein 2020 §3.2)."""
+
+    def __init__(
+        self, threat: ThreatModel, steps: int, x: torch.Tensor, rho: float, momentum: float
+    ) -> None:
+        self.threat = threat
+        self.rho = rho
+        self.momentum = momentum
+        b = x.shape[0]
+        self.eta = torch.full((b,), 2.0 * threat.size, dtype=x.dtype, device=x.device)
+        self.points = set(checkpoints(steps))
+        self.last_w = 0
+        self.increases = torch.zeros((b,), dtype=x.dtype, device=x.device)
+        self.halved_last = torch.zeros((b,), dtype=torch.bool, device=x.device)
+        self.loss_max_last = torch.full((b,), float("-inf"), dtype=x.dtype, device=x.device)
+
+    def start(self, x: torch.Tensor, rand: KeyedRandom, counter: int) -> torch.Tensor:
+        """x⁽⁰⁾: the threat's own random point in ball ∩ box."""
+        return self.threat.random_init(x, rand, counter)
+
+    def begin(self, loss0: torch.Tensor) -> None:
+        """f(x⁽⁰⁾) = f_max at w_0."""
+        self.loss_max_last = loss0.clone()
+
+    def step(self, grad: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.threat.step(grad, self.eta, delta, x)
+
+    def observe(self, rose: torch.Tensor) -> None:
+        self.increases += rose.to(self.increases.dtype)
+
+    def checkpoint(
+        self, t: int, loss_max: torch.Tensor, delta_max: torch.Tensor
+    ) -> torch.Tensor | None:
+        """At iterate ``t`` ∈ W: halve η where cond. 1 or 2 holds; return that restart mask."""
+        if t not in self.points:
+            return None
+        cond1 = self.increases < self.rho * (t - self.last_w)
+        cond2 = ~self.halved_last & (loss_max <= self.loss_max_last)
+        halve = cond1 | cond2
+        self.eta = torch.where(halve, self.eta / 2, self.eta)
+        self.halved_last = halve
+        self.loss_max_last = loss_max.clone()
+        self.increases.zero_()
+        self.last_w = t
+        return halve
+
+
+class L1SparsityRule:
+    """ℓ1-APGD's sparse step and adaptive sparsity (Croce & Hein 2021 §3); see module doc."""
+
+    momentum = 1.0  # the ℓ1 update has no momentum term
+
+    def __init__(self, threat: ThreatModel, steps: int, x: torch.Tensor, sparsity: float) -> None:
+        self.threat = threat
+        self.eps = float(threat.size)
+        self.dim = x[0].numel() if x.shape[0] else 1
+        b = x.shape[0]
+        self.eta = torch.full((b,), self.eps, dtype=x.dtype, device=x.device)
+        k0 = min(max(1, math.ceil(sparsity * self.dim)), self.dim)
+        self.k = torch.full((b,), k0, dtype=torch.int64, device=x.device)
+        self.kmax = k0
+        self.sparsity_old = torch.full((b,), float(self.dim), dtype=x.dtype, device=x.device)
+        self.every = max(math.ceil(0.04 * steps), 1)
+
+    def start(self, x: torch.Tensor, rand: KeyedRandom, counter: int) -> torch.Tensor:
+        """x⁽⁰⁾: a standard normal draw projected onto ℓ1-ball ∩ box, which is sparse for
+        ε ≪ E‖N(0, I)‖₁, as the adaptive sparsity expects (Croce & Hein 2021)."""
+        return self.threat.project(rand.normal(counter, tuple(x.shape[1:]), x.dtype), x)
+
+    def begin(self, loss0: torch.Tensor) -> None:
+        pass
+
+    def step(self, grad: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        movable = box_movable(grad, x + delta)
+        direction = l1_topk_direction(grad, self.k, movable, k_max=self.kmax)
+        return _rows(self.eta, grad) * direction
+
+    def observe(self, rose: torch.Tensor) -> None:
+        pass
+
+    def checkpoint(
+        self, t: int, loss_max: torch.Tensor, delta_max: torch.Tensor
+    ) -> torch.Tensor | None:
+        if t % self.every:
+            return None
+        s = (delta_max.reshape(delta_max.shape[0], -1).abs() > ZERO_TOL).sum(dim=1)
+        s = s.to(self.eta.dtype)
+        reset = s < 0.95 * self.sparsity_old
+        shrunk = (self.eta / 1.5).clamp_min(self.eps / 10)
+        self.eta = torch.where(reset, torch.full_like(self.eta, self.eps), shrunk)
+        self.k = torch.floor(s / 1.5).clamp(1, self.dim).to(torch.int64)
+        # one host read per checkpoint (not per step) to size the top-k
+        self.kmax = int(self.k.max()) if self.k.numel() else 1
+        self.sparsity_old = s
+        return reset
+
+
+class APGD(Attack):
+    """Auto-PGD for one threat model (ℓ∞, ℓ2, ℓ1 "Mind the box"); see the module docstring.
+
+    ``steps`` iterations per pass, ``restarts`` random starts, ``loss`` ∈ {ce, cw, dlr,
+    dlr-targeted}, ``n_targets`` target classes for dlr-targeted, ``rho`` the oscillation
+    threshold of checkpoint condition 1, ``alpha`` the momentum weight, ``l1_sparsity`` the
+    initial fraction of coordinates an ℓ1 step moves (0.2 for evaluation; E-AT uses 0.05–0.1
+    for training).
+    """
+
+    name = "apgd"
+
+    def __init__(
+        self,
+        threat: ThreatModel | Union,
+        steps: int = 100,
+        restarts: int = 1,
+        loss: str = "ce",
+        n_targets: int = 9,
+        rho: float = 0.75,
+        alpha: float = 0.75,
+        seed: int = 0,
+        amp: bool = False,
+        l1_sparsity: float = 0.2,
+    ) -> None:
+        if isinstance(threat, Union):
+            if len(threat) != 1:
+                raise UnionRobustError(
+                    f"APGD attacks one threat model; got the union {threat.spec!r} "
+                    "(run one APGD per member, e.g. with a WorstOf attack)"
+                )
+            threat = threat[0]
+        if not isinstance(threat, ThreatModel):
+            raise UnionRobustError(f"APGD needs a threat model, got {type(threat).__name__}")
+        super().__init__(threat, seed=seed, amp=amp)
+        if loss not in APGD_LOSSES:
+            raise unknown_name("APGD loss", loss, APGD_LOSSES)
+        for label, value, low in (("steps", steps, 1), ("restarts", restarts, 1)):
+            if int(value) != value or int(value) < low:
+                raise UnionRobustError(f"APGD {label} must be an integer >= {low}, got {value!r}")
+        if int(n_targets) != n_targets or int(n_targets) < 1:
+            raise UnionRobustError(f"APGD n_targets must be an integer >= 1, got {n_targets!r}")
+        if not 0.0 < float(rho) < 1.0:
+            raise UnionRobustError(f"APGD rho must lie in (0, 1), got {rho!r}")
+        if not 0.0 < float(alpha) <= 1.0:
+            raise UnionRobustError(f"APGD momentum alpha must lie in (0, 1], got {alpha!r}")
+        if not 0.0 < float(l1_sparsity) <= 1.0:
+            raise UnionRobustError(f"APGD l1_sparsity must lie in (0, 1], got {l1_sparsity!r}")
+        self.steps = int(steps)
+        self.restarts = int(restarts)
+        self.loss = loss
+        self.n_targets = int(n_targets)
+        self.rho = float(rho)
+        self.alpha = float(alpha)
+        self.l1_sparsity = float(l1_sparsity)
+
+    # -- the per-norm rule lives here, and only here -------------------------------------------
+    def _rule(self, x: torch.Tensor) -> StepSizeRule | L1SparsityRule:
+        if isinstance(self.threat, L1):
+            return L1SparsityRule(self.threat, self.steps, x, self.l1_sparsity)
+        return StepSizeRule(self.threat, self.steps, x, self.rho, self.alpha)
+
+    # -- orchestration: restarts, targets, batch shrinking ------------------------------------
+    def _run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rand: KeyedRandom,
+        clean_logits: torch.Tensor,
+    ) -> AttackResult:
+        classes = clean_logits.shape[1]
+        if classes < MIN_CLASSES[self.loss]:
+            raise UnionRobustError(
+                f"APGD loss {self.loss!r} needs at least {MIN_CLASSES[self.loss]} classes, "
+                f"the model has {classes}; use loss 'ce' or 'cw'"
+                + ("" if self.loss != "dlr-targeted" or classes < 3 else " or 'dlr'")
+            )
+        if self.loss == "dlr-targeted":
+            others = clean_logits.scatter(1, y[:, None], float("-inf"))
+            n_targets = min(self.n_targets, classes - 1)
+            targets = others.topk(n_targets, dim=1).indices  # (B, n_targets), best first
+            loss0 = targeted_dlr(clean_logits, y, targets[:, 0])
+        else:
+            targets = None
+            n_targets = 1
+            loss0 = get_loss(self.loss)(clean_logits, y)
+
+        best = BestTracker(x, loss0, misclassified(clean_logits, y))
+        passes = [(t, r) for t in range(n_targets) for r in range(self.restarts)]
+        for number, (t, _r) in enumerate(passes):
+            idx = (~best.success).nonzero().squeeze(1)  # one host sync per pass
+            if idx.numel() == 0:
+                break
+            if targets is None:
+                loss_fn = get_loss(self.loss)
+            else:
+                target = targets[idx, t]
+
+                def loss_fn(logits, labels, target=target):
+                    return targeted_dlr(logits, labels, target)
+
+            x_adv, loss, success = self._pass(
+                model, x[idx], y[idx], rand.subset(idx), 4 * number + 1, loss_fn
+            )
+            best.update(x_adv, loss, success, index=idx)
+        return AttackResult(best.x_adv, best.success.clone(), best.loss)
+
+    # -- one APGD run (Alg. 1) -----------------------------------------------------------------
+    def _pass(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rand: KeyedRandom,
+        counter: int,
+        loss_fn: LossFn,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        threat = self.threat
+        rule = self._rule(x)
+        delta = rule.start(x, rand, counter)
+        x_adv = (x + delta).clamp_(0, 1)
+        logits, loss, grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
+        best = BestTracker(x_adv, loss, misclassified(logits, y))
+        rule.begin(loss)
+        delta_max, grad_max, loss_max = delta, grad, loss
+        prev = delta
+        for t in range(1, self.steps + 1):
+            z = threat.project(delta + rule.step(grad, delta, x), x)
+            a = rule.momentum if t > 1 else 1.0
+            new = (
+                z
+                if a == 1.0
+                else threat.project(delta + a * (z - delta) + (1 - a) * (delta - prev), x)
+            )
+            x_adv = (x + new).clamp_(0, 1)
+            last = t == self.steps
+            if last:  # nothing steps from the last iterate: a forward pass suffices
+                with autocast_for(x_adv, self.amp):
+                    logits = model(x_adv).float()
+                new_loss = loss_fn(logits, y)
+            else:
+                logits, new_loss, new_grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
+            best.update(x_adv, new_loss, misclassified(logits, y))
+            rule.observe(new_loss > loss)
+            up = new_loss > loss_max
+            delta_max = torch.where(_rows(up, new), new, delta_max)
+            loss_max = torch.where(up, new_loss, loss_max)
+            if last:
+                break
+            grad_max = torch.where(_rows(up, new), new_grad, grad_max)
+            prev, delta, grad, loss = delta, new, new_grad, new_loss
+            restart = rule.checkpoint(t, loss_max, delta_max)
+            if restart is not None:
+                r = _rows(restart, delta)
+                delta = torch.where(r, delta_max, delta)
+                grad = torch.where(r, grad_max, grad)
+                loss = torch.where(restart, loss_max, loss)
+        return best.x_adv, best.loss, best.success

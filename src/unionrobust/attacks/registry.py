@@ -1,0 +1,73 @@
+"""Attacks by name: ``make_attack("pgd", "l2:0.5", steps=100)``.
+
+A factory takes ``(threat, **kwargs)`` and returns an :class:`Attack`. Modules whose import is
+costly or optional are registered with :func:`lazy` (imported on first use), e.g.
+``"apgd-ce": lazy("apgd", "APGD", loss="ce")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from unionrobust.attacks.base import Attack
+from unionrobust.attacks.msd import MSD
+from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
+from unionrobust.attacks.union import WorstOf
+from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.threats import ThreatModel, Union, parse
+
+AttackFactory = Callable[..., Attack]
+
+
+def lazy(module: str, attr: str, **fixed: Any) -> AttackFactory:
+    """A factory importing ``unionrobust.attacks.<module>.<attr>`` when first called."""
+
+    def factory(threat: Any, **kwargs: Any) -> Attack:
+        cls = getattr(importlib.import_module(f"unionrobust.attacks.{module}"), attr)
+        return cls(threat, **{**fixed, **kwargs})
+
+    factory.__name__ = f"{attr}({', '.join(f'{k}={v!r}' for k, v in fixed.items())})"
+    return factory
+
+
+ATTACKS: dict[str, AttackFactory] = {
+    "fgsm": FGSM,
+    "pgd": PGD,
+    "pgd-cw": partial(PGD, loss="cw"),
+    "mim": MIM,
+    "slide": SLIDE,
+    "msd": MSD,
+}
+
+#: attacks that take a whole union; the others run once per member, combined by WorstOf
+UNION_ATTACKS = {"msd"}
+
+
+def attack_names() -> list[str]:
+    """The registered attack names, sorted."""
+    return sorted(ATTACKS)
+
+
+def make_attack(name: str, threat: ThreatModel | Union | str, **kwargs: Any) -> Attack:
+    """Build attack ``name`` against ``threat`` (a threat model, union, or spec text).
+
+    A single-threat attack given a union of several threat models runs once per member,
+    combined per example by :class:`WorstOf` (``shrink=True``).
+    """
+    if name not in ATTACKS:
+        raise unknown_name("attack", name, ATTACKS)
+    factory = ATTACKS[name]
+    union = parse(threat) if isinstance(threat, str) else threat
+    try:
+        if name in UNION_ATTACKS:
+            return factory(union, **kwargs)
+        if isinstance(union, Union) and len(union) > 1:
+            return WorstOf([factory(m, **kwargs) for m in union])
+        if isinstance(union, Union):
+            union = union[0]
+        return factory(union, **kwargs)
+    except TypeError as exc:
+        raise UnionRobustError(f"attack {name!r}: {exc}") from None

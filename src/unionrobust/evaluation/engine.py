@@ -1,0 +1,348 @@
+"""The cascade evaluation engine: per-example worst case over a suite, for a union of threats.
+
+1. Clean pass: misclassified points are broken for every threat.
+2. For each suite entry (attack for threat t), in order: attack, in batches, ONLY the points
+   still robust for t (the cascade). Every returned adversarial input is re-checked — inside
+   the ball of t (``threat.contains`` with its float tolerance) and inside [0, 1] — and the
+   model's prediction is recomputed on it; only then does it count as broken.
+3. Verdicts: robust for t iff clean-correct and no entry of t broke it; union robust iff robust
+   for every t (Maini et al. 2020 §2, R_max; Croce & Hein 2022 §2).
+
+Attacks receive the examples' global dataset indices as ``example_ids`` and draw their
+randomness from them (:mod:`unionrobust.rng`), so each example's outcome does not depend on the
+batch it lands in: the cascade gives exactly the verdicts of running every attack on every
+point, and a resumed run gives exactly those of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from unionrobust.attacks.base import frozen_model
+from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
+from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.suites import Suite, get_suite
+from unionrobust.evaluation.verdicts import (
+    VerdictLog,
+    config_hash,
+    model_fingerprint,
+    norms_from_json,
+    records_by_key,
+    tensor_hash,
+    write_outputs,
+)
+from unionrobust.threats import DEFAULT_TOL, ThreatModel, Union, parse
+
+
+# --------------------------------------------------------------------------- helpers
+def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
+    """``None``: the model's device; ``"auto"``: CUDA when available, else CPU."""
+    model_dev = next(
+        (t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu")
+    )
+    if device is None:
+        return model_dev
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UnionRobustError(
+            f"unknown device {device!r}; use cpu, cuda, cuda:N or auto"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UnionRobustError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def as_tensors(
+    data: Any, y: torch.Tensor | None = None, n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) from tensors or a map-style dataset of (image, label) pairs; the first ``n``."""
+    if n is not None and int(n) <= 0:
+        raise UnionRobustError(f"n must be a positive number of examples, got {n}")
+    if isinstance(data, torch.Tensor):
+        if y is None:
+            raise UnionRobustError("labels y are required when x is a tensor")
+        x = data
+    elif (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and isinstance(data[0], torch.Tensor)
+        and data[0].dim() >= 2
+        and y is None
+    ):
+        x, y = data
+    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+        if y is not None:
+            raise UnionRobustError("pass labels inside the dataset, not as y")
+        try:
+            from unionrobust.data import as_tensors as data_as_tensors
+        except ImportError:
+            data_as_tensors = None
+        if data_as_tensors is not None:
+            x, y = data_as_tensors(data, n)
+        else:
+            count = len(data) if n is None else min(int(n), len(data))
+            items = [data[i] for i in range(count)]
+            x = torch.stack([torch.as_tensor(a) for a, _ in items])
+            y = torch.as_tensor([int(b) for _, b in items])
+    else:
+        raise UnionRobustError(
+            f"data must be a tensor (with y) or a dataset of (image, label), got "
+            f"{type(data).__name__}"
+        )
+    if not isinstance(y, torch.Tensor):
+        y = torch.as_tensor(y)
+    if n is not None:
+        x, y = x[: int(n)], y[: int(n)]
+    check_images(x)
+    check_labels(y, x.shape[0])
+    if x.shape[0] == 0:
+        raise UnionRobustError("no examples to evaluate")
+    return x, y.to(torch.int64)
+
+
+def recheck(
+    model: nn.Module,
+    threat: ThreatModel | Union,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    tol: float = DEFAULT_TOL,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independently verify an attack's output: (broken (B,), norm (B,) float64).
+
+    Broken iff ``x_adv`` is finite, ``x_adv − x`` lies in the ball of ``threat`` and
+    ``x_adv`` in [0, 1] (both up to the threat's float tolerance), and the model misclassifies
+    ``x_adv`` clamped to [0, 1] (so the point judged is a valid image). For a :class:`Union`
+    "inside" means inside some member's ball, and the norm is NaN (no single norm applies).
+    """
+    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+        shape = getattr(x_adv, "shape", None)
+        raise UnionRobustError(f"attack returned x_adv of shape {shape}, expected {tuple(x.shape)}")
+    xa = x_adv.detach().to(device=x.device, dtype=x.dtype)
+    finite_el = torch.isfinite(xa)
+    finite = finite_el.reshape(xa.shape[0], -1).all(dim=1)
+    xa = torch.where(finite_el, xa, x)
+    inside = threat.contains(xa - x, x, tol) & finite
+    xc = xa.clamp(0.0, 1.0)
+    with frozen_model(model), torch.no_grad():
+        pred = model(xc).argmax(dim=1)
+    broken = inside & (pred != y)
+    if isinstance(threat, Union):
+        return broken, torch.full(broken.shape, float("nan"), dtype=torch.float64)
+    return broken, threat.norm(xc - x).double()
+
+
+def _chunks(index: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, index.numel(), size):
+        yield index[start : start + size]
+
+
+@contextlib.contextmanager
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="ex", leave=False, file=sys.stderr, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- engine
+def evaluate(
+    model: nn.Module,
+    x_or_dataset: Any,
+    y: torch.Tensor | None = None,
+    threats: str | ThreatModel | Union = "linf:0.3, l2:2, l1:10",
+    suite: Any = "standard",
+    batch_size: int = 250,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    n: int | None = None,
+    *,
+    cascade: bool = True,
+    example_ids: torch.Tensor | None = None,
+    meta: dict[str, Any] | None = None,
+) -> EvaluationReport:
+    """Evaluate ``model`` against the union ``threats`` with ``suite``; see the module doc.
+
+        ``x_or_dataset``: images in [0, 1] with labels ``y``, or a dataset of (image, label);
+        ``n``: evaluate the first n examples. ``out_dir``: write the verdict log as it goes and
+        report.json + verdicts.csv at the end; ``resume``: continue the log in ``out_dir`` (same
+        configuration required). ``cascade=False`` runs every attack on every point (same verdicts,
+        slower; for checks and benchmarks). ``example_ids``: global ids of the examples (default
+        0..n−1), which key the attacks' randomness. ``meta``: JSON-able facts about the run (model
+    name, weights file, data spec) stored in the report and checked on resume. The model is left
+    exactly as found.
+    """
+    t_start = time.perf_counter()
+    union = parse(threats)
+    the_suite: Suite = get_suite(suite, union)
+    if int(batch_size) <= 0:
+        raise UnionRobustError(f"batch size must be positive, got {batch_size}")
+    batch_size = int(batch_size)
+    dev = resolve_device(device, model)
+    x, y = as_tensors(x_or_dataset, y, n)
+    count = x.shape[0]
+    ids = torch.arange(count) if example_ids is None else torch.as_tensor(example_ids).long()
+    if ids.shape != (count,) or torch.unique(ids).numel() != count:
+        raise UnionRobustError(f"example_ids must be {count} distinct integers")
+    ids = ids.cpu()
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device != dev:
+            raise UnionRobustError(
+                f"the model is on {t.device} but device={dev}; move it with model.to('{dev}')"
+            )
+        break
+
+    entries = the_suite.entries
+    config = {
+        "threats": union.spec,
+        "suite": the_suite.name,
+        "entries": the_suite.describe(),
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "n": count,
+        "cascade": bool(cascade),
+        "ids_hash": tensor_hash([ids]),
+        "data_hash": tensor_hash([x, y]),
+        "meta": dict(meta or {}),
+        "model_hash": model_fingerprint(model),
+    }
+
+    log: VerdictLog | None = None
+    done: dict = {}
+    if out_dir is not None:
+        log, records = VerdictLog.open(out_dir, config, resume)
+        done = records_by_key(records)
+
+    def x_on(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            x[idx].to(dev, non_blocking=True),
+            y[idx].to(dev, non_blocking=True),
+        )
+
+    def replay(key: tuple, chunk_ids: torch.Tensor) -> dict | None:
+        rec = done.get(key)
+        if rec is not None and rec["ids"] != chunk_ids.tolist():
+            raise UnionRobustError(
+                f"cannot resume: logged chunk {key} holds other examples; use a new output folder"
+            )
+        return rec
+
+    try:
+        # ---- clean pass
+        t0 = time.perf_counter()
+        clean_correct = torch.zeros(count, dtype=torch.bool)
+        with _bar(count, "clean", progress) as bar:
+            for k, idx in enumerate(_chunks(torch.arange(count), batch_size)):
+                rec = replay(("clean", -1, k), ids[idx])
+                if rec is not None:
+                    correct = torch.tensor(rec["correct"], dtype=torch.bool)
+                else:
+                    xb, yb = x_on(idx)
+                    with frozen_model(model), torch.no_grad():
+                        logits = model(xb)
+                    classes = check_logits(logits, xb.shape[0])
+                    check_labels(yb, xb.shape[0], classes)
+                    correct = (logits.argmax(dim=1) == yb).cpu()
+                    if log is not None:
+                        log.write_clean(k, ids[idx], correct)
+                clean_correct[idx] = correct
+                if bar is not None:
+                    bar.update(idx.numel())
+        t_clean = time.perf_counter() - t0
+
+        # ---- attacks, as a cascade
+        n_entries = len(entries)
+        broken = torch.zeros(count, n_entries, dtype=torch.bool)
+        norms = torch.full((count, n_entries), float("nan"), dtype=torch.float64)
+        robust = clean_correct.reshape(-1, 1).repeat(1, len(union))
+        entry_seconds: list[float] = []
+        rejected: list[int] = []
+        attacked: list[int] = []
+        for e, entry in enumerate(entries):
+            t = entry.threat_index
+            threat = union[t]
+            todo = torch.nonzero(robust[:, t]).reshape(-1) if cascade else torch.arange(count)
+            attacked.append(int(todo.numel()))
+            attack = None
+            seconds = 0.0
+            n_rejected = 0
+            with _bar(int(todo.numel()), entry.label(union), progress) as bar:
+                for k, idx in enumerate(_chunks(todo, batch_size)):
+                    rec = replay(("attack", e, k), ids[idx])
+                    if rec is not None:
+                        b = torch.tensor(rec["broken"], dtype=torch.bool)
+                        nrm = norms_from_json(rec["norms"])
+                        n_rejected += int(rec["rejected"])
+                        seconds += float(rec["seconds"])
+                    else:
+                        if attack is None:
+                            attack = entry.build(threat, int(seed))
+                        tc = time.perf_counter()
+                        xb, yb = x_on(idx)
+                        result = attack(model, xb, yb, example_ids=ids[idx].to(dev))
+                        b_dev, nrm_dev = recheck(model, threat, xb, yb, result.x_adv)
+                        claimed = result.success.to(b_dev.device).bool()
+                        r = int((claimed & ~b_dev).sum())
+                        b, nrm = b_dev.cpu(), nrm_dev.cpu()
+                        dt = time.perf_counter() - tc
+                        n_rejected += r
+                        seconds += dt
+                        if log is not None:
+                            log.write_attack(e, k, ids[idx], b, nrm, r, dt)
+                    broken[idx, e] = b
+                    norms[idx, e] = nrm
+                    robust[idx, t] &= ~b
+                    if bar is not None:
+                        bar.update(idx.numel())
+                        bar.set_postfix(acc=f"{float(robust[:, t].double().mean()):.3f}")
+            entry_seconds.append(seconds)
+            rejected.append(n_rejected)
+    finally:
+        if log is not None:
+            log.close()
+
+    report = EvaluationReport(
+        threats=[m.spec for m in union],
+        suite=the_suite.name,
+        entries=the_suite.describe(),
+        seed=int(seed),
+        example_ids=ids,
+        labels=y.cpu(),
+        clean_correct=clean_correct,
+        broken=broken,
+        norms=norms,
+        entry_threat=[en.threat_index for en in entries],
+        rejected=rejected,
+        attacked=attacked,
+        timings={
+            "clean": t_clean,
+            "entries": entry_seconds,
+            "total": time.perf_counter() - t_start,
+        },
+        config=config,
+        config_hash=config_hash(config),
+        cascade=bool(cascade),
+    )
+    if out_dir is not None:
+        write_outputs(report, out_dir)
+    return report

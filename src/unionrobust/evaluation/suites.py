@@ -1,0 +1,289 @@
+"""Evaluation suites: which attacks run, in which order, for each threat model of a union.
+
+A :class:`Suite` is an ordered list of :class:`SuiteEntry` (threat member index, attack name,
+keyword parameters, factory). The cascade engine runs the entries in order, each only on the
+points still robust for its threat model.
+
+Named suites (``suite_names()``):
+
+- ``quick``: PGD per threat (20 steps, one random start) — a fast smoke test, not a claim.
+- ``standard``: the AutoAttack-style white-box protocol of Croce & Hein (2022) §2 / E-AT: per
+  threat APGD-CE (100 steps) then targeted APGD-DLR (100 steps, 9 target classes); for ℓ1 the
+  APGD class is the box-aware ℓ1-APGD of "Mind the box" (it dispatches on the threat).
+- ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
+  (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
+  sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
+  coordinates with k drawn from [5, 20] (App. A.1). ``msd-paper-cifar`` uses the CIFAR-10 values
+  (100, 500, 100) iterations and α/ε = 0.003/0.03, 0.05/0.5, 1.0/12. The paper runs these
+  attacks on every point and takes the worst case per example; the cascade gives the same
+  verdicts. Its gradient-free attacks are not part of this suite.
+
+Instead of a name, a suite can be a list of attack names (the same for every threat, e.g.
+``["apgd-ce", "apgd-t"]`` or the text ``"apgd-ce, apgd-t"``) or a dict mapping a threat spec or
+member index to such a list; the names are those of
+:func:`unionrobust.attacks.registry.attack_names`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.threats import L1, ThreatModel, Union, parse
+
+#: (threat, seed) -> an Attack
+AttackFactory = Callable[[ThreatModel, int], Any]
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One attack of a suite, aimed at member ``threat_index`` of the union."""
+
+    threat_index: int
+    attack: str
+    params: tuple[tuple[str, Any], ...] = ()
+    factory: AttackFactory | None = field(default=None, compare=False, repr=False)
+
+    def build(self, threat: ThreatModel, seed: int):
+        """The attack object for ``threat`` (this entry's member) and ``seed``."""
+        if self.factory is not None:
+            return self.factory(threat, seed)
+        from unionrobust.attacks.registry import make_attack
+
+        return make_attack(self.attack, threat, seed=seed, **dict(self.params))
+
+    def label(self, threats: Union) -> str:
+        return f"{self.attack}@{threats[self.threat_index].spec}"
+
+    def describe(self, threats: Union) -> dict[str, Any]:
+        """JSON-able description (for reports and the run's config hash)."""
+        return {
+            "threat_index": self.threat_index,
+            "threat": threats[self.threat_index].spec,
+            "attack": self.attack,
+            "params": {k: _jsonable(v) for k, v in self.params},
+        }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(e) for e in v]
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return repr(v)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An ordered list of attacks over the members of ``threats``."""
+
+    name: str
+    threats: Union
+    entries: tuple[SuiteEntry, ...]
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise UnionRobustError(f"suite {self.name!r} has no attacks")
+        for e in self.entries:
+            if not 0 <= e.threat_index < len(self.threats):
+                raise UnionRobustError(
+                    f"suite {self.name!r}: entry {e.attack!r} aims at threat {e.threat_index}, "
+                    f"but the union has {len(self.threats)} members"
+                )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def labels(self) -> list[str]:
+        return [e.label(self.threats) for e in self.entries]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [e.describe(self.threats) for e in self.entries]
+
+
+# --------------------------------------------------------------------------- named suites
+
+
+def _pgd(threat: ThreatModel, seed: int, **kw):
+    from unionrobust.attacks.pgd import PGD
+
+    return PGD(threat, seed=seed, **kw)
+
+
+def _apgd(threat: ThreatModel, seed: int, **kw):
+    from unionrobust.attacks.apgd import APGD
+
+    return APGD(threat, seed=seed, **kw)
+
+
+def _entry(index: int, name: str, builder: Callable[..., Any], **params: Any) -> SuiteEntry:
+    items = tuple(sorted(params.items()))
+
+    def factory(threat: ThreatModel, seed: int) -> Any:
+        return builder(threat, seed, **dict(items))
+
+    return SuiteEntry(index, name, items, factory)
+
+
+def _quick(threats: Union) -> list[SuiteEntry]:
+    return [
+        _entry(i, "pgd", _pgd, steps=20, restarts=1, start="random") for i in range(len(threats))
+    ]
+
+
+def _standard(threats: Union) -> list[SuiteEntry]:
+    out: list[SuiteEntry] = []
+    for i in range(len(threats)):
+        out.append(_entry(i, "apgd-ce", _apgd, steps=100, restarts=1, loss="ce"))
+        out.append(
+            _entry(i, "apgd-t", _apgd, steps=100, restarts=1, loss="dlr-targeted", n_targets=9)
+        )
+    return out
+
+
+#: MSD App. C.1: (test-time iterations, α/ε) per norm, for MNIST and CIFAR-10
+MSD_PAPER = {
+    "mnist": {"linf": (100, 0.01 / 0.3), "l2": (200, 0.1 / 2.0), "l1": (100, 0.8 / 10.0)},
+    "cifar": {"linf": (100, 0.003 / 0.03), "l2": (500, 0.05 / 0.5), "l1": (100, 1.0 / 12.0)},
+}
+MSD_PAPER_RESTARTS = 10
+
+
+def _msd_pgd(threat: ThreatModel, seed: int, **kw):
+    """PGD with the App. A.1 ℓ1 step (top-k, k ∈ [5, 20]) whatever the member's step rule."""
+    if isinstance(threat, L1):
+        threat = L1(threat.eps, step_rule="random_k", k_range=(5, 20))
+    return _pgd(threat, seed, **kw)
+
+
+def _msd_paper(dataset: str) -> Callable[[Union], list[SuiteEntry]]:
+    table = MSD_PAPER[dataset]
+
+    def build(threats: Union) -> list[SuiteEntry]:
+        out = []
+        for i, t in enumerate(threats):
+            steps, ratio = table.get(t.name, (100, None))
+            alpha = ratio * t.size if ratio is not None else t.default_alpha(steps)
+            out.append(
+                _entry(
+                    i,
+                    "pgd",
+                    _msd_pgd,
+                    steps=steps,
+                    alpha=alpha,
+                    restarts=MSD_PAPER_RESTARTS,
+                    start="zero_then_random",
+                )
+            )
+        return out
+
+    return build
+
+
+SUITES: dict[str, Callable[[Union], list[SuiteEntry]]] = {
+    "quick": _quick,
+    "standard": _standard,
+    "msd-paper": _msd_paper("mnist"),
+    "msd-paper-cifar": _msd_paper("cifar"),
+}
+
+
+def suite_names() -> list[str]:
+    """Names accepted by :func:`get_suite` (besides lists of attack names)."""
+    return list(SUITES)
+
+
+def _attack_names() -> list[str]:
+    from unionrobust.attacks.registry import attack_names
+
+    return list(attack_names())
+
+
+def _user_entries(threats: Union, names: Sequence[str], index: int) -> list[SuiteEntry]:
+    valid = _attack_names()
+    out = []
+    for n in names:
+        name = n.strip()
+        if name not in valid:
+            raise unknown_name("attack", name, valid)
+        out.append(SuiteEntry(index, name))
+    return out
+
+
+def _split_names(text: str) -> list[str]:
+    names = [t.strip() for t in text.replace(";", ",").split(",")]
+    if not names or any(not t for t in names):
+        raise UnionRobustError(f"empty attack name in {text!r}")
+    return names
+
+
+def get_suite(
+    suite: str | Sequence[str] | Mapping[str | int, Sequence[str] | str] | Suite,
+    threats: str | ThreatModel | Union,
+) -> Suite:
+    """Build a suite for ``threats``.
+
+    ``suite`` is a name from :func:`suite_names`, a comma-separated text or list of attack names
+    (run for every threat), a dict ``{threat spec or member index: attack names}``, or a ready
+    :class:`Suite` (returned unchanged when its threats match).
+    """
+    union = parse(threats)
+    if isinstance(suite, Suite):
+        if suite.threats != union:
+            raise UnionRobustError(
+                f"suite {suite.name!r} was built for {suite.threats.spec!r}, not {union.spec!r}"
+            )
+        return suite
+    if isinstance(suite, str):
+        key = suite.strip()
+        if key in SUITES:
+            return Suite(key, union, tuple(SUITES[key](union)))
+        if "," not in key and ";" not in key and key not in _safe_attack_names():
+            raise unknown_name("suite or attack", key, suite_names() + _safe_attack_names())
+        suite = _split_names(key)
+    if isinstance(suite, Mapping):
+        entries: list[SuiteEntry] = []
+        specs = [m.spec for m in union]
+        for key, names in suite.items():
+            idx = _member_index(key, union, specs)
+            names_list = _split_names(names) if isinstance(names, str) else list(names)
+            entries.extend(_user_entries(union, names_list, idx))
+        entries.sort(key=lambda e: e.threat_index)  # stable: the user's order within a threat
+        label = "; ".join(
+            f"{specs[i]}: {','.join(suite_names_for(entries, i))}"
+            for i in sorted({e.threat_index for e in entries})
+        )
+        return Suite(label, union, tuple(entries))
+    if isinstance(suite, Sequence):
+        names_list = list(suite)
+        if not names_list:
+            raise UnionRobustError("a suite needs at least one attack name")
+        entries = [e for i in range(len(union)) for e in _user_entries(union, names_list, i)]
+        return Suite(",".join(n.strip() for n in names_list), union, tuple(entries))
+    raise UnionRobustError(
+        f"a suite must be a name or a list of attacks, got {type(suite).__name__}"
+    )
+
+
+def suite_names_for(entries: Sequence[SuiteEntry], index: int) -> list[str]:
+    return [e.attack for e in entries if e.threat_index == index]
+
+
+def _safe_attack_names() -> list[str]:
+    try:
+        return _attack_names()
+    except ImportError:
+        return []
+
+
+def _member_index(key: str | int, union: Union, specs: list[str]) -> int:
+    if isinstance(key, int):
+        if not 0 <= key < len(union):
+            raise UnionRobustError(f"threat index {key} out of range for {union.spec!r}")
+        return key
+    spec = parse(key)
+    if len(spec) != 1 or spec[0].spec not in specs:
+        raise unknown_name("threat in suite", str(key), specs)
+    return specs.index(spec[0].spec)

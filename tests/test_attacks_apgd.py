@@ -1,0 +1,338 @@
+"""Auto-PGD (ℓ∞, ℓ2, ℓ1 "Mind the box"): contract, determinism, errors, analytic oracles and
+strength against PGD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from unionrobust.attacks.apgd import APGD, L1SparsityRule, StepSizeRule, checkpoints
+from unionrobust.attacks.pgd import PGD
+from unionrobust.errors import UnionRobustError
+from unionrobust.losses import cw_margin
+from unionrobust.threats import L1, L2, Linf
+
+FIXTURE_OK = settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _threat(norm: str, eps: float):
+    return {"linf": Linf, "l2": L2, "l1": L1}[norm](eps)
+
+
+def _predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Labels the model gets right, so that the attack has work to do (model left in its mode)."""
+    was = model.training
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    model.train(was)
+    return y
+
+
+# -- the schedule ------------------------------------------------------------------------------
+
+
+def test_checkpoints_follow_the_paper_recursion():
+    # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (Croce & Hein 2020 §3.2), w = ⌈pN⌉
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(200) == [44, 82, 114, 140, 160, 174, 186, 198]
+    assert checkpoints(1) == [1]
+    assert all(1 <= w <= n for n in (1, 3, 10, 37) for w in checkpoints(n))
+
+
+def test_step_size_rule_conditions():
+    x = torch.zeros(3, 4)
+    rule = StepSizeRule(Linf(0.1), 100, x, rho=0.75, momentum=0.75)
+    rule.begin(torch.zeros(3))
+    # 22 steps: row 0 rose 22 times (keeps η), row 1 rose 10 times (cond. 1), row 2 rose 22
+    # times but is checked for cond. 2 at the next checkpoint
+    for i in range(22):
+        rule.observe(torch.tensor([True, i < 10, True]))
+    assert rule.checkpoint(21, torch.ones(3), x) is None
+    halve = rule.checkpoint(22, torch.tensor([1.0, 1.0, 1.0]), x)
+    assert halve.tolist() == [False, True, False]
+    assert torch.allclose(rule.eta, torch.tensor([0.2, 0.1, 0.2]))
+    for _ in range(19):
+        rule.observe(torch.tensor([True, True, True]))
+    # f_max did not improve for row 2 and its η was not halved last time: cond. 2
+    halve = rule.checkpoint(41, torch.tensor([2.0, 2.0, 1.0]), x)
+    assert halve.tolist() == [False, False, True]
+    assert torch.allclose(rule.eta, torch.tensor([0.2, 0.1, 0.1]))
+
+
+def test_l1_rule_adapts_sparsity_and_step():
+    x = torch.full((2, 100), 0.5)
+    rule = L1SparsityRule(L1(5.0), 100, x, sparsity=0.2)
+    assert rule.k.tolist() == [20, 20] and rule.every == 4
+    delta = torch.zeros(2, 100)
+    delta[0, :30] = 0.1  # sparsity fell from 100 to 30: reset η, restart
+    delta[1, :99] = 0.01  # sparsity 99 ≥ 0.95·100: shrink η
+    reset = rule.checkpoint(4, torch.zeros(2), delta)
+    assert reset.tolist() == [True, False]
+    assert torch.allclose(rule.eta, torch.tensor([5.0, 5.0 / 1.5]))
+    assert rule.k.tolist() == [20, 66] and rule.kmax == 66
+    assert rule.checkpoint(5, torch.zeros(2), delta) is None
+
+
+# -- the attack contract -----------------------------------------------------------------------
+
+
+@FIXTURE_OK
+@given(
+    norm=st.sampled_from(["linf", "l2", "l1"]),
+    eps=st.floats(0.01, 3.0),
+    loss=st.sampled_from(["ce", "dlr", "dlr-targeted", "cw"]),
+)
+def test_outputs_in_box_and_ball(tiny_cnn, toy_images, norm, eps, loss):
+    if norm == "linf":
+        eps = min(eps, 1.0)
+    model = tiny_cnn()
+    x, y = toy_images(6)
+    y[:4] = _predicted(model, x)[:4]
+    threat = _threat(norm, eps)
+    res = APGD(threat, steps=6, restarts=2, loss=loss, n_targets=2)(model, x, y)
+    assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert threat.contains(res.x_adv - x, x).all()
+    with torch.no_grad():
+        pred = model.eval()(res.x_adv).argmax(1)
+    assert torch.equal(res.success, pred != y)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_model_and_inputs_untouched(tiny_cnn, toy_images, norm):
+    model = tiny_cnn()
+    model.train()
+    model.net[1].eval()  # a mixed mode must come back as it was
+    model.net[0].weight.requires_grad_(False)
+    marker = torch.full_like(model.net[5].weight, 3.0)
+    model.net[5].weight.grad = marker.clone()
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, _ = toy_images(5)
+    y = _predicted(model, x)
+    x0, y0 = x.clone(), y.clone()
+    APGD(_threat(norm, 0.5), steps=5, restarts=2, loss="dlr")(model, x, y)
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert (p.grad is None) == (g is None)
+        if g is not None:
+            assert torch.equal(p.grad, g)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_same_seed_same_result_other_seed_differs(tiny_cnn, toy_images, norm):
+    model = tiny_cnn()
+    x, _ = toy_images(6)
+    y = _predicted(model, x)
+    threat = _threat(norm, 0.5 if norm != "linf" else 0.05)
+    a = APGD(threat, steps=8, seed=3)(model, x, y)
+    b = APGD(threat, steps=8, seed=3)(model, x, y)
+    c = APGD(threat, steps=8, seed=4)(model, x, y)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.loss, b.loss)
+    assert torch.equal(a.success, b.success)
+    assert not torch.equal(a.x_adv, c.x_adv)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_batch_independence(linear_model, norm):
+    """An example's result depends on its id, not on the batch around it."""
+    model = linear_model(dim=36, classes=5, seed=1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 6, 6, generator=g)
+    y = torch.randint(0, 5, (8,), generator=g)
+    threat = _threat(norm, 0.5 if norm != "linf" else 0.05)
+    attack = APGD(threat, steps=10, restarts=2, loss="dlr-targeted", n_targets=3)
+    full = attack(model, x, y)
+    keep = torch.tensor([6, 1, 3])
+    part = attack(model, x[keep], y[keep], example_ids=keep)
+    assert torch.equal(part.success, full.success[keep])
+    assert torch.allclose(part.x_adv, full.x_adv[keep], atol=1e-5)
+    assert torch.allclose(part.loss, full.loss[keep], atol=1e-4)
+
+
+class CountingModel(nn.Module):
+    """Records the batch size of every forward pass."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+def test_restarts_and_targets_run_only_on_robust_points(linear_model):
+    model = CountingModel(linear_model(dim=16, classes=4, seed=2))
+    x = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model.inner(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 4  # three points misclassified from the start
+    steps = 4
+    # a radius too small to break anything: every pass runs on the 7 robust points, and
+    # n_targets = 9 is clipped to classes - 1 = 3 targets, each with 2 restarts
+    res = APGD(Linf(1e-4), steps=steps, restarts=2, loss="dlr-targeted")(model, x, y)
+    assert res.success.tolist() == [True] * 3 + [False] * 7
+    assert model.sizes == [10] + [7] * (3 * 2 * (steps + 1))
+    assert torch.equal(res.x_adv[:3], x[:3])
+    # a large radius breaks everything in the first pass: no further passes
+    model.sizes.clear()
+    res = APGD(Linf(1.0), steps=steps, restarts=3, loss="ce")(model, x, y)
+    assert res.success.all()
+    assert model.sizes == [10] + [7] * (steps + 1)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_dlr_needs_three_classes_targeted_four(linear_model):
+    x = torch.rand(4, 1, 2, 2)
+    y = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(UnionRobustError, match="at least 3 classes"):
+        APGD(Linf(0.1), steps=2, loss="dlr")(linear_model(4, 2), x, y)
+    with pytest.raises(UnionRobustError, match="at least 4 classes"):
+        APGD(Linf(0.1), steps=2, loss="dlr-targeted")(linear_model(4, 3), x, y)
+    APGD(Linf(0.1), steps=2, loss="dlr")(linear_model(4, 3), x, y)  # 3 classes suffice
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"loss": "hinge"}, "unknown APGD loss 'hinge'; valid: ce, cw, dlr, dlr-targeted"),
+        ({"steps": 0}, "steps"),
+        ({"restarts": 1.5}, "restarts"),
+        ({"n_targets": 0}, "n_targets"),
+        ({"rho": 1.0}, "rho"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"l1_sparsity": 0.0}, "l1_sparsity"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(UnionRobustError, match=match):
+        APGD(Linf(0.1), **kwargs)
+
+
+def test_union_of_several_threats_refused():
+    with pytest.raises(UnionRobustError, match="one threat model"):
+        APGD(Linf(0.1) | L2(0.5))
+
+
+def test_single_member_union_accepted():
+    from unionrobust.threats import Union
+
+    assert APGD(Union([L2(0.5)])).threat == L2(0.5)
+
+
+# -- analytic oracles on linear classifiers ------------------------------------------------------
+
+
+def _binary(linear_model, dim=16, seed=0, n=6, x=None):
+    model = linear_model(dim=dim, classes=2, seed=seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    if x is None:
+        x = 0.45 + 0.1 * torch.rand(n, 1, 4, 4, generator=g)  # interior: box never binds
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    w = (model.weight[1 - y] - model.weight[y]).detach()  # (n, d): margin gradient
+    with torch.no_grad():
+        m0 = cw_margin(model(x), y)
+    return model, x, y, w, m0
+
+
+@pytest.mark.parametrize(
+    "threat, dual",
+    [
+        (Linf(0.2), lambda w: 0.2 * w.abs().sum(1)),
+        (L2(0.4), lambda w: 0.4 * w.norm(dim=1)),
+        (L1(0.4), lambda w: 0.4 * w.abs().amax(1)),
+    ],
+)
+@pytest.mark.parametrize("loss", ["cw", "ce"])
+def test_linear_oracle_without_box(linear_model, threat, dual, loss):
+    """max over the ball of the margin z_o - z_y is m0 + ε‖w‖_dual (the box does not bind)."""
+    model, x, y, w, m0 = _binary(linear_model)
+    res = APGD(threat, steps=30, loss=loss)(model, x, y)
+    with torch.no_grad():
+        reached = cw_margin(model(res.x_adv), y)
+    assert torch.allclose(reached, m0 + dual(w), atol=1e-4)
+
+
+def _l1_box_oracle(x, w, eps):
+    """Fractional knapsack: fill coordinates by decreasing |w_i| up to their box room."""
+    xf = x.reshape(x.shape[0], -1)
+    room = torch.where(w > 0, 1 - xf, xf)
+    order = w.abs().argsort(dim=1, descending=True)
+    r, a = room.gather(1, order), w.abs().gather(1, order)
+    before = r.cumsum(1) - r
+    take = (eps - before).clamp_min(0).minimum(r)
+    return (take * a).sum(1)
+
+
+def test_linear_oracle_with_box(linear_model):
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(8, 1, 4, 4, generator=g)
+    model, x, y, w, m0 = _binary(linear_model, seed=5, x=x)
+    xf = x.reshape(8, -1)
+    # ℓ∞ ∩ box: δ_i = clip(ε sign(w_i), -x_i, 1 - x_i)
+    eps = 0.3
+    gain = torch.where(w > 0, (1 - xf).clamp(max=eps), -xf.clamp(max=eps)) * w
+    res = APGD(Linf(eps), steps=20, loss="cw")(model, x, y)
+    assert torch.allclose(cw_margin(model(res.x_adv), y), m0 + gain.sum(1), atol=1e-4)
+    # ℓ1 ∩ box, ε a few pixels' room: "Mind the box" must fill the best coordinates in turn
+    for eps, steps, rel in ((0.4, 50, 1e-4), (2.0, 100, 0.05)):
+        best = _l1_box_oracle(x, w, eps)
+        res = APGD(L1(eps), steps=steps, loss="cw")(model, x, y)
+        gain = cw_margin(model(res.x_adv), y).detach() - m0
+        assert (gain <= best + 1e-4).all()  # nothing beats the optimum (sanity of the oracle)
+        assert (gain >= (1 - rel) * best - 1e-4).all(), (gain / best).tolist()
+
+
+# -- strength against PGD on a trained model ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_mlp():
+    """A small MLP trained on 3-class Gaussian blobs in [0,1]^36 (2-3 s on one core)."""
+    g = torch.Generator().manual_seed(0)
+    centers = 0.3 + 0.4 * torch.rand(3, 36, generator=g)
+    y = torch.arange(600) % 3
+    x = (centers[y] + 0.08 * torch.randn(600, 36, generator=g)).clamp(0, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(36, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    xt = (centers[y[:200]] + 0.08 * torch.randn(200, 36, generator=g)).clamp(0, 1)
+    yt = y[:200]
+    with torch.no_grad():
+        assert (model(xt).argmax(1) == yt).float().mean() > 0.95
+    return model, xt, yt
+
+
+@pytest.mark.parametrize("threat", [Linf(0.06), L2(0.35), L1(1.2)], ids=str)
+def test_apgd_at_least_as_strong_as_pgd(trained_mlp, threat):
+    model, x, y = trained_mlp
+    pgd = PGD(threat, steps=10)(model, x, y)
+    apgd = APGD(threat, steps=10)(model, x, y)
+    n_pgd, n_apgd = int(pgd.success.sum()), int(apgd.success.sum())
+    # the radii are chosen so that PGD breaks some but not all points
+    assert 20 <= n_pgd <= 180, n_pgd
+    assert n_apgd >= n_pgd - 2, (n_apgd, n_pgd)
+    assert threat.contains(apgd.x_adv - x, x).all()

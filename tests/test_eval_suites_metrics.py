@@ -1,0 +1,147 @@
+"""Suites (named and user lists) and the interval metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation import get_suite, suite_names, wilson_interval
+from unionrobust.evaluation.metrics import mean_score, proportion
+from unionrobust.threats import L1, parse
+
+THREATS = "linf:0.3, l2:2, l1:10"
+
+
+def test_suite_names():
+    assert {"quick", "standard", "msd-paper", "msd-paper-cifar"} <= set(suite_names())
+
+
+def test_unknown_suite_lists_valid_names():
+    with pytest.raises(UnionRobustError, match="unknown suite") as info:
+        get_suite("strongest", THREATS)
+    msg = str(info.value)
+    assert all(name in msg for name in suite_names()) and "\n" not in msg
+
+
+def test_standard_suite_is_apgd_ce_then_targeted_dlr_per_threat():
+    from unionrobust.attacks.apgd import APGD
+
+    suite = get_suite("standard", THREATS)
+    assert [(e.threat_index, e.attack) for e in suite.entries] == [
+        (i, a) for i in range(3) for a in ("apgd-ce", "apgd-t")
+    ]
+    union = parse(THREATS)
+    for e in suite.entries:
+        attack = e.build(union[e.threat_index], 5)
+        assert isinstance(attack, APGD)
+        assert attack.threat == union[e.threat_index] and attack.seed == 5
+        assert attack.steps == 100
+        assert attack.loss == ("ce" if e.attack == "apgd-ce" else "dlr-targeted")
+        if e.attack == "apgd-t":
+            assert attack.n_targets == 9
+
+
+@pytest.mark.parametrize(
+    ("name", "threats", "steps", "alphas"),
+    [
+        ("msd-paper", "linf:0.3, l2:2, l1:10", (100, 200, 100), (0.01, 0.1, 0.8)),
+        ("msd-paper", "linf:0.15, l2:1, l1:5", (100, 200, 100), (0.005, 0.05, 0.4)),
+        ("msd-paper-cifar", "linf:0.03, l2:0.5, l1:12", (100, 500, 100), (0.003, 0.05, 1.0)),
+    ],
+)
+def test_msd_paper_suite_follows_appendix_c1(name, threats, steps, alphas):
+    from unionrobust.attacks.pgd import PGD
+
+    suite = get_suite(name, threats)
+    union = parse(threats)
+    assert len(suite) == 3
+    for e, s, a in zip(suite.entries, steps, alphas, strict=True):
+        attack = e.build(union[e.threat_index], 0)
+        assert isinstance(attack, PGD)
+        assert attack.steps == s and attack.alpha == pytest.approx(a)
+        assert attack.restarts == 10 and attack.start == "zero_then_random"
+        if isinstance(attack.threat, L1):
+            assert attack.threat.step_rule == "random_k" and attack.threat.k_range == (5, 20)
+        assert attack.threat.size == union[e.threat_index].size
+
+
+def test_quick_suite_is_one_pgd_per_threat():
+    from unionrobust.attacks.pgd import PGD
+
+    suite = get_suite("quick", "linf:0.1, l1:3")
+    union = parse("linf:0.1, l1:3")
+    assert [e.threat_index for e in suite.entries] == [0, 1]
+    assert all(isinstance(e.build(union[e.threat_index], 0), PGD) for e in suite.entries)
+
+
+def test_suite_described_for_config_hash():
+    a = get_suite("msd-paper", THREATS).describe()
+    b = get_suite("msd-paper", "linf:0.3, l2:2, l1:12").describe()
+    assert a != b and a[0]["params"]["restarts"] == 10
+
+
+def _registry():
+    return pytest.importorskip("unionrobust.attacks.registry")
+
+
+def test_user_list_of_attacks():
+    reg = _registry()
+    names = reg.attack_names()
+    two = [n for n in ("pgd", "apgd-ce") if n in names]
+    suite = get_suite(", ".join(two), THREATS)
+    assert [(e.threat_index, e.attack) for e in suite.entries] == [
+        (i, n) for i in range(3) for n in two
+    ]
+    union = parse(THREATS)
+    for e in suite.entries:
+        assert e.build(union[e.threat_index], 0).threat == union[e.threat_index]
+    per_threat = get_suite({"l1:10": ["pgd"], 0: "pgd"}, THREATS)
+    assert [(e.threat_index, e.attack) for e in per_threat.entries] == [(0, "pgd"), (2, "pgd")]
+    with pytest.raises(UnionRobustError, match="unknown attack"):
+        get_suite(["pgd", "nope"], THREATS)
+    with pytest.raises(UnionRobustError, match="unknown threat in suite"):
+        get_suite({"l2:3": ["pgd"]}, THREATS)
+
+
+# ------------------------------------------------------------------------------ metrics
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5000), st.data())
+def test_wilson_interval_contains_estimate(n, data):
+    k = data.draw(st.integers(0, n))
+    lo, hi = wilson_interval(k, n)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+    assert hi - lo > 0
+
+
+def test_wilson_interval_known_values():
+    # Wilson (1927) / Newcombe (1998) table: 0/10 -> [0, 0.2775]; 5/10 -> [0.2366, 0.7634]
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_interval_shrinks_with_n():
+    w = [wilson_interval(n // 2, n) for n in (10, 100, 1000)]
+    widths = [hi - lo for lo, hi in w]
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_mean_score_interval():
+    s = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0] * 25)
+    m, (lo, hi) = mean_score(s)
+    assert m == pytest.approx(0.5) and lo < 0.5 < hi
+    half = 1.959963984540054 * float(s.std()) / 10
+    assert hi - 0.5 == pytest.approx(half)
+    binary = torch.tensor([1.0] * 7 + [0.0] * 3)
+    assert mean_score(binary)[1] == wilson_interval(7, 10)
+    p, ci = proportion(binary.bool())
+    assert p == 0.7 and ci == wilson_interval(7, 10)

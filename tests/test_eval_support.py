@@ -1,0 +1,143 @@
+"""Dummy attacks and a tiny problem for the evaluation tests (helpers only, no tests).
+
+The dummy attacks are honest-to-goodness attacks whose per-example outcome does not depend on the
+batch: a one-step steepest ascent (randomised ℓ1 steps keyed by example id) and a keyed random
+draw inside the ball; plus cheaters that return points outside the ball or the box.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unionrobust.attacks.base import Attack, AttackResult, loss_and_grad, misclassified
+from unionrobust.evaluation import Suite, SuiteEntry
+from unionrobust.losses import cross_entropy
+from unionrobust.threats import parse
+
+
+class OneStep(Attack):
+    """δ = P(step(∇CE, α = scale·ε)) from δ = 0: FGSM in the threat's geometry."""
+
+    name = "onestep"
+
+    def __init__(self, threat, seed=0, scale=1.0):
+        super().__init__(threat, seed=seed)
+        self.scale = scale
+
+    def _run(self, model, x, y, rand, clean_logits):
+        _, _, grad = loss_and_grad(model, x, y, cross_entropy)
+        zero = torch.zeros_like(x)
+        step = self.threat.step(grad, self.scale * self.threat.size, zero, x, rand, 7)
+        delta = self.threat.project(step, x)
+        x_adv = (x + delta).clamp(0, 1)
+        with torch.no_grad():
+            logits = model(x_adv)
+        return AttackResult(x_adv, misclassified(logits, y), torch.zeros(x.shape[0]))
+
+
+class Noise(Attack):
+    """One keyed random point inside ball ∩ box."""
+
+    name = "noise"
+
+    def _run(self, model, x, y, rand, clean_logits):
+        x_adv = (x + self.threat.random_init(x, rand, 3)).clamp(0, 1)
+        with torch.no_grad():
+            logits = model(x_adv)
+        return AttackResult(x_adv, misclassified(logits, y), torch.zeros(x.shape[0]))
+
+
+class Cheater(Attack):
+    """Steps ``factor``·ε along the ℓ∞ sign of the gradient, ignoring the ball; claims success."""
+
+    name = "cheater"
+
+    def __init__(self, threat, seed=0, factor=50.0, mode="ball"):
+        super().__init__(threat, seed=seed)
+        self.factor = factor
+        self.mode = mode
+
+    def _run(self, model, x, y, rand, clean_logits):
+        _, _, grad = loss_and_grad(model, x, y, cross_entropy)
+        if self.mode == "ball":
+            x_adv = (x + self.factor * self.threat.size * grad.sign()).clamp(0, 1)
+        elif self.mode == "box":  # a tiny step that leaves [0, 1]
+            x_adv = x + 1e-3 * torch.where(x > 0.5, 1.0, -1.0)
+        else:  # NaN
+            x_adv = torch.full_like(x, float("nan"))
+        return AttackResult(
+            x_adv, torch.ones(x.shape[0], dtype=torch.bool), torch.zeros(x.shape[0])
+        )
+
+
+class CallCounter:
+    """Counts attack calls; raises after ``crash_after`` calls (a simulated kill) if set."""
+
+    def __init__(self, crash_after: int | None = None) -> None:
+        self.calls = 0
+        self.crash_after = crash_after
+
+    def wrap(self, attack: Attack) -> Attack:
+        return Counted(attack, self)
+
+
+class Counted(Attack):
+    """Delegates to ``inner``, counting calls."""
+
+    def __init__(self, inner: Attack, counter: CallCounter) -> None:
+        super().__init__(inner.threat, seed=inner.seed)
+        self.inner = inner
+        self.counter = counter
+
+    def __call__(self, model, x, y, example_ids=None):
+        c = self.counter
+        if c.crash_after is not None and c.calls >= c.crash_after:
+            raise KeyboardInterrupt("simulated kill")
+        c.calls += 1
+        return self.inner(model, x, y, example_ids)
+
+    def _run(self, model, x, y, rand, clean_logits):  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+def dummy_suite(threats, counter: CallCounter | None = None, kinds=("onestep", "noise")) -> Suite:
+    """Per threat, the attacks ``kinds`` in order (onestep uses scale 0.5 then noise)."""
+    union = parse(threats)
+    builders = {
+        "onestep": lambda t, s: OneStep(t, seed=s, scale=0.5),
+        "noise": lambda t, s: Noise(t, seed=s),
+        "onestep-full": lambda t, s: OneStep(t, seed=s, scale=1.0),
+        "cheater": lambda t, s: Cheater(t, seed=s),
+        "cheater-box": lambda t, s: Cheater(t, seed=s, mode="box"),
+        "cheater-nan": lambda t, s: Cheater(t, seed=s, mode="nan"),
+    }
+    entries = []
+    for i in range(len(union)):
+        for k in kinds:
+            build = builders[k]
+            if counter is not None:
+
+                def build(t, s, _b=builders[k]):
+                    return counter.wrap(_b(t, s))
+
+            entries.append(SuiteEntry(i, k, (), build))
+    return Suite("dummy", union, tuple(entries))
+
+
+def linear_problem(n: int = 48, side: int = 6, classes: int = 4, seed: int = 0, flip: int = 5):
+    """A random linear classifier on side×side images; labels = its predictions, ``flip`` of
+    them changed (clean errors)."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(side * side, classes))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(classes, side * side, generator=g) * 0.5)
+        model[1].bias.copy_(torch.randn(classes, generator=g) * 0.1)
+    x = torch.rand(n, 1, side, side, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[:flip] = (y[:flip] + 1) % classes
+    return model, x, y
+
+
+THREATS = "linf:0.06, l2:0.35, l1:2"

@@ -1,0 +1,194 @@
+"""Model zoo: every architecture builds, has the right output shape and size, options work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from unionrobust.errors import UnionRobustError
+from unionrobust.models import (
+    MODELS,
+    Normalize,
+    NormalizedModel,
+    build_model,
+    model_kwargs,
+    model_names,
+    with_normalization,
+)
+
+# Published / architecture-implied parameter counts at the default input size (10 classes).
+# Madry MNIST CNN: 3.27M; PreAct ResNet-18: 11.2M; WRN-28-10: 36.5M (Zagoruyko & Komodakis).
+EXPECTED_PARAMS = {
+    "small-cnn": 1.0e5,
+    "mnist-cnn": 3.27e6,
+    "mlp": 1.26e5,  # 784*128 + 128*128 + 128*64 + 64*10 (+ biases)
+    "lenet": 4.4e4,
+    "lenet-v2": 2.25e5,
+    "all-cnn": 5.0e5,
+    "preact-resnet18": 1.12e7,
+    "wide-resnet": 3.65e7,
+}
+# cheap options for running the big nets forward in tests (the ResNets are size-agnostic)
+FAST = {
+    "wide-resnet": {"depth": 10, "widen_factor": 1, "input_size": 8},
+    "preact-resnet18": {"input_size": 8},
+    "all-cnn": {"input_size": 12},
+}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_every_model() -> None:
+    assert set(model_names()) == set(MODELS) == set(EXPECTED_PARAMS)
+    assert model_names() == sorted(model_names())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_parameter_count_order_of_magnitude(name: str) -> None:
+    count = n_params(build_model(name))
+    assert 0.7 * EXPECTED_PARAMS[name] < count < 1.4 * EXPECTED_PARAMS[name], count
+
+
+def test_exact_counts_of_simple_nets() -> None:
+    # hand-computed from the layer lists in the docstrings (MNIST, 10 classes)
+    mlp = 784 * 128 + 128 + 128 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    assert n_params(build_model("mlp")) == mlp
+    conv = 1 * 32 * 25 + 32 + 32 * 64 * 25 + 64
+    madry = conv + 7 * 7 * 64 * 1024 + 1024 + 1024 * 10 + 10
+    assert n_params(build_model("mnist-cnn")) == madry
+    lenet = (25 * 6 + 6) + (6 * 16 * 25 + 16) + (256 * 120 + 120) + (120 * 84 + 84) + 84 * 10 + 10
+    assert n_params(build_model("lenet")) == lenet
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+@pytest.mark.parametrize("num_classes", [10, 3])
+def test_output_shape_and_backward(name: str, num_classes: int) -> None:
+    torch.manual_seed(0)
+    kwargs = {"input_size": MODELS[name].input_size, **FAST.get(name, {})}
+    model = build_model(name, num_classes=num_classes, **kwargs)
+    side = kwargs["input_size"]
+    x = torch.rand(2, MODELS[name].in_channels, side, side, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, num_classes)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["small-cnn", "mnist-cnn", "mlp", "lenet", "lenet-v2", "all-cnn"])
+def test_small_nets_on_cifar_shapes(name: str) -> None:
+    model = build_model(name, in_channels=3, input_size=32)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert n_params(model) > n_params(build_model(name)) or name == "all-cnn"
+
+
+def test_resnets_on_mnist_shapes() -> None:
+    model = build_model("wide-resnet", in_channels=1, input_size=28, depth=10, widen_factor=1)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_all_cnn_width_follows_table_a1() -> None:
+    assert build_model("all-cnn").net[0].out_channels == 32
+    assert build_model("all-cnn", in_channels=3, input_size=32).net[0].out_channels == 64
+    assert build_model("all-cnn", width=48).net[0].out_channels == 48
+
+
+def test_wide_resnet_depth_and_width() -> None:
+    m = build_model("wide-resnet", depth=16, widen_factor=2)
+    assert len(m.block1.layer) == 2 and m.fc.in_features == 128
+    with pytest.raises(UnionRobustError, match="6n \\+ 4"):
+        build_model("wide-resnet", depth=27)
+
+
+def test_softplus_option() -> None:
+    torch.manual_seed(0)
+    relu = build_model("preact-resnet18", input_size=8)
+    torch.manual_seed(0)
+    soft = build_model("preact-resnet18", input_size=8, activation="softplus")
+    kinds = {type(m) for m in soft.modules()}
+    assert nn.Softplus in kinds and nn.ReLU not in kinds
+    assert nn.ReLU in {type(m) for m in relu.modules()}
+    relu.eval()
+    soft.eval()
+    x = torch.rand(2, 3, 8, 8)
+    assert not torch.allclose(relu(x), soft(x))
+    wrn = build_model("wide-resnet", depth=10, widen_factor=1, activation="softplus")
+    assert nn.Softplus in {type(m) for m in wrn.modules()}
+    with pytest.raises(UnionRobustError, match="relu, softplus"):
+        build_model("preact-resnet18", activation="tanh")
+
+
+def test_state_dict_names_match_common_cifar_codes() -> None:
+    """Key names used by RobustBench-style checkpoints load without renaming."""
+    wrn = build_model("wide-resnet", depth=10, widen_factor=2).state_dict()
+    for key in ("conv1.weight", "block1.layer.0.convShortcut.weight", "block3.layer.0.bn2.weight",
+                "bn1.running_mean", "fc.weight", "fc.bias"):  # fmt: skip
+        assert key in wrn
+    pre = build_model("preact-resnet18").state_dict()
+    for key in ("conv1.weight", "layer2.0.shortcut.0.weight", "layer4.1.bn2.weight", "bn.weight",
+                "linear.weight"):  # fmt: skip
+        assert key in pre
+
+
+def test_unknown_name_lists_valid() -> None:
+    with pytest.raises(UnionRobustError, match="unknown model 'resnet9000'.*small-cnn"):
+        build_model("resnet9000")
+
+
+def test_bad_kwargs_one_line_error() -> None:
+    with pytest.raises(UnionRobustError, match="does not take argument.*widen_factor") as e:
+        build_model("small-cnn", widen_factor=3)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UnionRobustError, match="num_classes"):
+        build_model("mlp", num_classes=1)
+    with pytest.raises(UnionRobustError, match="in_channels"):
+        build_model("mlp", in_channels=0)
+    with pytest.raises(UnionRobustError, match="input_size"):
+        build_model("mlp", input_size=(28,))
+    with pytest.raises(UnionRobustError, match="at least"):
+        build_model("lenet", input_size=8)
+    with pytest.raises(UnionRobustError, match="cannot build"):
+        build_model("wide-resnet", widen_factor="wide")
+
+
+def test_model_kwargs_lists_options() -> None:
+    assert model_kwargs("wide-resnet")["depth"] == 28
+    assert model_kwargs("preact-resnet18")["activation"] == "relu"
+
+
+def test_docstrings_cite_a_source() -> None:
+    from unionrobust.models import resnet, small
+
+    for cls in (small.MadryMNISTCNN, small.MLP, small.LeNet, small.LeNetV2, small.AllCNN,
+                resnet.PreActResNet18, resnet.WideResNet):  # fmt: skip
+        assert cls.__doc__ and any(str(y) in cls.__doc__ for y in range(1998, 2023))
+
+
+def test_normalization_wrapper() -> None:
+    torch.manual_seed(0)
+    inner = build_model("small-cnn", in_channels=3, input_size=8)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    model = with_normalization(inner, mean, std)
+    x = torch.rand(4, 3, 8, 8)
+    expected = inner((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    # statistics are not weights: the state dict is the inner one under "model."
+    assert set(model.state_dict()) == {f"model.{k}" for k in inner.state_dict()}
+    assert model.double()(x.double()).dtype == torch.float64
+    with pytest.raises(UnionRobustError, match="expects"):
+        model(torch.rand(4, 1, 8, 8))
+
+
+def test_normalize_validation_and_build_option() -> None:
+    with pytest.raises(UnionRobustError, match="> 0"):
+        Normalize(0.5, 0.0)
+    with pytest.raises(UnionRobustError, match="same length"):
+        Normalize((0.1, 0.2), (1.0, 1.0, 1.0))
+    scalar = Normalize(0.5, 0.5)
+    assert torch.allclose(scalar(torch.ones(1, 3, 2, 2)), torch.ones(1, 3, 2, 2))
+    m = build_model("mlp", mean=0.1307, std=0.3081)
+    assert isinstance(m, NormalizedModel) and m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(UnionRobustError, match="both mean and std"):
+        build_model("mlp", mean=0.5)
