@@ -7,6 +7,7 @@ draw inside the ball; plus cheaters that return points outside the ball or the b
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -141,3 +142,13 @@ def linear_problem(n: int = 48, side: int = 6, classes: int = 4, seed: int = 0, 
 
 
 THREATS = "linf:0.06, l2:0.35, l1:2"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread while the test runs: on a shared 2-core machine, 2 threads under load
+    are many times slower than one for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

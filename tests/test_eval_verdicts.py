@@ -8,12 +8,20 @@ import json
 import pytest
 import torch
 
-from test_eval_support import THREATS, CallCounter, dummy_suite, linear_problem
+from test_eval_support import (
+    THREATS,
+    CallCounter,
+    dummy_suite,
+    linear_problem,
+    single_thread,  # noqa: F401
+)
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
 from unionrobust.evaluation.verdicts import LOG_NAME, atomic_write_text, read_log
 
 BATCH = 10
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run(problem, out, counter=None, **kw):

@@ -98,7 +98,7 @@ def test_all_cnn_width_follows_table_a1() -> None:
 def test_wide_resnet_depth_and_width() -> None:
     m = build_model("wide-resnet", depth=16, widen_factor=2)
     assert len(m.block1.layer) == 2 and m.fc.in_features == 128
-    with pytest.raises(UnionRobustError, match="6n \\+ 4"):
+    with pytest.raises(UnionRobustError, match=r"6n \+ 4"):
         build_model("wide-resnet", depth=27)
 
 
@@ -116,7 +116,7 @@ def test_softplus_option() -> None:
     assert not torch.allclose(relu(x), soft(x))
     wrn = build_model("wide-resnet", depth=10, widen_factor=1, activation="softplus")
     assert nn.Softplus in {type(m) for m in wrn.modules()}
-    with pytest.raises(UnionRobustError, match="relu, softplus"):
+    with pytest.raises(UnionRobustError, match=r"relu, softplus"):
         build_model("preact-resnet18", activation="tanh")
 
 
@@ -133,23 +133,23 @@ def test_state_dict_names_match_common_cifar_codes() -> None:
 
 
 def test_unknown_name_lists_valid() -> None:
-    with pytest.raises(UnionRobustError, match="unknown model 'resnet9000'.*small-cnn"):
+    with pytest.raises(UnionRobustError, match=r"unknown model 'resnet9000'.*small-cnn"):
         build_model("resnet9000")
 
 
 def test_bad_kwargs_one_line_error() -> None:
-    with pytest.raises(UnionRobustError, match="does not take argument.*widen_factor") as e:
+    with pytest.raises(UnionRobustError, match=r"does not take argument.*widen_factor") as e:
         build_model("small-cnn", widen_factor=3)
     assert "\n" not in str(e.value)
-    with pytest.raises(UnionRobustError, match="num_classes"):
+    with pytest.raises(UnionRobustError, match=r"num_classes"):
         build_model("mlp", num_classes=1)
-    with pytest.raises(UnionRobustError, match="in_channels"):
+    with pytest.raises(UnionRobustError, match=r"in_channels"):
         build_model("mlp", in_channels=0)
-    with pytest.raises(UnionRobustError, match="input_size"):
+    with pytest.raises(UnionRobustError, match=r"input_size"):
         build_model("mlp", input_size=(28,))
-    with pytest.raises(UnionRobustError, match="at least"):
+    with pytest.raises(UnionRobustError, match=r"at least"):
         build_model("lenet", input_size=8)
-    with pytest.raises(UnionRobustError, match="cannot build"):
+    with pytest.raises(UnionRobustError, match=r"cannot build"):
         build_model("wide-resnet", widen_factor="wide")
 
 
@@ -177,18 +177,18 @@ def test_normalization_wrapper() -> None:
     # statistics are not weights: the state dict is the inner one under "model."
     assert set(model.state_dict()) == {f"model.{k}" for k in inner.state_dict()}
     assert model.double()(x.double()).dtype == torch.float64
-    with pytest.raises(UnionRobustError, match="expects"):
+    with pytest.raises(UnionRobustError, match=r"expects"):
         model(torch.rand(4, 1, 8, 8))
 
 
 def test_normalize_validation_and_build_option() -> None:
-    with pytest.raises(UnionRobustError, match="> 0"):
+    with pytest.raises(UnionRobustError, match=r"> 0"):
         Normalize(0.5, 0.0)
-    with pytest.raises(UnionRobustError, match="same length"):
+    with pytest.raises(UnionRobustError, match=r"same length"):
         Normalize((0.1, 0.2), (1.0, 1.0, 1.0))
     scalar = Normalize(0.5, 0.5)
     assert torch.allclose(scalar(torch.ones(1, 3, 2, 2)), torch.ones(1, 3, 2, 2))
     m = build_model("mlp", mean=0.1307, std=0.3081)
     assert isinstance(m, NormalizedModel) and m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    with pytest.raises(UnionRobustError, match="both mean and std"):
+    with pytest.raises(UnionRobustError, match=r"both mean and std"):
         build_model("mlp", mean=0.5)

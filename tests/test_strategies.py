@@ -264,7 +264,7 @@ def test_eat_never_runs_an_l2_attack(linear_model, monkeypatch):
         make_strategy("eat", "linf:0.1, l2:0.5")
 
 
-def _eat_frequencies(name, model, x, y, batches=400):
+def _eat_frequencies(name, model, x, y, batches=300):
     s = make_strategy(name, "l1:1, l2:0.5, linf:0.1", steps=1, seed=11)
     b = x.shape[0]
     # robust training error: l1 attack breaks every example, linf a quarter of them

@@ -73,7 +73,9 @@ def test_section_2_3_classifiers_closed_forms():
 def test_natural_classifier_is_accurate_but_not_robust():
     task = SyntheticTask(d=100, alpha=2.0, p0=0.9)
     nat = exact_linear_risks(task, natural_classifier(task))
-    assert nat.clean < 0.02  # the test below is not vacuous: a good classifier still has R_avg ≥ 1/2
+    assert (
+        nat.clean < 0.02
+    )  # the test below is not vacuous: a good classifier still has R_avg ≥ 1/2
     assert nat.avg >= 0.5
     for clf in linear_family(task, n_mix=5):  # and the Bayes classifier is the most accurate
         assert exact_linear_risks(task, clf).clean >= nat.clean - 1e-12
@@ -86,8 +88,12 @@ def test_exact_risks_match_monte_carlo(index):
     n = 20_000
     exact = exact_linear_risks(task, clf)
     mc = monte_carlo_linear_risks(task, clf, n=n, seed=index)
-    for a, b in [(exact.clean, mc.clean), (exact.linf, mc.linf), (exact.l1, mc.l1),
-                 (exact.rmax, mc.rmax)]:
+    for a, b in [
+        (exact.clean, mc.clean),
+        (exact.linf, mc.linf),
+        (exact.l1, mc.l1),
+        (exact.rmax, mc.rmax),
+    ]:
         assert abs(a - b) <= 4.5 * math.sqrt(max(a * (1 - a), 1e-4) / n), clf.name
     assert abs(exact.avg - mc.avg) <= 4.5 * mc.stderr + 1e-3
 
@@ -98,8 +104,10 @@ def test_worst_perturbation_in_ball_and_optimal():
     clf = LinearClassifier("r", 0.7, rng.standard_normal(30), 0.3)
     x, y = task.sample(50, seed=1)
     margin = y * clf.scores(x)
-    for threat, eps, norm in [("linf", 0.2, lambda r: np.abs(r).max(1)),
-                              ("l1", 2.0, lambda r: np.abs(r).sum(1))]:
+    for threat, eps, norm in [
+        ("linf", 0.2, lambda r: np.abs(r).max(1)),
+        ("l1", 2.0, lambda r: np.abs(r).sum(1)),
+    ]:
         r = clf.worst_perturbation(y, threat, eps)
         assert (norm(r) <= eps * (1 + 1e-12)).all()
         drop = margin - y * clf.scores(x + r)
@@ -179,8 +187,12 @@ def test_opt_bounds():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"d": 0}, "integer >= 1"), ({"alpha": -1.0}, "alpha"), ({"p0": 0.3}, "p0"),
-     ({"p0": 1.0}, "p0")],
+    [
+        ({"d": 0}, "integer >= 1"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"p0": 0.3}, "p0"),
+        ({"p0": 1.0}, "p0"),
+    ],
 )
 def test_bad_task_parameters(kwargs, match):
     with pytest.raises(UnionRobustError, match=match):

@@ -113,7 +113,7 @@ def test_union_radius_vs_local_optimisation_d4():
 
         best = min(
             scipy_optimize.minimize(f, rng.standard_normal(d), method="Nelder-Mead").fun
-            for _ in range(30)
+            for _ in range(15)
         )
         assert best >= r * (1 - 1e-9)
         assert best == pytest.approx(r, rel=1e-3)

@@ -13,7 +13,7 @@ from unionrobust.cli.cmd_eval import (
     load_model_and_data,
     one_line_errors,
 )
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import unknown_name
 
 HELP = "run one attack against a union of threat models and save the adversarial examples"
 DESCRIPTION = """\
@@ -63,31 +63,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _names() -> list[str]:
     from unionrobust.attacks.registry import attack_names
 
-    return sorted(set(attack_names()) | {"msd"})
+    return attack_names()
 
 
 def build_attack(name: str, threats, steps: int | None, restarts: int | None, seed: int):
-    """MSD over the union, or ``WorstOf`` of ``name`` built once per member."""
+    """The registry's attack over the union: MSD directly, any other attack once per member,
+    combined per example by ``WorstOf``."""
     from unionrobust.attacks.registry import make_attack
 
-    kw = {"seed": seed}
+    kw: dict[str, int] = {"seed": seed}
     if steps is not None:
         kw["steps"] = steps
     if restarts is not None:
         kw["restarts"] = restarts
-    if name == "msd":
-        from unionrobust.attacks.msd import MSD
-
-        return MSD(threats, **kw)
     if name not in _names():
         raise unknown_name("attack", name, _names())
-    from unionrobust.attacks.union import WorstOf
-
-    try:
-        members = [make_attack(name, t, **kw) for t in threats]
-    except TypeError as err:
-        raise UnionRobustError(f"attack {name!r} does not take these options: {err}") from None
-    return WorstOf(members)
+    return make_attack(name, threats, **kw)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from unionrobust.cli.cmd_eval import one_line_errors
@@ -80,9 +79,15 @@ def report(result) -> None:
         f"{result.time_per_epoch:.1f} s/epoch)" + (f"; held-out: {shown}" if shown else "")
     )
     if result.best:
-        print(f"best epoch {result.best['epoch']}: {result.best['metric']} {result.best['score']:.1%}")
+        print(
+            f"best epoch {result.best['epoch']}: {result.best['metric']} {result.best['score']:.1%}"
+        )
     if result.out_dir is not None:
-        print(f"wrote {result.out_dir}/ (" + ", ".join(Path(p).name for p in result.files.values()) + ")")
+        print(
+            f"wrote {result.out_dir}/ ("
+            + ", ".join(Path(p).name for p in result.files.values())
+            + ")"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,5 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if trainer.ctx.is_main:
         report(result)
         if result.history:
-            print(json.dumps({k: v for k, v in result.history[-1].items() if k != "strategy_stats"}))
+            print(
+                json.dumps({k: v for k, v in result.history[-1].items() if k != "strategy_stats"})
+            )
     return 0

@@ -170,7 +170,7 @@ def _hull_level(d: int, eps1: float, epsinf: float) -> float:
 
 def _worst_dual_direction(d: int, s: float) -> np.ndarray:
     """v ≥ 0 with ‖v‖_∞ = 1, ‖v‖_1 = s and the largest ‖v‖_q for every q: ⌊s⌋ ones, then frac(s)."""
-    m = min(int(math.floor(s)), d)
+    m = min(math.floor(s), d)
     v = np.zeros(d, dtype=np.float64)
     v[:m] = 1.0
     if m < d:

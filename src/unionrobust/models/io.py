@@ -113,26 +113,46 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        # weights_only errors say "Weights only load failed"; plain garbage gives other text
-        if first and "weights only" in first[0].lower():
+        detail = _weights_only_detail(exc)
+        if "global" in detail.lower():
             raise UnionRobustError(
-                f"weights file {str(p)!r} was refused: it contains pickled objects other than "
-                "tensors (code could run); re-save it as a plain state dict or safetensors"
+                f"weights file {str(p)!r} was refused: it pickles objects other than tensors, "
+                f"which could run code ({detail[:120]}); re-save it as a state dict or safetensors"
             ) from None
         raise UnionRobustError(
-            f"weights file {str(p)!r} is corrupt or not a weights file ({_first_line(exc)})"
+            f"weights file {str(p)!r} is corrupt or not a weights file ({detail[:120]})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        KeyError,
+    ) as exc:
         raise UnionRobustError(
             f"weights file {str(p)!r} is corrupt or not a weights file ({_first_line(exc)})"
         ) from None
     return unwrap_state_dict(obj, str(p))
 
 
+def _weights_only_detail(exc: BaseException) -> str:
+    """The reason torch's weights-only unpickler gives, without its long advice text."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = text[text.index(marker) + len(marker) :].strip()
+        first = rest.splitlines()[0].strip() if rest else "unpickling failed"
+        return first.split(". Please")[0]
+    return _first_line(exc)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
+    if isinstance(exc, KeyError) or not text:
+        return f"{type(exc).__name__}: {text}"
+    return text.splitlines()[0][:160]
 
 
 def unwrap_state_dict(obj: object, source: str = "<object>") -> dict[str, torch.Tensor]:

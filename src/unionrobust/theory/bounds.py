@@ -70,7 +70,9 @@ def opt_bounds(single_threat_risks: Mapping[str, float] | Sequence[float]) -> Op
     return OptBounds(risks=risks, opt_avg=sum(vals) / len(vals), opt_max=max(vals))
 
 
-def union_risk_range(per_threat_risks: Mapping[str, float] | Sequence[float]) -> tuple[float, float]:
+def union_risk_range(
+    per_threat_risks: Mapping[str, float] | Sequence[float],
+) -> tuple[float, float]:
     """For ONE model with risks R_i on each S_i: ``max_i R_i ≤ R_max ≤ min(1, Σ_i R_i)``.
 
     (The union error set is the union of the per-type error sets: at least the largest, at most

@@ -54,8 +54,12 @@ class SyntheticTask:
 
     def __post_init__(self) -> None:
         if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
-            raise UnionRobustError(f"d (number of weak features) must be an integer >= 1, got {self.d!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise UnionRobustError(
+                f"d (number of weak features) must be an integer >= 1, got {self.d!r}"
+            )
+        if not (
+            isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0
+        ):
             raise UnionRobustError(f"alpha must be a finite number > 0, got {self.alpha!r}")
         if not (isinstance(self.p0, (int, float)) and 0.5 <= self.p0 < 1.0):
             raise UnionRobustError(f"p0 must lie in [0.5, 1), got {self.p0!r}")
@@ -76,7 +80,10 @@ class SyntheticTask:
         return 2.0
 
     def sample(self, n: int, seed: int | Sequence[int] = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Draw n examples (numpy ``default_rng(seed)``): ``x`` of shape (n, d+1) float64 (column 0 is x0), ``y`` in {−1, +1}."""
+        """Draw n examples with numpy's ``default_rng(seed)``.
+
+        Returns ``x`` of shape (n, d+1), float64, column 0 is x0; ``y`` in {−1, +1} (int64).
+        """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise UnionRobustError(f"number of samples must be an integer >= 0, got {n!r}")
         rng = np.random.default_rng(seed)
@@ -113,7 +120,7 @@ class LinearClassifier:
         """Largest decrease of ``y·score`` over the ball: ε·(dual norm of w̄) (Hölder, tight)."""
         w = np.abs(self.weights)
         if threat == "linf":
-            return 0.8 * eps * float(w.sum())
+            return eps * float(w.sum())
         if threat == "l1":
             return eps * float(w.max())
         raise unknown_name("threat", threat, THREATS)
@@ -252,7 +259,12 @@ class _Tally:
         avg = 0.5 * (self.linf + self.l1) / n
         var = max(self.avg_sq / n - avg * avg, 0.0) * n / max(n - 1, 1)
         return Risks(
-            name, method, self.clean / n, self.linf / n, self.l1 / n, self.either / n,
+            name,
+            method,
+            self.clean / n,
+            self.linf / n,
+            self.l1 / n,
+            self.either / n,
             math.sqrt(var / n),
         )
 
@@ -294,7 +306,10 @@ def coupling_perturbations(task: SyntheticTask, x: np.ndarray, y: np.ndarray):
 
 
 def coupling_risks(
-    task: SyntheticTask, predict: Callable[[np.ndarray], np.ndarray], name: str, n: int = 20000,
+    task: SyntheticTask,
+    predict: Callable[[np.ndarray], np.ndarray],
+    name: str,
+    n: int = 20000,
     seed: int = 0,
 ) -> Risks:
     """Monte-Carlo LOWER BOUNDS on the risks of any classifier at Theorem 1's radii.
@@ -339,6 +354,8 @@ def interpolate(
 ) -> LinearClassifier:
     """``(1−t)·ŵ_a + t·ŵ_b`` with ŵ = w̄/‖w̄‖_2 (biases mixed the same way)."""
     na, nb = float(np.linalg.norm(a.weights)), float(np.linalg.norm(b.weights))
+    if na == 0 or nb == 0:
+        raise UnionRobustError("cannot interpolate a classifier whose weights are all zero")
     wbar = (1 - t) * a.weights / na + t * b.weights / nb
     bias = (1 - t) * a.b / na + t * b.b / nb
     label = name or f"{1 - t:.2f}*[{a.name}] + {t:.2f}*[{b.name}]"
@@ -363,7 +380,9 @@ def linear_family(task: SyntheticTask, n_mix: int = 11, seed: int = 0) -> list[L
     for k in sorted({1, max(1, d // 10), max(1, d // 2)}):
         wk = np.r_[np.ones(k), np.zeros(d - k)]
         out.append(LinearClassifier(f"sign(sum x_1..x_{k})", 0.0, wk))
-        out.append(LinearClassifier(f"sign(x0 + sum x_1..x_{k} / sqrt({k}))", 1.0, wk / math.sqrt(k)))
+        out.append(
+            LinearClassifier(f"sign(x0 + sum x_1..x_{k} / sqrt({k}))", 1.0, wk / math.sqrt(k))
+        )
     scale = float(np.linalg.norm(nat.weights))
     for c in (-0.5, 0.5):
         out.append(LinearClassifier(f"natural, bias {c:+.1f}*|w|", nat.w0, nat.w, c * scale))
@@ -391,7 +410,11 @@ def nonlinear_family(task: SyntheticTask) -> list[tuple[str, Callable[[np.ndarra
         s = x[:, 1:].sum(axis=1) / sd
         return np.sign(x[:, 0] + 0.1 * s**3).astype(np.int64)
 
-    return [("switch x0/weak features", switch), ("majority vote", majority), ("x0 + 0.1 s^3", cubic)]
+    return [
+        ("switch x0/weak features", switch),
+        ("majority vote", majority),
+        ("x0 + 0.1 s^3", cubic),
+    ]
 
 
 # --------------------------------------------------------------------------- Theorem 1 experiment
@@ -451,12 +474,16 @@ def theorem1_experiment(
     (for ``radius_scale < 1/2`` the ℓ1 ball has radius < 1, f = sign(x0) keeps risk 1 − p0 under
     both types and R_avg = 1 − p0 < 1/2), which shows the check is not vacuous.
     """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
+        raise UnionRobustError(f"n_samples must be an integer >= 0, got {n_samples!r}")
     if not (math.isfinite(radius_scale) and radius_scale >= 0):
         raise UnionRobustError(f"radius_scale must be a finite number >= 0, got {radius_scale!r}")
     ei, e1 = task.eps_inf * radius_scale, task.eps_1 * radius_scale
     rows = [exact_linear_risks(task, c, ei, e1) for c in linear_family(task, n_mix, seed)]
     if radius_scale == 1.0 and n_samples > 0:
-        rows += [coupling_risks(task, fn, name, n_samples, seed) for name, fn in nonlinear_family(task)]
+        rows += [
+            coupling_risks(task, fn, name, n_samples, seed) for name, fn in nonlinear_family(task)
+        ]
     best_inf = min((r for r in rows if r.method == "exact"), key=lambda r: r.linf)
     best_1 = min((r for r in rows if r.method == "exact"), key=lambda r: r.l1)
     return Theorem1Result(

@@ -14,6 +14,7 @@ would. Attack draws are further keyed by ``example_ids`` (see :mod:`unionrobust.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -21,13 +22,12 @@ import torch
 from torch import nn
 
 from unionrobust.errors import UnionRobustError, check_images, check_labels
-from unionrobust.rng import keyed_bits, keyed_uniform
+from unionrobust.rng import keyed_bits
 from unionrobust.threats import L0, ThreatModel, Union, parse
 from unionrobust.training.strategies.objective import Objective
 
-#: counters (purposes) of the strategy-level random draws
+#: counter (purpose) of the strategy-level random draws
 SEED_COUNTER = 0x5EED
-CHOICE_COUNTER = 0xC401
 
 
 @dataclass
@@ -45,16 +45,22 @@ class StrategyOutput:
     stats: dict[str, float | list[float]] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=256)
+def _batch_bits(seed: int, counter: int) -> tuple[int, int]:
+    """Two 32-bit hash values keyed by ``(seed, batch counter)`` (see :mod:`unionrobust.rng`)."""
+    ids = torch.tensor([int(counter)], dtype=torch.int64)
+    bits = keyed_bits(int(seed), ids, SEED_COUNTER, 2)[0].tolist()
+    return int(bits[0]), int(bits[1])
+
+
 def batch_seed(seed: int, counter: int) -> int:
     """A 31-bit attack seed for batch number ``counter`` (a pure function of both)."""
-    ids = torch.tensor([int(counter)], dtype=torch.int64)
-    return int(keyed_bits(int(seed), ids, SEED_COUNTER, 1)[0, 0]) & 0x7FFFFFFF
+    return _batch_bits(seed, counter)[0] & 0x7FFFFFFF
 
 
-def batch_uniform(seed: int, counter: int, purpose: int = CHOICE_COUNTER) -> float:
+def batch_uniform(seed: int, counter: int) -> float:
     """One uniform [0, 1) number for batch ``counter`` (per-batch choices of SAT and E-AT)."""
-    ids = torch.tensor([int(counter)], dtype=torch.int64)
-    return float(keyed_uniform(int(seed), ids, purpose, (1,), torch.float64)[0, 0])
+    return (_batch_bits(seed, counter)[1] >> 8) / float(1 << 24)
 
 
 def scaled_threat(threat: ThreatModel, scale: float) -> ThreatModel:

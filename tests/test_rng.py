@@ -1,0 +1,124 @@
+"""Counter-based keyed RNG: range, purity (batch independence), decorrelation, integer ranges.
+
+All statistical checks use fixed seeds, so they are deterministic; the tolerances are many
+standard errors wide and would still catch a broken hash (constant, repeated or shifted
+streams).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unionrobust.errors import UnionRobustError
+from unionrobust.rng import (
+    KeyedRandom,
+    default_ids,
+    keyed_bits,
+    keyed_normal,
+    keyed_randint,
+    keyed_uniform,
+)
+
+IDS = torch.arange(200)
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_uniform_range_and_moments(dtype):
+    u = keyed_uniform(0, IDS, 0, (500,), dtype)
+    assert u.dtype == dtype and u.shape == (200, 500)
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    u64 = u.double()
+    assert abs(float(u64.mean()) - 0.5) < 0.01  # standard error ~ 0.0007
+    assert abs(float(u64.var()) - 1 / 12) < 0.005
+    hist = torch.histc(u64, bins=10, min=0, max=1)
+    assert float(hist.min()) > 0.9 * u.numel() / 10 and float(hist.max()) < 1.1 * u.numel() / 10
+
+
+def test_uniform_depends_only_on_seed_id_counter():
+    ids = torch.tensor([7, 3, 1000, 2**40 + 5, -2])
+    full = keyed_uniform(11, ids, 4, (3, 4))
+    assert full.shape == (5, 3, 4)
+    assert torch.equal(full, keyed_uniform(11, ids, 4, (3, 4)))
+    perm = torch.tensor([3, 0, 4])
+    assert torch.equal(keyed_uniform(11, ids[perm], 4, (3, 4)), full[perm])
+    # the same example id in another batch, at another position
+    other = torch.tensor([99, 1000])
+    assert torch.equal(keyed_uniform(11, other, 4, (3, 4))[1], full[2])
+    # KeyedRandom.subset keeps the keys (index tensor or bool mask)
+    rand = KeyedRandom(11, ids)
+    mask = torch.tensor([True, False, True, False, False])
+    assert torch.equal(rand.subset(mask).uniform(4, (3, 4)), full[mask])
+    assert torch.equal(rand.subset(perm).normal(4, (6,)), rand.normal(4, (6,))[perm])
+    assert torch.equal(rand.subset(perm).randint(4, 0, 9), rand.randint(4, 0, 9)[perm])
+
+
+def test_streams_are_decorrelated():
+    base = keyed_uniform(0, IDS, 0, (500,))
+    others = {
+        "next counter": keyed_uniform(0, IDS, 1, (500,)),
+        "next seed": keyed_uniform(1, IDS, 0, (500,)),
+        "shifted ids": keyed_uniform(0, IDS + 1, 0, (500,)),
+        "seed/id shift": keyed_uniform(0x9E37, IDS - 1, 0, (500,)),
+        "big seed": keyed_uniform(2**32, IDS, 0, (500,)),
+        "normal, same counter": keyed_normal(0, IDS, 0, (500,)),
+    }
+    for name, other in others.items():
+        assert abs(_corr(base, other)) < 0.02, name  # standard error ~ 0.0014
+        assert not torch.equal(base, other), name
+    # neighbouring coordinates and neighbouring examples of one draw
+    assert abs(_corr(base[:, :-1], base[:, 1:])) < 0.02
+    assert abs(_corr(base[:-1], base[1:])) < 0.02
+    # no repeated values across examples beyond what 24-bit collisions allow
+    assert torch.unique(base).numel() > 0.99 * base.numel()
+
+
+def test_bits_cover_32_bits_and_streams_differ():
+    bits = keyed_bits(5, IDS, 0, 256)
+    assert int(bits.min()) >= 0 and int(bits.max()) < 2**32
+    assert int(bits.max()) > 2**31  # the top bit is used
+    for bit in (0, 15, 31):
+        frac = float(((bits >> bit) & 1).double().mean())
+        assert abs(frac - 0.5) < 0.02
+    assert not torch.equal(bits, keyed_bits(5, IDS, 0, 256, stream=1))
+
+
+def test_normal_moments_and_finiteness():
+    z = keyed_normal(3, IDS, 2, (500,), torch.float64)
+    assert torch.isfinite(z).all()
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+    assert abs(float((z**4).mean()) - 3) < 0.15  # Gaussian kurtosis
+    assert keyed_normal(3, IDS, 2, (4, 5)).shape == (200, 4, 5)
+
+
+@pytest.mark.parametrize("low, high", [(5, 20), (0, 0), (-3, 3), (1, 1000)])
+def test_randint_inclusive_range_covered(low, high):
+    ids = torch.arange(20000)
+    k = keyed_randint(9, ids, 0, low, high)
+    assert k.shape == (20000,) and k.dtype == torch.int64
+    assert int(k.min()) == low and int(k.max()) == high
+    if high - low < 50:
+        counts = torch.bincount(k - low, minlength=high - low + 1).double()
+        expected = 20000 / (high - low + 1)
+        assert float(counts.min()) > 0.8 * expected and float(counts.max()) < 1.2 * expected
+    assert abs(_corr(k, keyed_randint(9, ids, 1, low, high))) < 0.03 or low == high
+
+
+def test_randint_rejects_empty_range():
+    with pytest.raises(UnionRobustError):
+        keyed_randint(0, IDS, 0, 5, 4)
+
+
+def test_default_ids_and_for_batch():
+    assert torch.equal(default_ids(4, "cpu"), torch.arange(4))
+    r = KeyedRandom.for_batch(2, 4, "cpu")
+    assert torch.equal(r.ids, torch.arange(4))
+    r2 = KeyedRandom.for_batch(2, 2, "cpu", ids=torch.tensor([2, 3], dtype=torch.int32))
+    assert r2.ids.dtype == torch.int64
+    assert torch.equal(r2.uniform(0, (3,)), r.uniform(0, (3,))[2:])
