@@ -80,16 +80,17 @@ def test_corrupt_or_missing_checkpoint_gives_one_line_error(tmp_path):
         ckpt.load_checkpoint(tmp_path, "last")
 
 
+class _Evil:
+    """Any class: unpickling it would run code of the file's choosing."""
+
+
 def test_state_file_is_read_with_weights_only(tmp_path):
     """A state file holding an arbitrary Python object is refused, not unpickled."""
-
-    class Evil:
-        pass
 
     ckpt.save_checkpoint(tmp_path, "last", _weights(1.0), _state(1), epoch=0, step=1)
     pointer = json.loads((tmp_path / "last.json").read_text())
     path = tmp_path / pointer["state"]
-    torch.save({"x": Evil()}, path)
+    torch.save({"x": _Evil()}, path)
     pointer["sha256"]["state"] = ckpt._sha256(path.read_bytes())
     (tmp_path / "last.json").write_text(json.dumps(pointer))
     with pytest.raises(ckpt.CheckpointError, match="is corrupt"):

@@ -221,3 +221,37 @@ def test_all_wrong_model_gives_zero_everywhere(problem):
     assert rep.clean_accuracy == 0 and rep.union_accuracy == 0 and rep.average_accuracy == 0
     assert rep.attacked == [0] * len(rep.entries)
     assert all(math.isnan(v) for v in rep.norms.reshape(-1).tolist())
+
+
+def test_real_attacks_cascade_equals_everything(problem):
+    """The library's PGD and APGD (keyed randomness) inside the engine: same verdicts either
+    way, and across batch sizes."""
+    from unionrobust.attacks.apgd import APGD
+    from unionrobust.attacks.pgd import PGD
+    from unionrobust.evaluation import Suite, SuiteEntry
+
+    model, x, y = problem
+    union = parse(THREATS)
+    entries = []
+    for i in range(len(union)):
+        entries.append(SuiteEntry(i, "pgd", (), lambda t, s: PGD(t, steps=4, restarts=2, seed=s)))
+        entries.append(
+            SuiteEntry(
+                i,
+                "apgd-t",
+                (),
+                lambda t, s: APGD(t, steps=4, loss="dlr-targeted", n_targets=2, seed=s),
+            )
+        )
+    suite = Suite("real", union, tuple(entries))
+    casc = evaluate(model, x, y, threats=THREATS, suite=suite, batch_size=16, progress=False)
+    full = evaluate(
+        model, x, y, threats=THREATS, suite=suite, batch_size=23, progress=False, cascade=False
+    )
+    assert torch.equal(casc.threat_robust(), full.threat_robust())
+    ran = ~torch.isnan(casc.norms)
+    assert torch.equal(casc.broken[ran], full.broken[ran])
+    assert casc.union_accuracy < casc.clean_accuracy
+    for e, t in enumerate(casc.entry_threat):  # every reported norm is inside the ball
+        finite = ran[:, e]
+        assert (casc.norms[finite, e] <= union[t].size * (1 + 1e-5) + 1e-6).all()

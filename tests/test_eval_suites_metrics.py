@@ -42,8 +42,11 @@ def test_standard_suite_is_apgd_ce_then_targeted_dlr_per_threat():
         assert attack.threat == union[e.threat_index] and attack.seed == 5
         assert attack.steps == 100
         assert attack.loss == ("ce" if e.attack == "apgd-ce" else "dlr-targeted")
-        if e.attack == "apgd-t":
-            assert attack.n_targets == 9
+        l1 = isinstance(attack.threat, L1)
+        if e.attack == "apgd-t":  # AutoAttack 'standard': 9 targets, 5 for l1
+            assert attack.n_targets == (5 if l1 else 9) and attack.restarts == 1
+        else:
+            assert attack.restarts == (5 if l1 else 1)
 
 
 @pytest.mark.parametrize(
@@ -102,6 +105,14 @@ def test_user_list_of_attacks():
         assert e.build(union[e.threat_index], 0).threat == union[e.threat_index]
     per_threat = get_suite({"l1:10": ["pgd"], 0: "pgd"}, THREATS)
     assert [(e.threat_index, e.attack) for e in per_threat.entries] == [(0, "pgd"), (2, "pgd")]
+    text = get_suite("l1:10=pgd; linf:0.3=pgd+fgsm", THREATS)
+    assert [(e.threat_index, e.attack) for e in text.entries] == [
+        (0, "pgd"),
+        (0, "fgsm"),
+        (2, "pgd"),
+    ]
+    with pytest.raises(UnionRobustError, match="per-threat suite"):
+        get_suite("=pgd", THREATS)
     with pytest.raises(UnionRobustError, match="unknown attack"):
         get_suite(["pgd", "nope"], THREATS)
     with pytest.raises(UnionRobustError, match="unknown threat in suite"):

@@ -126,22 +126,30 @@ def dummy_suite(threats, counter: CallCounter | None = None, kinds=("onestep", "
     return Suite("dummy", union, tuple(entries))
 
 
-def linear_problem(n: int = 48, side: int = 6, classes: int = 4, seed: int = 0, flip: int = 5):
-    """A random linear classifier on side×side images; labels = its predictions, ``flip`` of
-    them changed (clean errors)."""
+def linear_problem(n: int = 64, side: int = 6, seed: int = 0, flip: int = 5):
+    """A 4-class linear classifier on side×side images whose class-difference vectors are dense
+    for some pairs and spiky for others, so ℓ∞, ℓ2 and ℓ1 attacks break different points (the
+    margin shrinks by ε‖w‖₁, ε‖w‖₂, ε‖w‖∞ respectively). Labels are its predictions, the first
+    ``flip`` changed (clean errors)."""
     g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(side * side, classes))
+    d = side * side
+    w = torch.randn(4, d, generator=g) * 0.3
+    w[1] *= 0.2
+    w[1, :3] += torch.tensor([4.0, -4.0, 4.0])
+    w[3] *= 0.2
+    w[3, 10:12] += torch.tensor([-5.0, 5.0])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, 4))
     with torch.no_grad():
-        model[1].weight.copy_(torch.randn(classes, side * side, generator=g) * 0.5)
-        model[1].bias.copy_(torch.randn(classes, generator=g) * 0.1)
+        model[1].weight.copy_(w)
+        model[1].bias.zero_()
     x = torch.rand(n, 1, side, side, generator=g)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    y[:flip] = (y[:flip] + 1) % classes
+    y[:flip] = (y[:flip] + 1) % 4
     return model, x, y
 
 
-THREATS = "linf:0.06, l2:0.35, l1:2"
+THREATS = "linf:0.05, l2:0.2, l1:1"
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_outputs_on_disk(reference, problem):
     assert len(rows) == rep.n_examples
     assert [int(r["robust[union]"]) for r in rows] == rep.union_robust.int().tolist()
     assert [int(r["label"]) for r in rows] == problem[2].tolist()
-    assert "broken[onestep@linf:0.06]" in rows[0] and "norm[noise@l1:2]" in rows[0]
+    assert "broken[onestep@linf:0.05]" in rows[0] and "norm[noise@l1:1]" in rows[0]
     header, records, _ = read_log(out / LOG_NAME)
     assert header["config"]["threats"] == THREATS
     assert {r["type"] for r in records} == {"clean", "attack"}
@@ -150,7 +150,7 @@ def test_resume_refuses_another_configuration(reference, problem, tmp_path):
         run(problem, tmp_path, resume=True, seed=1)
     assert "\n" not in str(info.value)
     with pytest.raises(UnionRobustError, match="threats"):
-        run(problem, tmp_path, resume=True, threats="linf:0.06, l2:0.35")
+        run(problem, tmp_path, resume=True, threats="linf:0.05, l2:0.2")
     model, x, y = problem
     with pytest.raises(UnionRobustError, match="data_hash"):
         run((model, x.flip(0), y.flip(0)), tmp_path, resume=True)

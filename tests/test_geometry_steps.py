@@ -20,7 +20,7 @@ from unionrobust.geometry import (
 )
 from unionrobust.geometry.steps import percentile_index
 
-SETTINGS = settings(max_examples=50, deadline=None)
+SETTINGS = settings(max_examples=30, deadline=None)
 
 
 @st.composite

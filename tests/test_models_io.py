@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -132,9 +133,11 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["junk.pt", "junk.safetensors", "junk.bin"])
-def test_corrupt_files(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("seed", range(6))
+def test_corrupt_files(tmp_path: Path, name: str, seed: int) -> None:
     path = tmp_path / name
-    path.write_bytes(os.urandom(300))
+    noise = random.Random(seed).randbytes(300)
+    path.write_bytes(noise if seed % 2 else b"\x80\x02" + noise)  # odd: raw, even: pickle-like
     with pytest.raises(UnionRobustError, match=name) as e:
         load_weights(_wrn(0), path)
     assert "\n" not in str(e.value)

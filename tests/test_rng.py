@@ -20,7 +20,7 @@ from unionrobust.rng import (
     keyed_uniform,
 )
 
-IDS = torch.arange(200)
+IDS = torch.arange(120)
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -31,11 +31,11 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_uniform_range_and_moments(dtype):
-    u = keyed_uniform(0, IDS, 0, (500,), dtype)
-    assert u.dtype == dtype and u.shape == (200, 500)
+    u = keyed_uniform(0, IDS, 0, (300,), dtype)
+    assert u.dtype == dtype and u.shape == (120, 300)
     assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
     u64 = u.double()
-    assert abs(float(u64.mean()) - 0.5) < 0.01  # standard error ~ 0.0007
+    assert abs(float(u64.mean()) - 0.5) < 0.01  # standard error ~ 0.0015
     assert abs(float(u64.var()) - 1 / 12) < 0.005
     hist = torch.histc(u64, bins=10, min=0, max=1)
     assert float(hist.min()) > 0.9 * u.numel() / 10 and float(hist.max()) < 1.1 * u.numel() / 10
@@ -60,54 +60,54 @@ def test_uniform_depends_only_on_seed_id_counter():
 
 
 def test_streams_are_decorrelated():
-    base = keyed_uniform(0, IDS, 0, (500,))
+    base = keyed_uniform(0, IDS, 0, (300,))
     others = {
-        "next counter": keyed_uniform(0, IDS, 1, (500,)),
-        "next seed": keyed_uniform(1, IDS, 0, (500,)),
-        "shifted ids": keyed_uniform(0, IDS + 1, 0, (500,)),
-        "seed/id shift": keyed_uniform(0x9E37, IDS - 1, 0, (500,)),
-        "big seed": keyed_uniform(2**32, IDS, 0, (500,)),
-        "normal, same counter": keyed_normal(0, IDS, 0, (500,)),
+        "next counter": keyed_uniform(0, IDS, 1, (300,)),
+        "next seed": keyed_uniform(1, IDS, 0, (300,)),
+        "shifted ids": keyed_uniform(0, IDS + 1, 0, (300,)),
+        "seed/id shift": keyed_uniform(0x9E37, IDS - 1, 0, (300,)),
+        "big seed": keyed_uniform(2**32, IDS, 0, (300,)),
+        "normal, same counter": keyed_normal(0, IDS, 0, (300,)),
     }
     for name, other in others.items():
-        assert abs(_corr(base, other)) < 0.02, name  # standard error ~ 0.0014
+        assert abs(_corr(base, other)) < 0.03, name  # standard error ~ 0.0053
         assert not torch.equal(base, other), name
     # neighbouring coordinates and neighbouring examples of one draw
-    assert abs(_corr(base[:, :-1], base[:, 1:])) < 0.02
-    assert abs(_corr(base[:-1], base[1:])) < 0.02
+    assert abs(_corr(base[:, :-1], base[:, 1:])) < 0.03
+    assert abs(_corr(base[:-1], base[1:])) < 0.03
     # no repeated values across examples beyond what 24-bit collisions allow
     assert torch.unique(base).numel() > 0.99 * base.numel()
 
 
 def test_bits_cover_32_bits_and_streams_differ():
-    bits = keyed_bits(5, IDS, 0, 256)
+    bits = keyed_bits(5, IDS, 0, 128)
     assert int(bits.min()) >= 0 and int(bits.max()) < 2**32
     assert int(bits.max()) > 2**31  # the top bit is used
     for bit in (0, 15, 31):
         frac = float(((bits >> bit) & 1).double().mean())
         assert abs(frac - 0.5) < 0.02
-    assert not torch.equal(bits, keyed_bits(5, IDS, 0, 256, stream=1))
+    assert not torch.equal(bits, keyed_bits(5, IDS, 0, 128, stream=1))
 
 
 def test_normal_moments_and_finiteness():
-    z = keyed_normal(3, IDS, 2, (500,), torch.float64)
+    z = keyed_normal(3, IDS, 2, (300,), torch.float64)
     assert torch.isfinite(z).all()
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
     assert abs(float((z**4).mean()) - 3) < 0.15  # Gaussian kurtosis
-    assert keyed_normal(3, IDS, 2, (4, 5)).shape == (200, 4, 5)
+    assert keyed_normal(3, IDS, 2, (4, 5)).shape == (IDS.numel(), 4, 5)
 
 
 @pytest.mark.parametrize("low, high", [(5, 20), (0, 0), (-3, 3), (1, 1000)])
 def test_randint_inclusive_range_covered(low, high):
-    ids = torch.arange(20000)
+    ids = torch.arange(6000)
     k = keyed_randint(9, ids, 0, low, high)
-    assert k.shape == (20000,) and k.dtype == torch.int64
+    assert k.shape == (6000,) and k.dtype == torch.int64
     assert int(k.min()) == low and int(k.max()) == high
     if high - low < 50:
         counts = torch.bincount(k - low, minlength=high - low + 1).double()
-        expected = 20000 / (high - low + 1)
-        assert float(counts.min()) > 0.8 * expected and float(counts.max()) < 1.2 * expected
-    assert abs(_corr(k, keyed_randint(9, ids, 1, low, high))) < 0.03 or low == high
+        expected = 6000 / (high - low + 1)
+        assert float(counts.min()) > 0.75 * expected and float(counts.max()) < 1.25 * expected
+    assert abs(_corr(k, keyed_randint(9, ids, 1, low, high))) < 0.05 or low == high
 
 
 def test_randint_rejects_empty_range():

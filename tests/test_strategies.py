@@ -87,6 +87,9 @@ def test_bad_option_is_named_in_one_line():
         make_strategy("avg", "linf:0.3, l2:2", steps=[1, 2, 3])
     with pytest.raises(UnionRobustError, match="unknown member"):
         make_strategy("avg", "linf:0.3, l2:2", alpha={"l1": 0.1})
+    for bad in ({"alpha": "x"}, {"steps": 0}, {"restarts": 1.5}, {"gamma": -1}, {"mix": 2}):
+        with pytest.raises(UnionRobustError, match=next(iter(bad))):
+            make_strategy("minmax" if "gamma" in bad else "max", "linf:0.3", **bad)
 
 
 def test_aliases_pick_the_norm():

@@ -1,5 +1,6 @@
 """Attacks: ``attack(model, x, y) -> AttackResult``, written once against the ThreatModel API."""
 
+from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model, loss_and_grad
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.msd import MSD
@@ -8,6 +9,7 @@ from unionrobust.attacks.registry import ATTACKS, attack_names, make_attack
 from unionrobust.attacks.union import WorstOf
 
 __all__ = [
+    "APGD",
     "ATTACKS",
     "FGSM",
     "MIM",

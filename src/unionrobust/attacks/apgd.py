@@ -234,6 +234,12 @@ class APGD(Attack):
         self.alpha = float(alpha)
         self.l1_sparsity = float(l1_sparsity)
 
+    def __repr__(self) -> str:
+        return (
+            f"APGD({self.threat!r}, steps={self.steps}, restarts={self.restarts}, "
+            f"loss={self.loss!r})"
+        )
+
     # -- the per-norm rule lives here, and only here -------------------------------------------
     def _rule(self, x: torch.Tensor) -> StepSizeRule | L1SparsityRule:
         if isinstance(self.threat, L1):

@@ -72,6 +72,11 @@ def autocast_for(x: torch.Tensor, enabled: bool) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (AMP) as float32; float32/float64 logits unchanged."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -87,7 +92,7 @@ def loss_and_grad(
     with torch.enable_grad():
         with autocast_for(x_adv, amp):
             logits = model(x_adv)
-        logits = logits.float()
+        logits = upcast(logits)
         loss = loss_fn(logits, y)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
     return logits.detach(), loss.detach(), grad.detach()
@@ -96,7 +101,7 @@ def loss_and_grad(
 def forward(model: nn.Module, x_adv: torch.Tensor, amp: bool = False) -> torch.Tensor:
     """Logits (float32) of ``model`` at ``x_adv`` without building a graph."""
     with torch.no_grad(), autocast_for(x_adv, amp):
-        return model(x_adv).float()
+        return upcast(model(x_adv))
 
 
 def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -168,7 +173,7 @@ class Attack(ABC):
             clean_logits = model(x)
             classes = check_logits(clean_logits, x.shape[0])
             check_labels(y, x.shape[0], classes)
-            return self._run(model, x, y, rand, clean_logits.float())
+            return self._run(model, x, y, rand, upcast(clean_logits))
 
     @abstractmethod
     def _run(

@@ -28,6 +28,7 @@ from unionrobust.attacks.base import (
     loss_and_grad,
     misclassified,
     run_restarts,
+    upcast,
 )
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.pgd import (
@@ -154,7 +155,7 @@ class MSD(Attack):
             x_cands = (x.unsqueeze(0) + cands).clamp_(0.0, 1.0)
             flat = x_cands.reshape(k * b, *x.shape[1:])
             with torch.no_grad(), autocast_for(flat, self.amp):
-                c_logits = model(flat).float()
+                c_logits = upcast(model(flat))
             c_loss = self.loss_fn(c_logits, y_rep).reshape(k, b)
             c_succ = misclassified(c_logits, y_rep).reshape(k, b)
             chosen = c_loss.argmax(dim=0)  # Alg. 1: the candidate of highest loss

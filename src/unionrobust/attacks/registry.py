@@ -40,6 +40,10 @@ ATTACKS: dict[str, AttackFactory] = {
     "mim": MIM,
     "slide": SLIDE,
     "msd": MSD,
+    "apgd-ce": lazy("apgd", "APGD", loss="ce"),
+    "apgd-dlr": lazy("apgd", "APGD", loss="dlr"),
+    "apgd-t": lazy("apgd", "APGD", loss="dlr-targeted"),
+    "apgd-cw": lazy("apgd", "APGD", loss="cw"),
 }
 
 #: attacks that take a whole union; the others run once per member, combined by WorstOf

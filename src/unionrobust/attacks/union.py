@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import Attack, AttackResult, misclassified
+from unionrobust.attacks.base import Attack, AttackResult
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError
 from unionrobust.rng import KeyedRandom
@@ -58,13 +58,11 @@ class WorstOf(Attack):
         rand: KeyedRandom,
         clean_logits: torch.Tensor,
     ) -> AttackResult:
-        # -inf loss: the first attack's result always replaces the placeholder
-        tracker = BestTracker(
-            x, torch.full_like(y, -torch.inf, dtype=torch.float32), misclassified(clean_logits, y)
-        )
-        tracker.threat_index = torch.full_like(y, -1)
-        for i, attack in enumerate(self.attacks):
-            if i == 0 or not self.shrink:
+        first = self.attacks[0](model, x, y, rand.ids)
+        tracker = BestTracker(first.x_adv, first.loss, first.success)
+        tracker.threat_index = torch.zeros_like(y)
+        for i, attack in enumerate(self.attacks[1:], start=1):
+            if not self.shrink:
                 res = attack(model, x, y, rand.ids)
                 tracker.update(res.x_adv, res.loss, res.success, threat_index=i)
                 continue

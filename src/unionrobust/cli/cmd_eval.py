@@ -171,7 +171,9 @@ def load_model_and_data(args: argparse.Namespace):
     model = model.to(device).eval()
     meta = {
         "model": args.model or args.model_module,
-        "weights": args.weights,
+        # the file's name only: the weights themselves are fingerprinted by the engine, and a
+        # moved file must not block --resume
+        "weights": Path(args.weights).name if args.weights else None,
         "data": args.data,
         "split": args.split,
     }

@@ -106,8 +106,4 @@ def run(args: argparse.Namespace) -> int:
         shutdown(trainer.ctx)
     if trainer.ctx.is_main:
         report(result)
-        if result.history:
-            print(
-                json.dumps({k: v for k, v in result.history[-1].items() if k != "strategy_stats"})
-            )
     return 0

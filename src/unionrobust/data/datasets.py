@@ -249,7 +249,7 @@ class ImageFolderDataset(Dataset):
 
         path, label = self.samples[index]
         with self._open(path) as im:
-            arr = np.asarray(im.convert(self.mode), dtype=np.uint8)
+            arr = np.array(im.convert(self.mode), dtype=np.uint8)
         if self._size is None:
             self._size = arr.shape[:2]
         elif arr.shape[:2] != self._size:

@@ -183,21 +183,23 @@ def evaluate(
 ) -> EvaluationReport:
     """Evaluate ``model`` against the union ``threats`` with ``suite``; see the module doc.
 
-        ``x_or_dataset``: images in [0, 1] with labels ``y``, or a dataset of (image, label);
-        ``n``: evaluate the first n examples. ``out_dir``: write the verdict log as it goes and
-        report.json + verdicts.csv at the end; ``resume``: continue the log in ``out_dir`` (same
-        configuration required). ``cascade=False`` runs every attack on every point (same verdicts,
-        slower; for checks and benchmarks). ``example_ids``: global ids of the examples (default
-        0..n−1), which key the attacks' randomness. ``meta``: JSON-able facts about the run (model
-    name, weights file, data spec) stored in the report and checked on resume. The model is left
-    exactly as found.
+    ``x_or_dataset``: images in [0, 1] with labels ``y``, or a dataset of (image, label);
+    ``n``: evaluate the first n examples. ``suite``: a name, a list of attack names or a
+    :class:`Suite`. ``out_dir``: log verdicts as they come and write report.json +
+    verdicts.csv at the end; ``resume``: continue the log in ``out_dir`` (same configuration
+    required, else an error). ``device``: None = the model's, "auto" = CUDA if available.
+    ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
+    benchmarks). ``example_ids``: global ids of the examples (default 0..n−1), which key the
+    attacks' randomness. ``meta``: JSON-able facts about the run (model name, data spec) kept
+    in the report and checked on resume. The model is left exactly as found.
     """
     t_start = time.perf_counter()
     union = parse(threats)
     the_suite: Suite = get_suite(suite, union)
-    if int(batch_size) <= 0:
-        raise UnionRobustError(f"batch size must be positive, got {batch_size}")
-    batch_size = int(batch_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
     dev = resolve_device(device, model)
     x, y = as_tensors(x_or_dataset, y, n)
     count = x.shape[0]
@@ -205,12 +207,11 @@ def evaluate(
     if ids.shape != (count,) or torch.unique(ids).numel() != count:
         raise UnionRobustError(f"example_ids must be {count} distinct integers")
     ids = ids.cpu()
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.device != dev:
-            raise UnionRobustError(
-                f"the model is on {t.device} but device={dev}; move it with model.to('{dev}')"
-            )
-        break
+    model_dev = resolve_device(None, model)
+    if (model_dev.type, model_dev.index or 0) != (dev.type, dev.index or 0):
+        raise UnionRobustError(
+            f"the model is on {model_dev} but device={dev}; move it with model.to('{dev}')"
+        )
 
     entries = the_suite.entries
     config = {

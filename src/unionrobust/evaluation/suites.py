@@ -8,7 +8,8 @@ Named suites (``suite_names()``):
 
 - ``quick``: PGD per threat (20 steps, one random start) — a fast smoke test, not a claim.
 - ``standard``: the AutoAttack-style white-box protocol of Croce & Hein (2022) §2 / E-AT: per
-  threat APGD-CE (100 steps) then targeted APGD-DLR (100 steps, 9 target classes); for ℓ1 the
+  threat APGD-CE (100 steps) then targeted APGD-DLR (100 steps), with AutoAttack's standard
+  budgets (ℓ∞/ℓ2: 1 restart, 9 target classes; ℓ1: 5 restarts, 5 target classes); for ℓ1 the
   APGD class is the box-aware ℓ1-APGD of "Mind the box" (it dispatches on the threat).
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
@@ -19,9 +20,9 @@ Named suites (``suite_names()``):
   verdicts. Its gradient-free attacks are not part of this suite.
 
 Instead of a name, a suite can be a list of attack names (the same for every threat, e.g.
-``["apgd-ce", "apgd-t"]`` or the text ``"apgd-ce, apgd-t"``) or a dict mapping a threat spec or
-member index to such a list; the names are those of
-:func:`unionrobust.attacks.registry.attack_names`.
+``["pgd", "mim"]`` or the text ``"pgd, mim"``), a dict mapping a threat spec or member index to
+such a list, or the text ``"linf:0.3=pgd+mim; l1:10=pgd"`` (threats left out get no attack);
+the names are those of :func:`unionrobust.attacks.registry.attack_names`.
 """
 
 from __future__ import annotations
@@ -134,11 +135,17 @@ def _quick(threats: Union) -> list[SuiteEntry]:
 
 
 def _standard(threats: Union) -> list[SuiteEntry]:
+    """AutoAttack 'standard' budgets for its APGD attacks: ℓ∞/ℓ2 one restart of APGD-CE and
+    9 target classes for APGD-T; ℓ1 five restarts and 5 target classes (its "largereps"
+    ε-schedule is not reproduced)."""
     out: list[SuiteEntry] = []
-    for i in range(len(threats)):
-        out.append(_entry(i, "apgd-ce", _apgd, steps=100, restarts=1, loss="ce"))
+    for i, t in enumerate(threats):
+        restarts, targets = (5, 5) if isinstance(t, L1) else (1, 9)
+        out.append(_entry(i, "apgd-ce", _apgd, steps=100, restarts=restarts, loss="ce"))
         out.append(
-            _entry(i, "apgd-t", _apgd, steps=100, restarts=1, loss="dlr-targeted", n_targets=9)
+            _entry(
+                i, "apgd-t", _apgd, steps=100, restarts=1, loss="dlr-targeted", n_targets=targets
+            )
         )
     return out
 
@@ -240,9 +247,20 @@ def get_suite(
         key = suite.strip()
         if key in SUITES:
             return Suite(key, union, tuple(SUITES[key](union)))
-        if "," not in key and ";" not in key and key not in _safe_attack_names():
+        if "=" in key:  # "linf:0.3=pgd+apgd-ce; l1:10=apgd-ce"
+            mapping: dict[str | int, list[str]] = {}
+            for part in key.split(";"):
+                spec, eq, names = part.partition("=")
+                if not eq or not spec.strip():
+                    raise UnionRobustError(
+                        f"per-threat suite {key!r} must look like 'linf:0.3=pgd+apgd-ce; l1:10=pgd'"
+                    )
+                mapping[spec.strip()] = _split_names(names.replace("+", ","))
+            suite = mapping
+        elif "," not in key and ";" not in key and key not in _safe_attack_names():
             raise unknown_name("suite or attack", key, suite_names() + _safe_attack_names())
-        suite = _split_names(key)
+        else:
+            suite = _split_names(key)
     if isinstance(suite, Mapping):
         entries: list[SuiteEntry] = []
         specs = [m.spec for m in union]

@@ -117,8 +117,8 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
 def format_report(report: EvaluationReport, fmt: str = "markdown") -> str:
     """The summary and the per-attack breakdown, with a title line."""
     title = (
-        f"Union robustness: {', '.join(report.threats)} | suite {report.suite} | "
-        f"{report.n_examples} examples | seed {report.seed}"
+        f"Union robustness: {', '.join(report.threats)}; suite {report.suite}; "
+        f"{report.n_examples} examples; seed {report.seed}"
     )
     note = (
         "95% CI: Wilson score (average: normal approx.). 'rejected': claimed successes that "

@@ -3,6 +3,7 @@
 from unionrobust.threats.base import DEFAULT_TOL, ThreatModel, Union, as_union
 from unionrobust.threats.lp import L0, L1, L2, Linf
 from unionrobust.threats.parse import parse, parse_threat
+from unionrobust.threats.spatial import RotationTranslation
 
 __all__ = [
     "DEFAULT_TOL",
@@ -10,6 +11,7 @@ __all__ = [
     "L1",
     "L2",
     "Linf",
+    "RotationTranslation",
     "ThreatModel",
     "Union",
     "as_union",

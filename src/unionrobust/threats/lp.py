@@ -147,15 +147,14 @@ class L1(_Lp):
         if self.step_rule == "slide":
             direction = slide_direction(grad, self.q, movable)
         else:
-            if self.step_rule == "single":
-                k = 1
-            elif self.step_rule == "topk":
-                k = self.k
-            else:
+            k_max = {"single": 1, "topk": self.k}.get(self.step_rule, self.k_range[1])
+            if self.step_rule == "random_k":
                 if rand is None:
                     raise UnionRobustError("l1 random_k steps need a KeyedRandom")
-                k = rand.randint(counter, *self.k_range)
-            direction = l1_topk_direction(grad, k, movable, k_max=max(self.k_range[1], self.k))
+                k: int | torch.Tensor = rand.randint(counter, *self.k_range)
+            else:
+                k = k_max
+            direction = l1_topk_direction(grad, k, movable, k_max=k_max)
         return _per_example(alpha, grad) * direction
 
     def random_init(self, x, rand, counter=0):

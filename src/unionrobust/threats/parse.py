@@ -46,6 +46,10 @@ def parse_threat(token: str) -> ThreatModel:
         raise UnionRobustError(f"threat {text!r} must look like 'norm:radius', e.g. 'l2:0.5'")
     norm, _, radius = text.partition(":")
     key = norm.strip().lower().replace(" ", "")
+    if key == "rt":  # rotation-translation, "rt:30:3" (threats/spatial.py)
+        from unionrobust.threats.spatial import parse_rt
+
+        return parse_rt(radius)
     cls = NORM_ALIASES.get(key)
     if cls is None:
         raise unknown_name(f"norm in threat {text!r}:", norm.strip(), VALID_NORMS)
@@ -53,9 +57,7 @@ def parse_threat(token: str) -> ThreatModel:
         raise UnionRobustError(f"threat {text!r}: missing radius after ':'")
     value = parse_number(radius, f"threat {text!r}")
     if not value > 0:
-        raise UnionRobustError(
-            f"threat {text!r}: radius must be a number > 0, got {radius.strip()}"
-        )
+        raise UnionRobustError(f"threat {text!r}: radius must be > 0, got {radius.strip()}")
     try:
         return cls(value)
     except UnionRobustError as err:

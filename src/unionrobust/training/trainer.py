@@ -256,6 +256,7 @@ class Trainer:
         if resume and self.out_dir is None:
             raise UnionRobustError("resume needs an output folder")
         self.threats = parse(config.threats)
+        self.strategy = strategy if strategy is not None else build_strategy(config)
 
         # ---- data
         train = Source(train_data if train_data is not None else load_split(config.data, "train"))
@@ -312,7 +313,6 @@ class Trainer:
             s.name, lr=config.optimizer.lr, epochs=t.epochs, points=s.points,
             milestones=s.milestones, gamma=s.gamma, peak=s.peak, factor=s.factor,
         )  # fmt: skip
-        self.strategy = strategy if strategy is not None else build_strategy(config)
         self.amp = bool(t.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 

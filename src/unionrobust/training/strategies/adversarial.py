@@ -71,11 +71,16 @@ def per_member(option: str, value, union: Union, default) -> list:
     return [value] * k
 
 
-def check_steps(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise UnionRobustError(f"steps must be an integer >= 1, got {value!r}")
-    if int(value) < 1:
-        raise UnionRobustError(f"steps must be an integer >= 1, got {value!r}")
+def check_steps(value, name: str = "steps") -> int:
+    """A positive whole number (steps, restarts)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not abs(value) < float("inf")
+        or int(value) != value
+        or int(value) < 1
+    ):
+        raise UnionRobustError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -97,9 +102,7 @@ class AdversarialStrategy(Strategy):
         self.steps = [check_steps(s) for s in per_member("steps", steps, union, 10)]
         self.alphas = per_member("alpha", alpha, union, None)
         self.kinds = per_member("attack", attack, union, "pgd")
-        if isinstance(restarts, bool) or int(restarts) != restarts or int(restarts) < 1:
-            raise UnionRobustError(f"restarts must be an integer >= 1, got {restarts!r}")
-        self.restarts = int(restarts)
+        self.restarts = check_steps(restarts, "restarts")
         self.start = check_start(start)
         for m, kind, a in zip(union, self.kinds, self.alphas, strict=True):
             if kind not in ATTACKS:
@@ -110,8 +113,10 @@ class AdversarialStrategy(Strategy):
                 raise UnionRobustError("alpha does not apply to attack 'apgd' (step-size free)")
             if kind == "apgd" and self.objective.kl_attack:
                 raise UnionRobustError("loss 'trades' needs attack 'pgd' or 'slide', not 'apgd'")
-            if a is not None and not float(a) > 0:
-                raise UnionRobustError(f"alpha must be > 0, got {a!r}")
+            if a is not None and (
+                isinstance(a, bool) or not isinstance(a, int | float) or not 0 < a < float("inf")
+            ):
+                raise UnionRobustError(f"alpha must be a positive number, got {a!r}")
         if self.objective.kl_attack and self.restarts != 1:
             raise UnionRobustError("loss 'trades' needs restarts=1")
         self.labels = member_labels(union)

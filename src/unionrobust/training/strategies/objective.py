@@ -7,7 +7,9 @@ for min-max):
 * ``"ce"`` (Madry et al. 2018): (1 − mix)·CE(f(x), y) + mix·Σ ω_k CE(f(x_k), y); ``mix`` = 1 is
   plain adversarial training, ``mix`` = 0.5 the clean/adversarial ratio of Wang et al. App. C.2.
 * ``"trades"`` (Zhang et al. 2019): CE(f(x), y) + β·Σ ω_k KL(f(x) ‖ f(x_k)), the x_k maximising
-  that KL (the attacks run with the KL loss against the clean prediction, computed in eval mode).
+  that KL (the attacks run with the KL loss against the clean prediction, computed in eval mode;
+  they start from a random point of the ball rather than TRADES' x + 0.001·N(0, I), and like
+  every attack here return the best iterate, a misclassified one first).
 * ``"trades-xent"`` (Gowal et al. 2020, used by Croce & Hein App. A): the same TRADES loss, the
   x_k maximising the cross-entropy instead of the KL.
 

@@ -1,0 +1,94 @@
+"""DDP with 2 CPU processes (gloo) equals 1 process with the same global batch.
+
+The model has no BatchNorm and no Dropout: with BatchNorm each rank normalises its own half of
+the batch (use ``training.sync_bn``), and Dropout masks come from each rank's own RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from torch import nn
+
+from unionrobust.training.config import config_from_dict
+from unionrobust.training.distributed import DistContext, init_distributed, shutdown
+from unionrobust.training.trainer import train
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(44, 1, 8, 8, generator=g), torch.randint(0, 10, (44,), generator=g)
+    return (x[:34], y[:34]), (x[34:], y[34:])
+
+
+def _config():
+    return config_from_dict(
+        {
+            "threats": "linf:0.1, l2:0.5, l1:2",
+            "strategy": {"name": "max", "steps": 2},
+            "data": {"batch_size": 10},  # global batch; the last one has 4 examples
+            "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9},
+            "schedule": {"name": "piecewise"},
+            "training": {"epochs": 2, "progress": False, "seed": 2, "warmup_epochs": 1},
+            "eval": {"n": 10, "suite": "quick", "batch_size": 10},
+        }
+    )
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    train_data, eval_data = _data()
+    try:
+        train(_config(), out, model=_model(), train_data=train_data, eval_data=eval_data, ctx=ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train_data, eval_data = _data()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(
+            _config(),
+            one,
+            model=_model(),
+            train_data=train_data,
+            eval_data=eval_data,
+            ctx=DistContext(),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_worker, args=(2, _free_port(), str(two)), nprocs=2, join=True)
+    a, b = load_file(one / "last.safetensors"), load_file(two / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+    assert any(not torch.equal(a[k], _model().state_dict()[k]) for k in a)  # it did train
+    logs = [[json.loads(s) for s in (d / "log.jsonl").read_text().splitlines()] for d in (one, two)]
+    for r1, r2 in zip(*logs, strict=True):
+        for key in ("clean_acc", "union_acc", "average_acc", "train_loss", "train_acc"):
+            assert abs(r1[key] - r2[key]) < 1e-5, key
+    assert not list((two).glob("**/*.tmp"))

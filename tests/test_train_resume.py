@@ -1,0 +1,89 @@
+"""A run killed with SIGKILL mid-epoch and resumed ends bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import torch
+from safetensors.torch import load_file
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    from torch import nn
+    torch.set_num_threads(1)
+    from unionrobust.training.config import config_from_dict
+    from unionrobust.training.trainer import train
+
+    mode, out, marker = sys.argv[1], sys.argv[2], sys.argv[3]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2),
+                          nn.Linear(16, 10))
+    g = torch.Generator().manual_seed(0)
+    data = (torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
+    cfg = config_from_dict({
+        "threats": "linf:0.1, l2:0.5, l1:2",
+        "strategy": {"name": "eat", "steps": 2},
+        "data": {"batch_size": 8},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "schedule": {"name": "piecewise"},
+        "training": {"epochs": 2, "progress": False, "seed": 3, "checkpoint_every": 3,
+                     "warmup_epochs": 1},
+        "eval": {"n": 0},
+    })
+
+    class HangAfter:
+        # after step 4 of epoch 1 (checkpoint written at global step 3): signal and wait
+        def on_step_end(self, trainer, epoch, i, step):
+            if mode == "kill" and step == 4:
+                open(marker, "w").write(str(step))
+                time.sleep(600)
+
+    train(cfg, out, resume=(mode == "resume"), model=model, train_data=data,
+          callbacks=[HangAfter()])
+    """
+)
+
+
+def _run(script, *args):
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    full, killed, marker = tmp_path / "full", tmp_path / "killed", tmp_path / "marker"
+    r = _run(script, "full", full, marker)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "kill", str(killed), str(marker)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "worker never reached step 4"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "last.safetensors").exists()  # it really died mid-run
+    assert (killed / "checkpoints" / "last.json").is_file()
+    r = _run(script, "resume", killed, marker)
+    assert r.returncode == 0, r.stderr
+    a = load_file(full / "last.safetensors")
+    b = load_file(killed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_full = (full / "log.jsonl").read_text().splitlines()
+    log_resumed = (killed / "log.jsonl").read_text().splitlines()
+    assert len(log_full) == len(log_resumed) == 2
