@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -17,8 +17,10 @@ from unionrobust.errors import UnionRobustError
 from unionrobust.losses import cross_entropy
 from unionrobust.threats import L0, L1, L2, Linf, Union
 
+# no shrinking phase: a failing example is reported as drawn (shrinking attacks is slow)
 FIXTURE_OK = settings(
-    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 # threat name -> (constructor from a unit size in [0, 1], size range)

@@ -69,3 +69,20 @@ def test_report_dict_is_strict_json(report):
     )
     assert len(back["per_attack"]) == len(report.entries)
     assert back["per_attack"][-1]["union_accuracy_after"] == pytest.approx(report.union_accuracy)
+
+
+def test_a_threat_without_attacks_is_flagged():
+    model, x, y = linear_problem()
+    union = THREATS
+    suite = dummy_suite(union)
+    from unionrobust.evaluation import Suite
+
+    only_first = Suite(
+        "partial", suite.threats, tuple(e for e in suite.entries if e.threat_index == 0)
+    )
+    rep = evaluate(model, x, y, threats=union, suite=only_first, progress=False)
+    text = format_report(rep)
+    flagged = [ln for ln in text.splitlines() if "no attack run" in ln]
+    assert len(flagged) == 2
+    d = rep.to_dict()["per_threat"]
+    assert [v["attacks"] for v in d.values()] == [2, 0, 0]

@@ -44,7 +44,7 @@ from unionrobust.attacks.base import (
     Attack,
     AttackResult,
     LossFn,
-    autocast_for,
+    forward,
     loss_and_grad,
     misclassified,
 )
@@ -322,8 +322,7 @@ class APGD(Attack):
             x_adv = (x + new).clamp_(0, 1)
             last = t == self.steps
             if last:  # nothing steps from the last iterate: a forward pass suffices
-                with autocast_for(x_adv, self.amp):
-                    logits = model(x_adv).float()
+                logits = forward(model, x_adv, self.amp)
                 new_loss = loss_fn(logits, y)
             else:
                 logits, new_loss, new_grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)

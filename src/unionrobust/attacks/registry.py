@@ -44,6 +44,8 @@ ATTACKS: dict[str, AttackFactory] = {
     "apgd-dlr": lazy("apgd", "APGD", loss="dlr"),
     "apgd-t": lazy("apgd", "APGD", loss="dlr-targeted"),
     "apgd-cw": lazy("apgd", "APGD", loss="cw"),
+    "spatial-grid": lazy("spatial", "GridAttack"),
+    "spatial-worst-of-k": lazy("spatial", "WorstOfK"),
 }
 
 #: attacks that take a whole union; the others run once per member, combined by WorstOf

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help="override a config key for every strategy (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=None,
+        help="trainings run at once, each in its own process (default: one per CPU core)",
+    )  # fmt: skip
     parser.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -47,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     compare(
         names, args.out, seeds=args.seeds, n_test=args.n, suite=args.suite,
-        overrides=args.overrides, progress=not args.no_progress,
+        overrides=args.overrides, progress=not args.no_progress, jobs=args.jobs,
     )  # fmt: skip
     return 0

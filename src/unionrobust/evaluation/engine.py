@@ -222,11 +222,12 @@ def evaluate(
         "batch_size": batch_size,
         "n": count,
         "cascade": bool(cascade),
-        "ids_hash": tensor_hash([ids]),
-        "data_hash": tensor_hash([x, y]),
         "meta": dict(meta or {}),
-        "model_hash": model_fingerprint(model),
     }
+    if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
+        config["ids_hash"] = tensor_hash([ids])
+        config["data_hash"] = tensor_hash([x, y])
+        config["model_hash"] = model_fingerprint(model)
 
     log: VerdictLog | None = None
     done: dict = {}

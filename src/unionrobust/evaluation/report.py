@@ -132,7 +132,12 @@ class EvaluationReport:
             "average_accuracy": self.average_accuracy,
             "average_accuracy_ci95": list(ci["average"]),
             "per_threat": {
-                s: {"accuracy": acc[s], "ci95": list(ci["per_threat"][s])} for s in self.threats
+                s: {
+                    "accuracy": acc[s],
+                    "ci95": list(ci["per_threat"][s]),
+                    "attacks": sum(1 for t in self.entry_threat if t == i),
+                }
+                for i, s in enumerate(self.threats)
             },
             "per_attack": self.breakdown(),
             "interval_method": (

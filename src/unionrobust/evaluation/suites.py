@@ -197,6 +197,27 @@ SUITES: dict[str, Callable[[Union], list[SuiteEntry]]] = {
 }
 
 
+def _spatial(threat: ThreatModel, seed: int, **kw):
+    from unionrobust.attacks.spatial import GridAttack
+
+    return GridAttack(threat, seed=seed, **kw)
+
+
+def _spatial_aware(build: Callable[[Union], list[SuiteEntry]], union: Union) -> list[SuiteEntry]:
+    """A named suite's entries for the additive members, and for each rotation-translation
+    member the exhaustive grid attack (exact within its lattice; issue 4)."""
+    from unionrobust.threats.spatial import RotationTranslation
+
+    rt = [i for i, t in enumerate(union) if isinstance(t, RotationTranslation)]
+    if not rt:
+        return build(union)
+    lp = [i for i in range(len(union)) if i not in rt]
+    out = [] if not lp else build(Union([union[i] for i in lp]))
+    out = [SuiteEntry(lp[e.threat_index], e.attack, e.params, e.factory) for e in out]
+    out += [_entry(i, "spatial-grid", _spatial) for i in rt]
+    return sorted(out, key=lambda e: e.threat_index)
+
+
 def suite_names() -> list[str]:
     """Names accepted by :func:`get_suite` (besides lists of attack names)."""
     return list(SUITES)
@@ -246,7 +267,7 @@ def get_suite(
     if isinstance(suite, str):
         key = suite.strip()
         if key in SUITES:
-            return Suite(key, union, tuple(SUITES[key](union)))
+            return Suite(key, union, tuple(_spatial_aware(SUITES[key], union)))
         if "=" in key:  # "linf:0.3=pgd+apgd-ce; l1:10=apgd-ce"
             mapping: dict[str | int, list[str]] = {}
             for part in key.split(";"):

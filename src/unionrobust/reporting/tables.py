@@ -69,7 +69,8 @@ def format_summary(report: EvaluationReport, fmt: str = "markdown") -> str:
         ["clean", _pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
     ]
     for i, spec in enumerate(report.threats):
-        rows.append([spec, _pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
+        label = spec if i in report.entry_threat else f"{spec} (no attack run!)"
+        rows.append([label, _pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
     rows.append(
         [
             "union (1 - R_max)",

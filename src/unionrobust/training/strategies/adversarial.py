@@ -10,6 +10,8 @@ member's norm name (``{"l1": "slide"}``; members left out get the default):
 * ``attack``: ``"pgd"`` (default), ``"slide"`` (ℓ1 only, Tramèr & Boneh Alg. 1) or ``"apgd"``
   (Croce & Hein 2020/2021, step-size free: ``alpha`` must not be given);
 * ``restarts`` (default 1) and ``start`` (``"random"``, ``"zero"``, ``"zero_then_random"``).
+* a rotation-translation member (``"rt:30:3"``) is attacked by the worst-of-k random spatial
+  attack with k = its ``steps`` (Engstrom et al.'s worst-of-10 with the default).
 
 ``set_scale`` multiplies every ε and α by the scale.
 """
@@ -24,8 +26,10 @@ from torch import nn
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model
 from unionrobust.attacks.pgd import PGD, SLIDE, check_start
+from unionrobust.attacks.spatial import WorstOfK
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.threats import L1, ThreatModel, Union
+from unionrobust.threats.spatial import RotationTranslation
 from unionrobust.training.strategies.base import (
     Strategy,
     member_labels,
@@ -145,6 +149,8 @@ class AdversarialStrategy(Strategy):
     def _make_attack(self, i: int) -> Attack:
         threat = scaled_threat(self.threats[i], self.scale)
         kind, steps = self.kinds[i], self.steps[i]
+        if isinstance(threat, RotationTranslation):  # worst-of-k with k = steps (issue 4)
+            return WorstOfK(threat, k=steps, amp=self.amp)
         if kind == "apgd":
             return APGD(threat, steps=steps, restarts=self.restarts, amp=self.amp)
         alpha = self.member_alpha(i)
