@@ -17,10 +17,23 @@ from hypothesis import strategies as st
 from unionrobust.attacks import FGSM, MSD, PGD, SLIDE
 from unionrobust.threats import L1, L2, Linf
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny tensors gain nothing from more, and on a loaded 2-core machine
+    oversubscribed OpenMP threads made these tests ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # no shrinking phase: a failing example is reported as drawn (shrinking attacks is slow)
 FIXTURE_OK = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 D, B = 16, 6
 
@@ -78,7 +91,9 @@ def test_fgsm_is_exact_for_a_linear_model(name, linear_model):
     model, w, x, y = setup(linear_model, 3, 0.4, 0.6)
     threat = EXACT[name](0.05)
     res = FGSM(threat, loss="cw")(model, x, y)
-    assert torch.allclose(gain(res.x_adv, x, w), torch.full((B,), free_optimum(threat, w), dtype=x.dtype))
+    assert torch.allclose(
+        gain(res.x_adv, x, w), torch.full((B,), free_optimum(threat, w), dtype=x.dtype)
+    )
 
 
 def test_random_k_l1_steps_are_spread_but_feasible(linear_model):
@@ -178,7 +193,7 @@ def test_pgd_reaches_the_box_aware_optimum(make, reference, eps, steps, tol, see
 
 
 def test_slide_class_matches_pgd_with_the_slide_rule(linear_model):
-    model, w, x, y = setup(linear_model, 2, 0.0, 1.0)
+    model, _, x, y = setup(linear_model, 2, 0.0, 1.0)
     a = SLIDE(2.0, steps=40, q=0.95, start="zero")(model, x, y)
     b = PGD(L1(2.0, step_rule="slide", q=0.95), steps=40, start="zero")(model, x, y)
     assert torch.equal(a.x_adv, b.x_adv)

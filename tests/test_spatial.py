@@ -100,7 +100,9 @@ def test_grid_attack_finds_the_worst_grid_point(shrink):
         g = rt.grid()
         for i in (1, 2):
             xs = rotate_translate(x[i : i + 1].expand(g.shape[0], -1, -1, -1), g)
-            loss = nn.functional.cross_entropy(model(xs), y[:1].expand(g.shape[0]), reduction="none")
+            loss = nn.functional.cross_entropy(
+                model(xs), y[:1].expand(g.shape[0]), reduction="none"
+            )
             assert torch.allclose(res.loss[i], loss.max())
 
 

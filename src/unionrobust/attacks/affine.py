@@ -8,10 +8,11 @@ r2 ∈ (1−β)·S2 for β ∈ [0, 1].
   exactly :class:`~unionrobust.attacks.PGD` on the other threat). Invariants: x + r1 ∈ [0,1]
   (r1 projected around x) and x + r1 + r2 ∈ [0,1] (r2 projected around x + r1; moving r1
   re-projects r2).
-* :class:`AffineSpatial` — ℓ∞ with rotation-translation: draw ``k`` transforms from β·S_RT
-  (±30β°, ±3β px; β = 0 leaves the identity only), attack each transformed input with ℓ∞ PGD of
-  budget (1−β)·ε and keep the worst, x_adv = T_θ(x) + r (§4). β = 1 is the worst-of-k spatial
-  attack on the same draws.
+* :class:`AffineSpatial` — ℓ∞ (S1) with rotation-translation (S2): draw ``k`` transforms from
+  (1−β)·S_RT (β = 1 leaves the identity only), attack each transformed input with ℓ∞ PGD of
+  budget β·ε and keep the worst, x_adv = T_θ(x) + r (§4). β always scales the FIRST threat
+  here; §4 writes β for the rotation share (±3β px, ±30β°), i.e. our 1−β. β = 0 is the
+  worst-of-k spatial attack on the same draws, β = 1 ℓ∞ PGD.
 
 β is swept over ``betas`` (each example keeps its worst β; with ``shrink`` later values run only
 on examples not yet fooled) or, with ``draw=True``, one β per example drawn uniformly from
@@ -113,9 +114,7 @@ class _Affine(Attack):
             beta_of[rows] = beta
             p1[rows] = res.parts[0][better].to(p1.dtype)
             p2[rows] = res.parts[1][better]
-        return AffineResult(
-            tracker.x_adv, tracker.success, tracker.loss, None, beta_of, (p1, p2)
-        )
+        return AffineResult(tracker.x_adv, tracker.success, tracker.loss, None, beta_of, (p1, p2))
 
     def _part1_shape(self, x):
         return x.shape[1:]
@@ -164,11 +163,12 @@ class AffineLp(_Affine):
     def _one_beta(self, model, x, y, rand, beta):
         t1, t2 = self.threat.members
         scales = (beta, 1.0 - beta)
-        threats = [t.with_size(t.size * s) if s > 0 else None for t, s in zip((t1, t2), scales)]
+        threats = [
+            t.with_size(t.size * s) if s > 0 else None
+            for t, s in zip((t1, t2), scales, strict=True)
+        ]
         alphas = [
-            None
-            if th is None
-            else (th.default_alpha(self.steps) if a is None else a * s)
+            None if th is None else (th.default_alpha(self.steps) if a is None else a * s)
             for th, a, s in zip(threats, self.alphas, scales, strict=True)
         ]
         parts = [torch.zeros_like(x), torch.zeros_like(x)]
@@ -212,9 +212,9 @@ class AffineLp(_Affine):
 
 
 class AffineSpatial(_Affine):
-    """ℓ∞ noise with budget (1−β)ε on top of the worst of ``k`` random rotation-translations
-    from β·S_RT (Tramèr & Boneh §4). ``steps``/``alpha``/``restarts``/``start`` configure the
-    ℓ∞ PGD run on each transformed input (``alpha`` at the full budget, scaled by 1−β)."""
+    """ℓ∞ noise with budget β·ε on top of the worst of ``k`` random rotation-translations
+    from (1−β)·S_RT (Tramèr & Boneh §4). ``steps``/``alpha``/``start`` configure the ℓ∞ PGD
+    run on each transformed input (``alpha`` at the full budget, scaled by β)."""
 
     name = "affine-spatial"
 
@@ -253,20 +253,27 @@ class AffineSpatial(_Affine):
 
     def _one_beta(self, model, x, y, rand: KeyedRandom, beta):
         lp, rt = self.threat.members
-        rt_b = rt.scaled(beta)
-        lp_b = lp.with_size(lp.size * (1 - beta)) if beta < 1 else None
+        rt_b = rt.scaled(1.0 - beta)
+        lp_b = lp.with_size(lp.size * beta) if beta > 0 else None
         draws = 1 if rt_b is None else self.k
-        tracker = BestTracker(x, torch.full_like(y, -torch.inf, dtype=x.dtype), y < 0)
+        clean = forward(model, x, self.amp)  # start from the clean point, as WorstOfK
+        tracker = BestTracker(x, self.loss_fn(clean, y), misclassified(clean, y))
         params = torch.zeros(x.shape[0], 3, dtype=torch.float64, device=x.device)
         noise = torch.zeros_like(x)
         for j in range(draws):
+            idx = (~tracker.success).nonzero().squeeze(1) if self.shrink else None
+            if idx is not None and idx.numel() == 0:
+                break
+            if idx is None:
+                idx = torch.arange(x.shape[0], device=x.device)
+            xs, ys, rs = x[idx], y[idx], rand.subset(idx)
             if rt_b is None:
-                theta = torch.zeros_like(params)
+                theta = torch.zeros(idx.numel(), 3, dtype=torch.float64, device=x.device)
             else:
-                theta = rt_b.random_params(rand, DRAW_COUNTER + j)
-            xt = rotate_translate(x, theta).clamp(0.0, 1.0)
+                theta = rt_b.random_params(rs, DRAW_COUNTER + j)
+            xt = rotate_translate(xs, theta).clamp(0.0, 1.0)
             if lp_b is not None:
-                alpha = None if self.alpha is None else self.alpha * (1 - beta)
+                alpha = None if self.alpha is None else self.alpha * beta
                 pgd = PGD(
                     lp_b,
                     steps=self.steps,
@@ -277,15 +284,18 @@ class AffineSpatial(_Affine):
                     seed=self.seed,
                     amp=self.amp,
                 )
-                res = pgd(model, xt, y, rand.ids)
+                res = pgd(model, xt, ys, rs.ids)
                 xa, loss, succ = res.x_adv, res.loss, res.success
             else:
                 logits = forward(model, xt, self.amp)
-                xa, loss, succ = xt, self.loss_fn(logits, y), misclassified(logits, y)
-            better = tracker.update(xa, loss, succ)
-            params = torch.where(better.reshape(-1, 1), theta.to(params.dtype), params)
-            noise = torch.where(better.reshape(-1, 1, 1, 1), xa - xt, noise)
-        return AffineResult(tracker.x_adv, tracker.success, tracker.loss, None, None, (params, noise))
+                xa, loss, succ = xt, self.loss_fn(logits, ys), misclassified(logits, ys)
+            better = tracker.update(xa, loss, succ, index=idx)
+            rows = idx[better]
+            params[rows] = theta[better].to(params.dtype)
+            noise[rows] = (xa - xt)[better]
+        return AffineResult(
+            tracker.x_adv, tracker.success, tracker.loss, None, None, (params, noise)
+        )
 
     def __repr__(self) -> str:
         lp, rt = self.threat.members
@@ -310,10 +320,10 @@ def affine_contains(
         ok &= s2.norm(p2).double() <= s2.size * (1 - b) * (1 + tol) + 1e-6
         ok &= ((x + p1 + p2).clamp(0, 1) - xa).abs().reshape(x.shape[0], -1).amax(1) <= 1e-5
     else:
-        ok &= (p1[:, 0].abs() <= s2.max_rot * b + 1e-6) & (
-            p1[:, 1:].abs() <= s2.max_trans * b.unsqueeze(1) + 1e-6
+        ok &= (p1[:, 0].abs() <= s2.max_rot * (1 - b) + 1e-6) & (
+            p1[:, 1:].abs() <= s2.max_trans * (1 - b).unsqueeze(1) + 1e-6
         ).all(1)
-        ok &= s1.norm(p2).double() <= s1.size * (1 - b) * (1 + tol) + 1e-6
+        ok &= s1.norm(p2).double() <= s1.size * b * (1 + tol) + 1e-6
         xt = rotate_translate(x, p1).clamp(0, 1)
         ok &= ((xt + p2) - xa).abs().reshape(x.shape[0], -1).amax(1) <= 1e-5
     unchanged = (xa == x).reshape(x.shape[0], -1).all(1)

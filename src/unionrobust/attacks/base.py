@@ -167,6 +167,14 @@ class Attack(ABC):
             raise UnionRobustError(
                 f"example_ids must be an integer tensor of shape ({x.shape[0]},), got {shape}"
             )
+        if x.shape[0] == 0:  # nothing to attack: an empty result, the model is not called
+            index = torch.zeros(0, dtype=torch.int64, device=x.device)
+            return AttackResult(
+                x.detach().clone(),
+                torch.zeros(0, dtype=torch.bool, device=x.device),
+                torch.zeros(0, dtype=x.dtype, device=x.device),
+                index if isinstance(self.threat, Union) and len(self.threat) > 1 else None,
+            )
         rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device, example_ids)
         x = x.detach()
         with frozen_model(model), torch.no_grad():

@@ -73,8 +73,9 @@ class Domains:
     """K domains: how a perturbation (one per row) becomes K attack losses.
 
     ``rows(x)``: the number of perturbation rows; ``space(threat, x)``: the
-    :class:`_Space` the perturbations live in; ``evaluate(delta, x, y, loss_fn, rand, counter,
-    grad)`` → (F (R, K), fooled (R, K), per-domain gradients (K, R, ...) or None);
+    :class:`PerturbationSpace` the perturbations live in; ``evaluate(delta, x, y, loss_fn,
+    rand, counter, grad)`` → (losses (R, K), fooled (R, K), per-domain gradients (K, R, ...) or
+    None);
     ``adversarial(delta, x)``: the perturbed inputs (B, ...).
     """
 
@@ -94,8 +95,8 @@ class Domains:
     def row_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return ids
 
-    def space(self, threat: ThreatModel, x: torch.Tensor) -> _Space:
-        return _Space(threat, x, 1.0)
+    def space(self, threat: ThreatModel, x: torch.Tensor) -> PerturbationSpace:
+        return PerturbationSpace(threat, x, 1.0)
 
     def adversarial(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return clip01(x, delta)
@@ -184,7 +185,7 @@ class UniversalGroups(_SingleModel):
         return ids[:: self.group]
 
     def space(self, threat, x):
-        return _Space(threat, torch.full_like(x[:: self.group], 0.5), 2.0)
+        return PerturbationSpace(threat, torch.full_like(x[:: self.group], 0.5), 2.0)
 
     def adversarial(self, delta, x):
         k = self.group
@@ -233,7 +234,7 @@ class TransformDomains(_SingleModel):
         return loss.reshape(k, b).T, fooled.reshape(k, b).T, g
 
 
-class _Space:
+class PerturbationSpace:
     """Where a perturbation lives: ``threat`` scaled by 1/``scale`` around ``base``.
 
     Per-input domains use (threat, x, 1): the ball ∩ [0,1] box of the core. The universal domain
@@ -250,6 +251,14 @@ class _Space:
 
     def init(self, rand: KeyedRandom, counter: int) -> torch.Tensor:
         return self.scale * self.threat.random_init(self.base, rand, counter)
+
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        s = self.scale
+        return (
+            s * self.threat.project(delta / s, self.base)
+            if s != 1.0
+            else self.threat.project(delta, self.base)
+        )
 
     def step(self, delta, grad, alpha, rand, counter):
         s, t = self.scale, self.threat

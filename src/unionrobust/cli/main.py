@@ -14,7 +14,18 @@ from unionrobust._version import __version__
 from unionrobust.errors import UnionRobustError
 
 #: sub-command names, in the order ``--help`` lists them
-COMMANDS: list[str] = ["geometry", "theory", "eval", "attack", "train", "finetune", "compare"]
+COMMANDS: list[str] = [
+    "geometry",
+    "theory",
+    "eval",
+    "attack",
+    "train",
+    "finetune",
+    "compare",
+    "minmax",
+    "affine",
+    "spatial",
+]
 
 
 def _load(name: str):

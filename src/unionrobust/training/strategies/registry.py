@@ -18,10 +18,22 @@ from unionrobust.training.strategies.natural import Natural
 from unionrobust.training.strategies.sat import SAT
 from unionrobust.training.strategies.single import SingleThreat
 from unionrobust.training.strategies.union import Avg, Max
+from unionrobust.training.strategies.universal import Universal
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Natural, SingleThreat, Max, Avg, MSDStrategy, SAT, EAT, EATUniform, MinMax)
+    for cls in (
+        Natural,
+        SingleThreat,
+        Max,
+        Avg,
+        MSDStrategy,
+        SAT,
+        EAT,
+        EATUniform,
+        MinMax,
+        Universal,
+    )
 }
 
 #: alias -> the norm of the member that single-threat AT trains on

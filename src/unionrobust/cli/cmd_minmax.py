@@ -1,0 +1,257 @@
+"""``unionrobust minmax``: min-max attacks over domains (models, inputs, transformations)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from unionrobust.cli.cmd_eval import (
+    add_model_data_arguments,
+    int_arg,
+    load_model_and_data,
+    one_line_errors,
+)
+from unionrobust.errors import UnionRobustError
+
+HELP = "min-max attack over several models, inputs (universal) or transformations"
+DESCRIPTION = """\
+Min-max attacks over K domains (Wang et al. 2020, Algorithm 1): one perturbation per input
+(or per group of inputs) that must work on every domain, with domain weights w on the
+probability simplex learned along the attack (the hardest domain gets the weight). Each run
+compares the learned weights ('minmax') with the uniform average ('avg': ensemble PGD / EOT)
+and, with --fixed-weights, your own static weights.
+
+modes:
+  ensemble     fool K models at once (--ensemble "mlp=a.safetensors, lenet=b.safetensors");
+               reports each model's accuracy, ASR_avg and ASR_all (every model fooled)
+  universal    one perturbation for each group of K consecutive inputs (--group-size K);
+               reports ASR_avg and ASR_gp (every input of the group fooled)
+  transforms   a perturbation that survives K transformations of the input (--transforms
+               "ori, flh, flv, bri, gam, crop, rot", --random for the random versions);
+               reports accuracy per transformation, ASR_avg and ASR_gp
+
+With --out DIR: report.json (settings, metrics, mean weights per iteration) and weights.png
+(domain weights and fooled fraction per iteration of the min-max run, Wang Fig. 1c / 3a)."""
+EPILOG = """\
+examples:
+  unionrobust minmax ensemble --ensemble "mlp=mlp.safetensors, lenet=lenet.safetensors" \\
+      --threat linf:0.2 --steps 50 --n 500 --out runs/ens
+  unionrobust minmax universal --model lenet --weights lenet.safetensors --group-size 5 \\
+      --threat linf:0.3 --steps 20
+  unionrobust minmax transforms --model lenet --weights lenet.safetensors --random"""
+
+MODES = ("ensemble", "universal", "transforms")
+
+
+def add_attack_arguments(a: argparse._ArgumentGroup, steps: str = "50") -> None:
+    a.add_argument("--steps", default=steps, metavar="T", help="iterations (default: %(default)s)")
+    a.add_argument("--alpha", metavar="A", help="perturbation step size (default: the threat's)")
+    a.add_argument(
+        "--loss", default="cw", choices=("cw", "ce"), help="attack loss (default: %(default)s)"
+    )
+    a.add_argument("--kappa", default="50", help="CW confidence cap κ (default: %(default)s)")
+    a.add_argument(
+        "--start", default="zero", choices=("zero", "random"), help="start (default: zero)"
+    )
+    a.add_argument("--out", metavar="DIR", help="write report.json (and plots) to DIR")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    one_line_errors(parser)
+    parser.epilog = EPILOG
+    parser.add_argument("mode", choices=MODES, help="which domains: " + ", ".join(MODES))
+    add_model_data_arguments(parser)
+    e = parser.add_argument_group("domains")
+    e.add_argument(
+        "--ensemble",
+        metavar="SPEC",
+        help='ensemble mode: comma-separated NAME=WEIGHTS models, e.g. "mlp=a.safetensors, '
+        'lenet=b.safetensors" (NAME alone: random weights, for smoke tests)',
+    )
+    e.add_argument("--group-size", default="5", metavar="K", help="universal: inputs per group")
+    e.add_argument(
+        "--transforms",
+        default="ori, flh, flv, bri, gam, crop",
+        help="transforms mode: names among ori, flh, flv, bri, gam, crop, rot "
+        "(default: '%(default)s')",
+    )
+    e.add_argument("--random", action="store_true", help="random transformations (Wang Tab. A5)")
+    e.add_argument("--p", default="0.8", help="probability of a random transformation")
+    a = parser.add_argument_group("attack")
+    a.add_argument("--threat", default="linf:0.2", metavar="SPEC", help="one threat model")
+    a.add_argument("--w-lr", default="0.02", metavar="BETA", help="weight step β (default 1/50)")
+    a.add_argument("--gamma", default="4", help="simplex regulariser γ (default: %(default)s)")
+    a.add_argument(
+        "--fixed-weights", metavar="W1,W2,...", help="also run with these static weights"
+    )
+    add_attack_arguments(a)
+
+
+def _float(value, flag: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UnionRobustError(f"{flag} must be a number, got {value!r}") from None
+
+
+def _ensemble(args, x):
+    from unionrobust.errors import unknown_name
+    from unionrobust.models import build_model, load_weights, model_names
+
+    if not args.ensemble:
+        raise UnionRobustError('ensemble mode needs --ensemble "NAME=WEIGHTS, NAME=WEIGHTS"')
+    models, labels = [], []
+    for item in args.ensemble.split(","):
+        name, _, weights = (s.strip() for s in item.partition("="))
+        if name not in model_names():
+            raise unknown_name("model", name, model_names())
+        m = build_model(name, in_channels=int(x.shape[1]), input_size=tuple(x.shape[2:]))
+        if weights:
+            if not Path(weights).is_file():
+                raise UnionRobustError(f"weights file {weights!r} not found")
+            load_weights(m, weights)
+        models.append(m.eval())
+        labels.append(name if name not in labels else f"{name}#{len(labels)}")
+    return models, labels
+
+
+def load_data(args):
+    from unionrobust.data import as_tensors, get_dataset
+
+    n = None if args.n is None else int_arg(args.n, "--n", 1)
+    x, y = as_tensors(get_dataset(args.data, split=args.split, root=args.root), n)
+    if x.shape[0] == 0:
+        raise UnionRobustError(f"dataset {args.data!r} ({args.split}) is empty")
+    return x, y
+
+
+def build_domains(args):
+    """(domains, x, y, device) for the chosen mode."""
+    from unionrobust.attacks.minmax import ModelEnsemble, TransformDomains, UniversalGroups
+    from unionrobust.attacks.transforms import make_transforms
+    from unionrobust.evaluation.engine import resolve_device
+
+    if args.mode == "ensemble":
+        if args.model or args.model_module:
+            raise UnionRobustError("ensemble mode takes --ensemble, not --model/--model-module")
+        x, y = load_data(args)
+        models, labels = _ensemble(args, x)
+        device = resolve_device(args.device, models[0])
+        return ModelEnsemble([m.to(device) for m in models], labels), x, y, device
+    model, x, y, device, _ = load_model_and_data(args)
+    if args.mode == "universal":
+        k = int_arg(args.group_size, "--group-size", 1)
+        usable = x.shape[0] - x.shape[0] % k
+        if usable == 0:
+            raise UnionRobustError(f"need at least --group-size={k} examples")
+        return UniversalGroups(model, k), x[:usable], y[:usable], device
+    ts = make_transforms(args.transforms, random=args.random, p=_float(args.p, "--p"))
+    return TransformDomains(model, ts), x, y, device
+
+
+def merge(results):
+    """Concatenate per-batch results (rows) into one."""
+    from unionrobust.attacks.minmax import MinMaxResult
+
+    rows = torch.tensor([r.fooled.shape[0] for r in results], dtype=torch.float64)
+    hist = torch.stack([r.fooled_history.double().cpu() for r in results])
+    return MinMaxResult(
+        x_adv=torch.cat([r.x_adv.cpu() for r in results]),
+        delta=torch.cat([r.delta.cpu() for r in results]),
+        fooled=torch.cat([r.fooled.cpu() for r in results]),
+        loss=torch.cat([r.loss.cpu() for r in results]),
+        weights=torch.cat([r.weights.cpu() for r in results]),
+        trajectory=torch.cat([r.trajectory.cpu() for r in results], dim=1),
+        fooled_history=(hist * rows.reshape(-1, 1, 1)).sum(0) / rows.sum(),
+        labels=results[0].labels,
+        kind=results[0].kind,
+    )
+
+
+def run_batched(attack, domains, x, y, device, batch: int):
+    from unionrobust.attacks.minmax import UniversalGroups
+
+    if isinstance(domains, UniversalGroups):
+        batch = max(domains.group, batch - batch % domains.group)
+    out = []
+    for s in range(0, x.shape[0], batch):
+        xb, yb = x[s : s + batch].to(device), y[s : s + batch].to(device)
+        ids = torch.arange(s, s + xb.shape[0], device=device)
+        out.append(attack(domains, xb, yb, ids))
+    return merge(out)
+
+
+def lift(new: float, base: float) -> str:
+    return "-" if base == 0 else f"{100 * (new - base) / base:+.2f}%"
+
+
+def run(args: argparse.Namespace) -> int:
+    from unionrobust.attacks.minmax import DomainMinMax, plot_weights
+    from unionrobust.evaluation.verdicts import write_json
+    from unionrobust.reporting.tables import format_table
+    from unionrobust.threats import parse
+
+    domains, x, y, device = build_domains(args)
+    threat = parse(args.threat)
+    common = dict(
+        steps=int_arg(args.steps, "--steps", 1),
+        alpha=None if args.alpha is None else _float(args.alpha, "--alpha"),
+        w_lr=_float(args.w_lr, "--w-lr"),
+        gamma=_float(args.gamma, "--gamma"),
+        loss=args.loss,
+        kappa=_float(args.kappa, "--kappa"),
+        start=args.start,
+        seed=int_arg(args.seed, "--seed"),
+    )
+    runs = {"avg": "uniform", "minmax": "minmax"}
+    if args.fixed_weights:
+        runs["fixed"] = [_float(v, "--fixed-weights") for v in args.fixed_weights.split(",")]
+    batch = int_arg(args.batch_size, "--batch-size", 1)
+    results = {}
+    for label, weights in runs.items():
+        attack = DomainMinMax(threat, weights=weights, **common)
+        results[label] = run_batched(attack, domains, x, y, device, batch)
+    key = "asr_all" if domains.kind == "models" else "asr_gp"
+    base = results["avg"].metrics()[key]
+    headers = ["opt"] + [f"acc_{lab}" for lab in domains.labels] + ["asr_avg", key, "lift"]
+    rows = []
+    for label, res in results.items():
+        m = res.metrics()
+        accs = [f"{100 - m[f'asr_{lab}']:.2f}" for lab in domains.labels]
+        rows.append([label, *accs, f"{m['asr_avg']:.2f}", f"{m[key]:.2f}", lift(m[key], base)])
+    rows[0][-1] = "-"
+    print(
+        f"{args.mode} min-max attack, {threat.spec}, {x.shape[0]} inputs, "
+        f"{common['steps']} steps (metrics in %)"
+    )
+    print(format_table(headers, rows))
+    mm = results["minmax"]
+    mean_w = mm.weights.double().mean(0).tolist()
+    print(
+        "mean final weights: "
+        + ", ".join(f"{lab}={w:.3f}" for lab, w in zip(domains.labels, mean_w, strict=True))
+    )
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "mode": args.mode,
+            "threat": threat.spec,
+            "domains": domains.labels,
+            "settings": {k: v for k, v in common.items()},
+            "n_inputs": int(x.shape[0]),
+            "metrics": {label: res.metrics() for label, res in results.items()},
+            "mean_weight_trajectory": mm.trajectory.double().mean(1).tolist(),
+            "fooled_history": {
+                label: res.fooled_history.double().tolist() for label, res in results.items()
+            },
+        }
+        write_json(out / "report.json", report)
+        try:
+            plot_weights(mm, out / "weights.png", title=f"{args.mode}: {threat.spec}")
+        except UnionRobustError as err:
+            print(f"(no plot: {err})")
+        print(f"wrote {out / 'report.json'}")
+    return 0
