@@ -6,6 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+# Small models run fastest on one thread, and a loaded 2-core CI machine is slowed ~8x by
+# oversubscription; tests never depend on the thread count.
+torch.set_num_threads(1)
+
 
 class LinearClassifier(nn.Module):
     """Logits W·flatten(x) + b: the analytic oracle model (closed-form worst cases)."""

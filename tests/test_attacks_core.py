@@ -400,7 +400,8 @@ def test_bad_inputs_raise(make, tiny_cnn, toy_images):
         (lambda: PGD(Linf(0.1), loss="hinge"), "valid: ce, cw, dlr"),
         (lambda: PGD(Linf(0.1), momentum=-0.1), "momentum"),
         (lambda: PGD(Linf(0.1) | L2(1.0)), "MSD or WorstOf"),
-        (lambda: PGD("linf:0.1"), "ThreatModel"),
+        (lambda: PGD(0.1), "ThreatModel"),
+        (lambda: PGD("linf:0.1, l1:2"), "MSD or WorstOf"),
         (lambda: SLIDE(Linf(0.1)), "l1"),
         (lambda: SLIDE("12"), "radius"),
         (lambda: MSD(Linf(0.1) | L2(1.0), alphas=[0.1]), "one step size per threat"),
@@ -417,8 +418,28 @@ def test_bad_parameters_raise(build, match):
 
 def test_single_threat_attacks_accept_a_one_member_union():
     assert PGD(Union([L2(0.5)])).threat == L2(0.5)
+    assert PGD("linf:8/255").threat == Linf(8 / 255)
     slide = SLIDE(L1(5.0, k=3), q=0.95)
     assert slide.threat.step_rule == "slide" and slide.threat.q == 0.95
     assert SLIDE(5).threat == L1(5.0, step_rule="slide", q=0.99)
     assert FGSM(L2(0.7)).alpha == pytest.approx(0.7) and FGSM(L2(0.7)).steps == 1
     assert MSD("linf:0.1, l2:1").threat == Linf(0.1) | L2(1.0)
+
+
+def test_an_empty_batch_gives_an_empty_result():
+    model = WrongShape()  # never called
+    x = torch.rand(0, 1, 4, 4)
+    y = torch.zeros(0, dtype=torch.long)
+    for attack in (PGD(L1(1.0), steps=2), MSD(Linf(0.1) | L2(1.0)), WorstOf([FGSM(L2(1.0))])):
+        res = attack(model, x, y)
+        assert res.x_adv.shape == x.shape and res.success.shape == (0,) and res.loss.shape == (0,)
+        assert (res.threat_index is None) == isinstance(attack, PGD)
+
+
+def test_cw_kappa_caps_the_margin_loss(tiny_cnn, toy_images):
+    model = tiny_cnn().eval()
+    x, y = toy_images(n=6)
+    capped = PGD(Linf(0.3), steps=4, loss="cw", kappa=0.5)(model, x, y)
+    free = PGD(Linf(0.3), steps=4, loss="cw")(model, x, y)
+    assert (capped.loss <= 0.5 + 1e-6).all() and (free.loss > 0.5).any()
+    assert capped.success.all()

@@ -76,7 +76,7 @@ def test_corrupt_or_missing_checkpoint_gives_one_line_error(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="cannot read"):
         ckpt.load_checkpoint(tmp_path, "last")
     (tmp_path / "last.json").write_text("{not json")
-    with pytest.raises(ckpt.CheckpointError, match="pointer .* is corrupt"):
+    with pytest.raises(ckpt.CheckpointError, match=r"pointer .* is corrupt"):
         ckpt.load_checkpoint(tmp_path, "last")
 
 

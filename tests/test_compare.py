@@ -54,5 +54,5 @@ def test_table_reports_mean_and_std_over_seeds():
     rows = [{"strategy": "msd", "clean": [0.9, 0.8], "union": [0.5, 0.3], "average": [0.6, 0.6],
              "per_threat": {"linf:0.3": [0.5, 0.5]}, "time_per_epoch": [10.0, 12.0]}]  # fmt: skip
     md = table(rows, ["linf:0.3"])
-    assert "| msd | 85.0 ± 7.1 | 50.0 | 40.0 ± 14.1 | 60.0 | 11.0 ± 1.4 |" in md
+    assert "| msd | 85.0 ± 7.1 | 50.0 ± 0.0 | 40.0 ± 14.1 | 60.0 ± 0.0 | 11.0 ± 1.4 |" in md
     assert _fmt([0.25]) == "25.0"

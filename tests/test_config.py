@@ -35,9 +35,9 @@ def test_unknown_key_is_named_with_close_match():
 
 
 def test_wrong_types_are_named():
-    with pytest.raises(UnionRobustError, match="'training.epochs' must be an integer"):
+    with pytest.raises(UnionRobustError, match=r"'training.epochs' must be an integer"):
         config_from_dict({"training": {"epochs": "many"}})
-    with pytest.raises(UnionRobustError, match="'training.amp' must be true or false"):
+    with pytest.raises(UnionRobustError, match=r"'training.amp' must be true or false"):
         config_from_dict({"training": {"amp": 3}})
     with pytest.raises(UnionRobustError, match="section 'data' must be a mapping"):
         config_from_dict({"data": 5})
@@ -56,7 +56,7 @@ def test_overrides_and_roundtrip(tmp_path):
 
 def test_unknown_config_name_lists_builtins():
     with pytest.raises(
-        UnionRobustError, match="no config file or built-in config 'msd-mnst'.*msd-mnist"
+        UnionRobustError, match=r"no config file or built-in config 'msd-mnst'.*msd-mnist"
     ):
         load_config("msd-mnst")
 

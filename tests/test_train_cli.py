@@ -20,6 +20,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 TINY = [
     "--set", "data.train_n=40", "--set", "data.batch_size=20", "--set", "eval.n=0",
     "--set", "training.max_steps_per_epoch=2", "--set", "strategy.steps=1", "--no-progress",

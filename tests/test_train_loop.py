@@ -223,7 +223,7 @@ def test_resume_refuses_a_changed_config(tmp_path):
     cfg = tiny_config(training={"epochs": 1})
     train(cfg, tmp_path, model=tiny_model(), strategy=Recorder(), train_data=tiny_data())
     changed = tiny_config(training={"epochs": 1}, optimizer={"lr": 0.5})
-    with pytest.raises(UnionRobustError, match="'optimizer.lr' differs"):
+    with pytest.raises(UnionRobustError, match=r"'optimizer.lr' differs"):
         Trainer(
             changed,
             tmp_path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from unionrobust.errors import UnionRobustError
@@ -17,8 +19,8 @@ def test_msd_mnist_piecewise_shape():
     assert lr(15) == 0 and lr(20) == 0
     vals = [lr(t / 10) for t in range(151)]
     top = vals.index(max(vals))
-    assert all(a <= b for a, b in zip(vals[:top], vals[1 : top + 1], strict=True))
-    assert all(a >= b for a, b in zip(vals[top:], vals[top + 1 :], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(vals[: top + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(vals[top:]))
 
 
 def test_msd_cifar_piecewise_shape():
@@ -55,7 +57,7 @@ def test_step_and_cyclic_and_constant():
 
 
 def test_bad_schedules_are_named():
-    with pytest.raises(UnionRobustError, match="unknown schedule 'cosine'.*piecewise"):
+    with pytest.raises(UnionRobustError, match=r"unknown schedule 'cosine'.*piecewise"):
         make_schedule("cosine", lr=0.1, epochs=3)
     with pytest.raises(UnionRobustError, match="non-decreasing"):
         make_schedule("piecewise", lr=0.1, epochs=3, points=[[2, 0.1], [1, 0.0]])

@@ -141,6 +141,8 @@ class Attack(ABC):
 
     #: short registry name, e.g. "pgd"
     name: str = "attack"
+    #: True for attacks whose result names a member (``threat_index`` is a tensor)
+    union_attack: bool = False
 
     def __init__(self, threat: ThreatModel | Union, seed: int = 0, amp: bool = False) -> None:
         self.threat = threat
@@ -173,7 +175,7 @@ class Attack(ABC):
                 x.detach().clone(),
                 torch.zeros(0, dtype=torch.bool, device=x.device),
                 torch.zeros(0, dtype=x.dtype, device=x.device),
-                index if isinstance(self.threat, Union) and len(self.threat) > 1 else None,
+                index if self.union_attack else None,
             )
         rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device, example_ids)
         x = x.detach()

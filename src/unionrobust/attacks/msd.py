@@ -12,6 +12,12 @@ Readings where Alg. 1 is silent: the iterate follows the highest loss (as writte
 best-iterate tracker prefers, among the K candidates, a misclassified one (success first, then
 loss). ``threat_index`` is the member whose projection produced the returned δ (-1 for δ = 0
 and the clean input). A random start draws a member per example and a point in its ball.
+
+Alg. 1 is greedy per step: with step sizes that let one member gain loss faster than another
+whose ball holds more, MSD can settle at the best point of the first ball. On a linear model
+with MSD App. C.1's ratios (ℓ1 α = 4ε/T against 2.5ε/T) it stayed at the ℓ1 vertex, which lies
+outside the ℓ∞ ball so the ℓ∞ candidate's projection pulls it back, while the ℓ∞ ball held 30%
+more margin. Step sizes proportional to the radii (α_p = c·ε_p) avoid this there.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class MSD(Attack):
     """
 
     name = "msd"
+    union_attack = True
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.losses import get_loss
 from unionrobust.rng import KeyedRandom
-from unionrobust.threats import L1, ThreatModel, Union
+from unionrobust.threats import L1, ThreatModel, Union, parse
 
 STARTS = ("zero", "random", "zero_then_random")
 
@@ -62,8 +62,11 @@ def random_start(start: str, restart: int) -> bool:
     return start == "random" or (start == "zero_then_random" and restart > 0)
 
 
-def single_threat(threat: ThreatModel | Union, who: str) -> ThreatModel:
-    """The one threat model an attack runs against (a one-member union is unwrapped)."""
+def single_threat(threat: ThreatModel | Union | str, who: str) -> ThreatModel:
+    """The one threat model an attack runs against (a spec such as ``"l2:0.5"`` is parsed, a
+    one-member union unwrapped)."""
+    if isinstance(threat, str):
+        threat = parse(threat)
     if isinstance(threat, Union):
         if len(threat) != 1:
             raise UnionRobustError(
@@ -101,7 +104,7 @@ class PGD(Attack):
 
     def __init__(
         self,
-        threat: ThreatModel,
+        threat: ThreatModel | str,
         steps: int = 50,
         alpha: float | None = None,
         restarts: int = 1,

@@ -28,6 +28,7 @@ class WorstOf(Attack):
     """
 
     name = "worst-of"
+    union_attack = True
 
     def __init__(self, attacks: Sequence[Attack], shrink: bool = True) -> None:
         attacks = tuple(attacks)

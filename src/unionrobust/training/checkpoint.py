@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints: safetensors weights + a ``weights_only`` torch file, committed by pointer.
+"""Crash-safe checkpoints: safetensors weights + a ``weights_only`` torch file, via a pointer.
 
 A checkpoint ``TAG`` (``last`` or ``best``) in a folder is three files::
 
@@ -102,8 +102,13 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": random.getstate(),
-        "numpy": [str(algo), torch.from_numpy(np.asarray(keys).copy()), int(pos), int(has_gauss),
-                  float(gauss)],
+        "numpy": [
+            str(algo),
+            torch.from_numpy(np.asarray(keys).copy()),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ],
     }
 
 
@@ -233,7 +238,7 @@ def load_checkpoint(
             )
         try:
             out.append(safetensors.torch.load(data) if kind == "weights" else _read_state(data))
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
+        except Exception as exc:  # any decoder failure means a corrupt file
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt: {first}") from None
     return out[0], out[1], pointer

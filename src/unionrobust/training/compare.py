@@ -169,8 +169,10 @@ def compare(
         raise UnionRobustError(f"seeds must be >= 1, got {seeds}")
     if not strategies:
         raise UnionRobustError("give at least one strategy")
-    for strategy in strategies:  # fail before training anything
-        config_for(strategy, overrides, base)
+    from unionrobust.training.trainer import build_strategy
+
+    for strategy in strategies:  # fail on a bad name or option before training anything
+        build_strategy(config_for(strategy, overrides, base))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -243,7 +245,8 @@ def compare(
     note = (
         f"Accuracy (%) on the first {n} test points of the embedded MNIST against the union "
         f"{', '.join(threats)} (suite '{suite}'), checkpoint with the best held-out union "
-        "accuracy; " + (f"mean ± std over {seeds} seeds; " if seeds > 1 else "1 seed; ")
+        "accuracy; "
+        + (f"mean ± std over {seeds} seeds; " if seeds > 1 else "1 seed; ")
         + f"{jobs} training process(es) sharing the CPU; total wall time {wall:.0f} s."
     )
     plot_note = _plot(rows, threats, out / "compare.png")

@@ -17,6 +17,7 @@ the rate of any iteration is known without replaying the run (exact resume, DDP 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -36,7 +37,7 @@ def piecewise(points: Sequence[Sequence[float]]) -> Schedule:
     if not knots:
         raise UnionRobustError("schedule points must not be empty")
     xs = [e for e, _ in knots]
-    if any(b < a for a, b in zip(xs, xs[1:], strict=False)):
+    if any(b < a for a, b in itertools.pairwise(xs)):
         raise UnionRobustError(f"schedule points must have non-decreasing epochs, got {xs}")
     if any(v < 0 for _, v in knots):
         raise UnionRobustError("schedule learning rates must be >= 0")

@@ -55,7 +55,6 @@ from unionrobust.training.distributed import (
     init_distributed,
     merge_metrics,
     shard,
-    unwrap,
     wrap_model,
 )
 from unionrobust.training.schedules import make_schedule
@@ -554,7 +553,9 @@ class Trainer:
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         e = self.cfg.eval
         sums = all_sum(
-            torch.tensor([self._epoch_acc[k] for k in ("loss", "correct", "n")], dtype=torch.float64),
+            torch.tensor(
+                [self._epoch_acc[k] for k in ("loss", "correct", "n")], dtype=torch.float64
+            ),
             self.ctx,
         )
         n = max(float(sums[2]), 1.0)

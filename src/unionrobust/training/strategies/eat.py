@@ -12,14 +12,16 @@ as the attack measured it; no extra attack). The paper resets these averages at 
 ``reset_each_epoch=True`` (default) follows it; False keeps them across epochs. Readings where
 the paper is silent: until both attacks have run at least once since the reset, and whenever
 rerr_1 + rerr_∞ = 0, the draw is uniform. "eat-uniform" (E-AT unif., Table 1) always draws
-uniformly. The draw is a pure function of (seed, batch counter). Stats: ``p_l1``, ``p_linf``
-(the probabilities used for this batch), ``chose_l1``/``chose_linf`` and the running
-``rerr_l1``/``rerr_linf``.
+uniformly. The draw is a pure function of (seed, batch counter) and the running errors; in a
+distributed run each batch's error is averaged over the processes, so all of them hold the same
+averages and draw the same member. Stats: ``p_l1``, ``p_linf`` (the probabilities used for this
+batch), ``chose_l1``/``chose_linf`` and the running ``rerr_l1``/``rerr_linf``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from unionrobust.errors import UnionRobustError, unknown_name
@@ -28,6 +30,16 @@ from unionrobust.training.strategies.adversarial import AdversarialStrategy
 from unionrobust.training.strategies.base import StrategyOutput, batch_uniform
 
 SAMPLING = ("adaptive", "uniform")
+
+
+def global_mean(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the processes of a distributed run (itself otherwise), so every
+    rank holds the same running errors and draws the same member as one process would."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / dist.get_world_size()
+    return value
 
 
 class EAT(AdversarialStrategy):
@@ -90,7 +102,7 @@ class EAT(AdversarialStrategy):
         clean = self.eval_logits(model, x)
         res = self.run_attack(self.extremes[j], model, x, y, example_ids, seed, clean)
         loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
-        rerr = float(res.success.float().mean())
+        rerr = float(global_mean(res.success.float().mean()))
         self.rerr_sum[j] += rerr
         self.rerr_count[j] += 1
         stats: dict[str, float | list[float]] = {
