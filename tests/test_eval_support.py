@@ -50,7 +50,10 @@ class Noise(Attack):
 
 
 class Cheater(Attack):
-    """Steps ``factor``·ε along the ℓ∞ sign of the gradient, ignoring the ball; claims success."""
+    """Returns points that fool the model once repaired but break the rules, claiming success:
+    ``ball``: a step of ``factor``·ε along the ℓ∞ sign of the gradient (outside the ball);
+    ``box``: the threat's own steepest step of size ε, not clipped to [0, 1];
+    ``nan``: that step clipped to [0, 1], with one NaN pixel."""
 
     name = "cheater"
 
@@ -59,14 +62,23 @@ class Cheater(Attack):
         self.factor = factor
         self.mode = mode
 
-    def _run(self, model, x, y, rand, clean_logits):
+    def repaired(self, model, x, y, rand=None):
+        """The point the cheater 'means' (in the box, not NaN) — what a lax check would count."""
         _, _, grad = loss_and_grad(model, x, y, cross_entropy)
         if self.mode == "ball":
-            x_adv = (x + self.factor * self.threat.size * grad.sign()).clamp(0, 1)
-        elif self.mode == "box":  # a tiny step that leaves [0, 1]
-            x_adv = x + 1e-3 * torch.where(x > 0.5, 1.0, -1.0)
-        else:  # NaN
-            x_adv = torch.full_like(x, float("nan"))
+            return (x + self.factor * self.threat.size * grad.sign()).clamp(0, 1)
+        if rand is None:
+            from unionrobust.rng import KeyedRandom
+
+            rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device)
+        step = self.threat.step(grad, self.threat.size, torch.zeros_like(x), x, rand, 7)
+        return x + step if self.mode == "box" else (x + step).clamp(0, 1)
+
+    def _run(self, model, x, y, rand, clean_logits):
+        x_adv = self.repaired(model, x, y, rand)
+        if self.mode == "nan":
+            x_adv = x_adv.clone()
+            x_adv.reshape(x.shape[0], -1)[:, 0] = float("nan")
         return AttackResult(
             x_adv, torch.ones(x.shape[0], dtype=torch.bool), torch.zeros(x.shape[0])
         )

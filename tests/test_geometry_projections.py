@@ -26,7 +26,9 @@ from unionrobust.geometry import (
     project_linf,
     project_linf_box,
     project_simplex,
+    projections,
 )
+from unionrobust.geometry.projections import l2_box_scale
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -381,3 +383,32 @@ def test_mnist_sized_rows_keep_float32_accuracy(eps):
             assert _norm(zn[i], p) <= eps * (1 + 1e-6)
             assert abs(_norm(zn[i], p) - norm_ref) <= 1e-5 * norm_ref
             assert np.abs(zn[i] - zr).max() <= 1e-6 * max(eps, 1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=batches(max_d=40))
+def test_l2_box_solvers_agree(data):
+    """The active-set and sorted-breakpoint solvers of the ℓ2 ∩ box scale give the same t."""
+    a, x, eps = data
+    at, xt = torch.from_numpy(a).double(), torch.from_numpy(x).double()
+    e = torch.as_tensor(_eps_rows(eps, a.shape[0])).reshape(-1, 1)
+    t_sort = l2_box_scale(at, -xt, 1 - xt, e, method="sort")
+    t_act = l2_box_scale(at, -xt, 1 - xt, e, method="active-set")
+    inside = np.linalg.norm(np.clip(a, -x, 1 - x).astype(np.float64), axis=1) <= e[:, 0].numpy()
+    assert np.all(t_act.numpy()[inside] == 1.0)
+    assert torch.allclose(t_act, t_sort, rtol=1e-9, atol=1e-12)
+
+
+def test_l2_box_falls_back_to_sort_when_active_set_is_cut_short(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 50, generator=g)
+    a = torch.randn(6, 50, generator=g)
+    full = project_l2_box(a, x, 1.5)
+    monkeypatch.setattr(projections, "L2_BOX_ACTIVE_SET_ITERS", 0)
+    cut = project_l2_box(a, x, 1.5)
+    assert torch.allclose(cut, full, atol=1e-6)
+    for i in range(6):
+        ref = ref_l2_box(a[i].double().numpy(), x[i].double().numpy(), 1.5)
+        assert np.allclose(cut[i].double().numpy(), ref, atol=2e-6)
+    with pytest.raises(ValueError):
+        l2_box_scale(a, -x, 1 - x, torch.ones(6, 1), method="bisect")

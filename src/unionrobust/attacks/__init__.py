@@ -1,11 +1,19 @@
 """Attacks: ``attack(model, x, y) -> AttackResult``, written once against the ThreatModel API."""
 
+from unionrobust.attacks.affine import AffineLp, AffineSpatial
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model, loss_and_grad
 from unionrobust.attacks.best import BestTracker
+from unionrobust.attacks.minmax import (
+    DomainMinMax,
+    ModelEnsemble,
+    TransformDomains,
+    UniversalGroups,
+)
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
 from unionrobust.attacks.registry import ATTACKS, attack_names, make_attack
+from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.attacks.union import WorstOf
 
 __all__ = [
@@ -16,10 +24,18 @@ __all__ = [
     "MSD",
     "PGD",
     "SLIDE",
+    "AffineLp",
+    "AffineSpatial",
     "Attack",
     "AttackResult",
     "BestTracker",
+    "DomainMinMax",
+    "GridAttack",
+    "ModelEnsemble",
+    "TransformDomains",
+    "UniversalGroups",
     "WorstOf",
+    "WorstOfK",
     "attack_names",
     "frozen_model",
     "loss_and_grad",

@@ -83,20 +83,77 @@ def project_linf_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Te
     return project_box(project_linf(delta, eps), x)
 
 
-def l2_box_scale(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, e: torch.Tensor):
+#: active-set iterations tried before the sort-based ℓ2 ∩ box solver takes over a row
+L2_BOX_ACTIVE_SET_ITERS = 6
+
+
+def l2_box_scale(
+    a: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    e: torch.Tensor,
+    method: str = "auto",
+    inside: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The t ∈ [0, 1] of the ℓ2 ∩ box projection z = clip(t·a, lo, hi) for flat rows (B, d),
-    with lo ≤ 0 ≤ hi and ε a (B, 1) column.
+    with lo ≤ 0 ≤ hi and ε a (B, 1) column. Returns t as a (B, 1) float64 column.
 
     ‖clip(t·a, lo, hi)‖² is piecewise quadratic in t: coordinate i follows t·a_i until
-    t_i = (hi_i or lo_i)/a_i and stays at its bound c_i afterwards. With the t_i sorted,
-    g(t) = t²·Σ_{t_i > t} a_i² + Σ_{t_i ≤ t} c_i²; the segment where g crosses ε² is located from
-    g at the sorted breakpoints and t solved there in closed form (no bisection). Rows with
-    g(1) ≤ ε² get t = 1. Returns t as a (B, 1) float64 column.
+    t_i = (hi_i or lo_i)/a_i and stays at its bound c_i afterwards, so
+    g(t) = t²·Σ_{t_i > t} a_i² + Σ_{t_i ≤ t} c_i², and t solves g(t) = ε² (t = 1 if g(1) ≤ ε²).
+    Two exact solvers:
+
+    - ``"sort"``: sort the t_i, evaluate g at every breakpoint with cumulative sums, locate the
+      crossing segment and solve it in closed form;
+    - ``"active-set"``: from t₀ = ε/‖a‖ (a lower bound), freeze the set S of clipped coordinates
+      at t_k and solve t_{k+1}² = (ε² − Σ_S c²)/Σ_{¬S} a². The frozen model is ≥ g beyond t_k,
+      so t_k increases to the root and S only grows; once t repeats, S is consistent with it and
+      t is exact. O(d) per iteration, typically ~3-4 iterations; rows not settled after
+      ``L2_BOX_ACTIVE_SET_ITERS`` are finished by the sort solver.
+
+    ``"auto"`` uses the active set on CPU (its early exit reads one bool on the host) and the
+    sort elsewhere (no host synchronisation on accelerators). Either way each row's result
+    depends on that row only. ``inside`` (B, 1), if the caller knows it, marks rows with
+    g(1) ≤ ε² (they get t = 1).
     """
     w = _work_dtype(a)
     a64 = a.to(w)
-    bound = torch.where(a64 > 0, hi.to(w), lo.to(w))
-    tb = torch.where(a64 != 0, bound / a64, torch.inf)
+    bound = torch.where(a > 0, hi, lo).to(w)
+    tb = torch.where(a != 0, bound / a64, torch.inf)
+    e2 = e.to(w).square()
+    if inside is None:
+        inside = torch.where(tb <= 1, bound, a64).square().sum(dim=1, keepdim=True) <= e2
+    if method == "auto":
+        method = "active-set" if a.device.type == "cpu" else "sort"
+    if method == "sort":
+        t = _l2_box_scale_sorted(a64, bound, tb, e2)
+        return torch.where(inside, 1.0, t)
+    if method != "active-set":
+        raise ValueError(f"unknown method {method!r}")
+    sq = torch.stack([bound.square(), a64.square()], dim=2)  # (B, d, 2): c², a²
+    total = sq[:, :, 1].sum(dim=1, keepdim=True)
+    tiny = torch.finfo(w).tiny
+    t = (e2 / total.clamp_min(tiny)).sqrt()
+    done = inside.clone()
+    for _ in range(L2_BOX_ACTIVE_SET_ITERS):
+        mask = (tb <= t).to(w).unsqueeze(1)  # (B, 1, d)
+        sums = torch.bmm(mask, sq).squeeze(1)  # Σ_S c², Σ_S a² in one pass
+        free = (total - sums[:, 1:]).clamp_min(0)
+        t_new = torch.maximum(t, ((e2 - sums[:, :1]).clamp_min(0) / free.clamp_min(tiny)).sqrt())
+        done = done | (t_new == t)
+        t = t_new
+        if bool(done.all()):  # a host read: free on CPU, where "auto" runs this solver
+            break
+    if not bool(done.all()):
+        t = torch.where(done, t, _l2_box_scale_sorted(a64, bound, tb, e2))
+    return torch.where(inside, 1.0, t.clamp(0, 1))
+
+
+def _l2_box_scale_sorted(
+    a64: torch.Tensor, bound: torch.Tensor, tb: torch.Tensor, e2: torch.Tensor
+) -> torch.Tensor:
+    """Sort-based solver of :func:`l2_box_scale` (float64 inputs)."""
+    w = a64.dtype
     tb, order = torch.sort(tb, dim=1)
     a2 = a64.square().gather(1, order)
     c2 = bound.square().gather(1, order)
@@ -107,19 +164,20 @@ def l2_box_scale(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, e: torch.T
     rem_a = (csum_a[:, -1:] - csum_a).clamp_min(0)
     # g at breakpoint j on the segment that ends there (NaN for t_j = inf: never counted)
     g_at = tb.square() * rem_a[:, :-1] + csum_c[:, :-1]
-    e2 = e.to(w).square()
     j = (g_at <= e2).sum(dim=1, keepdim=True)
     a_seg = rem_a.gather(1, j)
     c_seg = csum_c.gather(1, j)
     t = ((e2 - c_seg).clamp_min(0) / a_seg.clamp_min(torch.finfo(w).tiny)).sqrt()
-    return t.clamp(0, 1)
+    # no free coordinate left: g is constant (≤ ε²) from here on, so the box-clip is feasible
+    return torch.where(a_seg > 0, t.clamp(0, 1), 1.0)
 
 
 def project_l2_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tensor:
     """Exact projection onto ℓ2 ball ∩ [0,1] box (Wang et al. Prop. 1, p = 2).
 
     KKT: z = clip(t·a, -x, 1-x) with t = 1/(λ2+1) ∈ (0, 1] the largest value with ‖z‖2 ≤ ε;
-    t is found exactly from the sorted breakpoints (:func:`l2_box_scale`), not by bisection.
+    t is found exactly (active set or sorted breakpoints, :func:`l2_box_scale`), not by
+    bisection.
     Rows whose box-clip is inside the ball get that clip (so rows already inside ball ∩ box are
     returned bit-exact).
     """
@@ -130,11 +188,11 @@ def project_l2_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tens
     w = _work_dtype(a)
     ew = e.to(w)
     clipped = torch.minimum(torch.maximum(a, lo), hi)
-    inside = clipped.to(w).square().sum(dim=1, keepdim=True) <= ew.square()
-    t = torch.where(inside, 1.0, l2_box_scale(a, lo, hi, e)).to(a.dtype)
+    inside = (clipped * clipped).sum(dim=1, keepdim=True, dtype=w) <= ew.square()
+    t = l2_box_scale(a, lo, hi, e, inside=inside).to(a.dtype)
     out = torch.minimum(torch.maximum(a * t, lo), hi)
     # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
-    n = out.to(w).norm(dim=1, keepdim=True)
+    n = (out * out).sum(dim=1, keepdim=True, dtype=w).sqrt()
     scale = torch.where(inside | (n <= ew), 1.0, ew / n.clamp_min(torch.finfo(w).tiny))
     out = torch.where(inside, clipped, out * scale.to(a.dtype))
     return out.reshape(delta.shape)
