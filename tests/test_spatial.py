@@ -175,6 +175,9 @@ def test_union_with_lp_member_in_evaluation_and_registry():
     y = net(x).argmax(1)
     suite = get_suite("quick", "linf:0.05, rt:10:1")
     assert [e.attack for e in suite.entries] == ["pgd", "spatial-grid"]
+    paper = get_suite("msd-paper", "rt:30:3, l2:2")
+    assert [(e.threat_index, e.attack) for e in paper.entries] == [(0, "spatial-grid"), (1, "pgd")]
+    assert [e.attack for e in get_suite("standard", "rt:30:3").entries] == ["spatial-grid"]
     report = evaluate(net, x, y, "linf:0.05, rt:10:1", suite="quick", progress=False)
     acc = report.per_threat_accuracy
     assert set(acc) == {"linf:0.05", "rt:10:1"}

@@ -8,45 +8,56 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
-WORKER = textwrap.dedent(
-    """
-    import sys, time
-    import torch
-    from torch import nn
+from unionrobust.training.config import config_from_dict
+from unionrobust.training.trainer import train
+
+
+def run_worker(mode: str, out: str, marker: str) -> None:
+    """One training run: "full" (uninterrupted), "kill" (hangs after step 4, to be killed) or
+    "resume"; P-inf... here E-AT (it has state), Dropout (global RNG), mid-epoch checkpoints."""
     torch.set_num_threads(1)
-    from unionrobust.training.config import config_from_dict
-    from unionrobust.training.trainer import train
-
-    mode, out, marker = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2),
-                          nn.Linear(16, 10))
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 10)
+    )
     g = torch.Generator().manual_seed(0)
     data = (torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
-    cfg = config_from_dict({
-        "threats": "linf:0.1, l2:0.5, l1:2",
-        "strategy": {"name": "eat", "steps": 2},
-        "data": {"batch_size": 8},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "schedule": {"name": "piecewise"},
-        "training": {"epochs": 2, "progress": False, "seed": 3, "checkpoint_every": 3,
-                     "warmup_epochs": 1},
-        "eval": {"n": 0},
-    })
+    cfg = config_from_dict(
+        {
+            "threats": "linf:0.1, l2:0.5, l1:2",
+            "strategy": {"name": "eat", "steps": 2},
+            "data": {"batch_size": 8},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "schedule": {"name": "piecewise"},
+            "training": {"epochs": 2, "progress": False, "seed": 3, "checkpoint_every": 3,
+                         "warmup_epochs": 1},
+            "eval": {"n": 0},
+        }
+    )  # fmt: skip
 
     class HangAfter:
-        # after step 4 of epoch 1 (checkpoint written at global step 3): signal and wait
+        # after global step 4 (mid epoch 0; checkpoint written at step 3): signal, then wait
         def on_step_end(self, trainer, epoch, i, step):
             if mode == "kill" and step == 4:
-                open(marker, "w").write(str(step))
+                Path(marker).write_text(str(step))
                 time.sleep(600)
 
     train(cfg, out, resume=(mode == "resume"), model=model, train_data=data,
-          callbacks=[HangAfter()])
+          callbacks=[HangAfter()])  # fmt: skip
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_train_resume import run_worker
+    run_worker(*sys.argv[1:4])
     """
 )
 
@@ -59,10 +70,13 @@ def _run(script, *args):
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     full, killed, marker = tmp_path / "full", tmp_path / "killed", tmp_path / "marker"
-    r = _run(script, "full", full, marker)
-    assert r.returncode == 0, r.stderr
+    threads = torch.get_num_threads()
+    try:
+        run_worker("full", str(full), str(marker))  # the reference, in this process
+    finally:
+        torch.set_num_threads(threads)
     proc = subprocess.Popen(
         [sys.executable, str(script), "kill", str(killed), str(marker)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -198,26 +198,77 @@ def project_l2_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tens
     return out.reshape(delta.shape)
 
 
-def l1_box_threshold(abs_a: torch.Tensor, room: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+#: Newton iterations tried before the sort-based ℓ1 ∩ box solver takes over a row
+L1_BOX_NEWTON_ITERS = 10
+
+
+def l1_box_threshold(
+    abs_a: torch.Tensor,
+    room: torch.Tensor,
+    e: torch.Tensor,
+    method: str = "auto",
+    inside: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The λ ≥ 0 of the ℓ1 ∩ box projection for flat rows: Σ min((|a_i| − λ)+, u_i) = ε.
+    Returns λ as a (B, 1) float64 column; rows with f(0) ≤ ε (or marked ``inside``) get 0.
 
     f(λ) = Σ min((|a_i| − λ)+, u_i) is piecewise linear and nonincreasing, with breakpoints at
     λ = |a_i| (coordinate i starts moving: slope −1 more) and λ = (|a_i| − u_i)+ (it leaves its
-    box bound: slope +1). With all 2d breakpoints b sorted in decreasing order and running sums
-    N = Σ ±1, C = Σ ±b, f(λ) = C − N·λ on each segment (the sorted-breakpoint solver of Croce &
-    Hein 2021, "Mind the box"): the crossing segment is located and λ solved in closed form.
-    Rows with f(0) ≤ ε get λ = 0. Returns λ as a (B, 1) float64 column.
+    box bound: slope +1). Two exact solvers:
+
+    - ``"sort"``: all 2d breakpoints b sorted in decreasing order with running sums N = Σ ±1,
+      C = Σ ±b give f(λ) = C − N·λ on each segment (the sorted-breakpoint solver of Croce &
+      Hein 2021, "Mind the box"); the crossing segment is located and λ solved there;
+    - ``"newton"``: from λ = 0, take the sets L (moving) and U (at the box bound) just right of
+      λ and solve their linear piece: λ ← (Σ_L |a_i| + Σ_U u_i − ε)/|L|. A repeated λ is a
+      fixed point whose sets are consistent, hence exact. f is not convex, so this is not
+      guaranteed to settle: rows still moving after ``L1_BOX_NEWTON_ITERS`` iterations are
+      finished by the sort solver (typically all settle in 4-8).
+
+    ``"auto"`` uses Newton on CPU (its early exit reads one bool on the host) and the sort
+    elsewhere. Either way each row's result depends on that row only.
     """
     w = _work_dtype(abs_a)
     aa = abs_a.to(w)
+    uu = room.to(w)
+    ew = e.to(w)
+    if inside is None:
+        inside = torch.minimum(aa, uu).sum(dim=1, keepdim=True) <= ew
+    if method == "auto":
+        method = "newton" if abs_a.device.type == "cpu" else "sort"
+    if method == "sort":
+        return torch.where(inside, 0.0, _l1_box_threshold_sorted(aa, uu, ew))
+    if method != "newton":
+        raise ValueError(f"unknown method {method!r}")
+    q = aa - uu
+    cols = torch.stack([aa, torch.ones_like(aa), uu], dim=2)  # (B, d, 3): |a|, 1, u
+    lam = torch.zeros_like(ew)
+    done = inside.clone()
+    for _ in range(L1_BOX_NEWTON_ITERS):
+        bound = q > lam
+        masks = torch.stack([(aa > lam) & ~bound, bound], dim=1).to(w)  # (B, 2, d): L, U
+        sums = torch.bmm(masks, cols)  # Σ_L |a|, |L|, ., ., ., Σ_U u
+        n_l = sums[:, 0, 1:2]
+        new = ((sums[:, 0, 0:1] + sums[:, 1, 2:3] - ew) / n_l.clamp_min(1)).clamp_min(0)
+        new = torch.where(n_l > 0, new, lam)  # no moving coordinate: leave it to the sort
+        done = done | ((new == lam) & (n_l > 0))
+        lam = new
+        if bool(done.all()):  # a host read: free on CPU, where "auto" runs this solver
+            break
+    if not bool(done.all()):
+        lam = torch.where(done, lam, _l1_box_threshold_sorted(aa, uu, ew))
+    return torch.where(inside, 0.0, lam)
+
+
+def _l1_box_threshold_sorted(aa: torch.Tensor, uu: torch.Tensor, ew: torch.Tensor) -> torch.Tensor:
+    """Sort-based solver of :func:`l1_box_threshold` (float64 inputs)."""
     d = aa.shape[1]
-    bp = torch.cat([aa, (aa - room.to(w)).clamp_min(0)], dim=1)
+    bp = torch.cat([aa, (aa - uu).clamp_min(0)], dim=1)
     bp, order = torch.sort(bp, dim=1, descending=True)
-    sign = torch.where(order < d, 1.0, -1.0).to(w)
+    sign = torch.where(order < d, 1.0, -1.0).to(aa.dtype)
     n_run = sign.cumsum(dim=1)
     c_run = (sign * bp).cumsum(dim=1)
     f_at = c_run - n_run * bp  # f at each breakpoint (the last one is f(0))
-    ew = e.to(w)
     j = (f_at < ew).sum(dim=1, keepdim=True)  # f(b_j) ≥ ε first at sorted index j
     last = 2 * d - 1
     jm = (j - 1).clamp(0, last)
@@ -232,9 +283,10 @@ def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tens
     """Exact projection onto ℓ1 ball ∩ [0,1] box (Wang et al. Prop. 1, p = 1; Croce & Hein 2021).
 
     KKT: z_i = sign(a_i)·min(max(|a_i| - λ, 0), u_i), u_i the box room in a_i's direction,
-    λ ≥ 0 the smallest value with ‖z‖1 ≤ ε, found exactly from the sorted breakpoints
-    (:func:`l1_box_threshold`). Rows whose box-clip is inside the ball get that clip (λ = 0), so
-    rows already inside ball ∩ box are returned bit-exact.
+    λ ≥ 0 the smallest value with ‖z‖1 ≤ ε, found exactly (Newton on the piecewise-linear
+    equation or sorted breakpoints, :func:`l1_box_threshold`); |a_i| − λ is formed in float64
+    so small ε keep their relative accuracy. Rows whose box-clip is inside the ball get that
+    clip (λ = 0), so rows already inside ball ∩ box are returned bit-exact.
     """
     a = _flat(delta)
     xf = _flat(x).expand_as(a)
@@ -244,11 +296,11 @@ def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tens
     room = torch.where(a >= 0, 1 - xf, xf)
     abs_a = a.abs()
     clip_abs = torch.minimum(abs_a, room)
-    inside = clip_abs.to(w).sum(dim=1, keepdim=True) <= ew
-    lam = torch.where(inside, 0.0, l1_box_threshold(abs_a, room, e)).to(a.dtype)
-    mag = torch.minimum((abs_a - lam).clamp_min(0), room)
+    inside = clip_abs.sum(dim=1, keepdim=True, dtype=w) <= ew
+    lam = l1_box_threshold(abs_a, room, e, inside=inside)
+    mag = torch.minimum((abs_a.to(w) - lam).clamp_min(0), room.to(w)).to(a.dtype)
     # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
-    s = mag.to(w).sum(dim=1, keepdim=True)
+    s = mag.sum(dim=1, keepdim=True, dtype=w)
     scale = torch.where(inside | (s <= ew), 1.0, ew / s.clamp_min(torch.finfo(w).tiny))
     mag = torch.where(inside, clip_abs, mag * scale.to(a.dtype))
     out = torch.where(inside, torch.minimum(torch.maximum(a, -xf), 1 - xf), torch.sign(a) * mag)
