@@ -110,8 +110,13 @@ def affine_table(model, x, y, steps: int) -> str:
         union = (robust[0.0] & robust[1.0]).double().mean().item()
         affine = torch.stack(list(robust.values())).all(0).double().mean().item()
         per_beta = [100 * robust[b].double().mean().item() for b in betas]
-        rows.append([label, *per_beta, 100 * union, 100 * affine])
-    header = ["S1 + S2", *[f"acc β={b:g} %" for b in betas], "acc union %", "acc affine %"]
+        grid = "-"  # the union again, its rt part attacked by the exhaustive grid (as T&B §4)
+        if "rt" in label:
+            rt_grid = ~GridAttack(RotationTranslation(10, 1))(model, x, y).success
+            grid = 100 * (robust[1.0] & rt_grid & robust[0.0]).double().mean().item()
+        rows.append([label, *per_beta, 100 * union, grid, 100 * affine])
+    header = ["S1 + S2", *[f"acc β={b:g} %" for b in betas], "acc union %"]
+    header += ["acc union, rt by grid %", "acc affine %"]
     return markdown_table(header, rows)
 
 

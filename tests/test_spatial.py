@@ -186,6 +186,10 @@ def test_union_with_lp_member_in_evaluation_and_registry():
     assert acc["rt:10:1"] == pytest.approx(1 - direct.success.double().mean().item())
     assert 0 < acc["rt:10:1"] < 1 and report.rejected == [0, 0]
     assert isinstance(make_attack("spatial-grid", "rt:30:3"), GridAttack)
+    both = make_attack("pgd", "linf:0.05, rt:10:1", steps=3)  # rt members get the grid attack
+    assert isinstance(both.attacks[1], GridAttack)
+    res = both(net, x, y)
+    assert (parse("linf:0.05, rt:10:1").contains(res.x_adv - x, x) | ~res.success).all()
     with pytest.raises(UnionRobustError, match="rotation-translation"):
         GridAttack(Linf(0.1))
 

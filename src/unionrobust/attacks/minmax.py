@@ -202,7 +202,9 @@ class UniversalGroups(_SingleModel):
 
 class TransformDomains(_SingleModel):
     """Domains = transformations of x + δ (Wang et al. eq. 7); random ones draw afresh at every
-    step and at the final scoring (EOT)."""
+    step and at the final scoring (EOT). With random transformations the returned ``fooled``
+    is under the draws of the returned iterate; score the result again (fresh draws) for an
+    unbiased success rate."""
 
     kind = "transforms"
 

@@ -71,9 +71,19 @@ def make_attack(name: str, threat: ThreatModel | Union | str, **kwargs: Any) -> 
         if name in UNION_ATTACKS:
             return factory(union, **kwargs)
         if isinstance(union, Union) and len(union) > 1:
-            return WorstOf([factory(m, **kwargs) for m in union])
+            return WorstOf([_member_attack(factory, m, kwargs) for m in union])
         if isinstance(union, Union):
             union = union[0]
         return factory(union, **kwargs)
     except TypeError as exc:
         raise UnionRobustError(f"attack {name!r}: {exc}") from None
+
+
+def _member_attack(factory: AttackFactory, member: ThreatModel, kwargs: dict) -> Attack:
+    """The attack for one member of a union; a rotation-translation member (searched, not
+    stepped) gets the exhaustive grid attack whatever ``name`` is (issue 4)."""
+    if getattr(member, "name", None) == "rt":
+        from unionrobust.attacks.spatial import GridAttack
+
+        return GridAttack(member, seed=kwargs.get("seed", 0))
+    return factory(member, **kwargs)

@@ -104,6 +104,7 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
+    cpu0 = time.process_time()
     cfg = config_for(job["strategy"], job["overrides"], job["base"])
     run_dir = Path(job["run_dir"])
     resume = (run_dir / "checkpoints" / "last.json").is_file()
@@ -132,11 +133,25 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
         "time_per_epoch": result.time_per_epoch,
         "train_seconds": result.seconds,
         "eval_seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
         "epochs": result.epochs,
         "best_epoch": None if result.best is None else result.best["epoch"],
         "weights": str(weights),
         "n_test": int(x.shape[0]),
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
 
 
 def default_jobs(n_runs: int) -> int:
@@ -241,13 +256,15 @@ def compare(
         )
     md = table(rows, threats)
     wall = time.perf_counter() - start
+    cpu = _cpu_seconds()
     n = runs[0]["n_test"]
     note = (
         f"Accuracy (%) on the first {n} test points of the embedded MNIST against the union "
         f"{', '.join(threats)} (suite '{suite}'), checkpoint with the best held-out union "
         "accuracy; "
         + (f"mean ± std over {seeds} seeds; " if seeds > 1 else "1 seed; ")
-        + f"{jobs} training process(es) sharing the CPU; total wall time {wall:.0f} s."
+        + f"{jobs} training process(es); total wall time {wall:.0f} s, CPU time {cpu:.0f} s "
+        f"on {os.cpu_count()} core(s) (wall time ≈ CPU time / cores on an idle machine)."
     )
     plot_note = _plot(rows, threats, out / "compare.png")
     text = f"# Strategy comparison\n\n{note}\n\n{md}\n"
@@ -261,6 +278,7 @@ def compare(
         "seeds": seeds,
         "jobs": jobs,
         "wall_time": wall,
+        "cpu_time": cpu,
         "runs": runs,
         "table": rows,
     }
