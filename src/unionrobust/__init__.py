@@ -1,17 +1,41 @@
-"""unionrobust: attack, train and evaluate neural networks against unions of perturbation models."""
+"""unionrobust: attack, train and evaluate neural networks against unions of perturbation models.
+
+The names most users need are importable from here; each layer's package has the rest.
+"""
 
 from unionrobust._version import __version__
+from unionrobust.attacks import APGD, FGSM, MIM, MSD, PGD, SLIDE, AttackResult, WorstOf, make_attack
+from unionrobust.data import get_dataset, load_embedded_mnist
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation import EvaluationReport, evaluate
+from unionrobust.models import build_model, load_model, load_weights, save_weights
 from unionrobust.threats import L0, L1, L2, Linf, ThreatModel, Union, parse
 
 __all__ = [
+    "APGD",
+    "FGSM",
     "L0",
     "L1",
     "L2",
+    "MIM",
+    "MSD",
+    "PGD",
+    "SLIDE",
+    "AttackResult",
+    "EvaluationReport",
     "Linf",
     "ThreatModel",
     "Union",
     "UnionRobustError",
+    "WorstOf",
     "__version__",
+    "build_model",
+    "evaluate",
+    "get_dataset",
+    "load_embedded_mnist",
+    "load_model",
+    "load_weights",
+    "make_attack",
     "parse",
+    "save_weights",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from unionrobust._version import __version__
 from unionrobust.errors import UnionRobustError
@@ -32,8 +33,16 @@ def _load(name: str):
     return importlib.import_module(f"unionrobust.cli.cmd_{name.replace('-', '_')}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors on one line and exit code 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="unionrobust",
         description=(
             "Attack, train and evaluate neural networks against unions of perturbation models "
@@ -41,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"unionrobust {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
         module = _load(name)
         p = sub.add_parser(

@@ -81,7 +81,7 @@ class ThreatModel(ABC):
         self, delta: torch.Tensor, x: torch.Tensor, tol: float = DEFAULT_TOL
     ) -> torch.Tensor:
         """Bool (B,): ``delta`` is inside the ball (up to ``tol``) and ``x + delta`` in [0,1]."""
-        xa = (x + delta).reshape(x.shape[0], -1)
+        xa = (x + delta).flatten(1)
         in_box = (xa >= -1e-6).all(dim=1) & (xa <= 1 + 1e-6).all(dim=1)
         return in_box & (self.norm(delta) <= self.size * (1 + tol) + 1e-6)
 

@@ -72,7 +72,7 @@ class Linf(_Lp):
         return self.project((2 * u - 1) * self.eps, x)
 
     def norm(self, delta):
-        return delta.reshape(delta.shape[0], -1).abs().amax(dim=1)
+        return delta.flatten(1).abs().amax(dim=1)
 
 
 class L2(_Lp):
@@ -94,7 +94,7 @@ class L2(_Lp):
         return self.project(g * r * self.eps, x)
 
     def norm(self, delta):
-        return delta.reshape(delta.shape[0], -1).norm(p=2, dim=1)
+        return delta.flatten(1).norm(p=2, dim=1)
 
 
 L1_STEP_RULES = ("random_k", "topk", "single", "slide")
@@ -169,7 +169,7 @@ class L1(_Lp):
         return self.project((flat * r * self.eps).to(x.dtype).reshape(x.shape), x)
 
     def norm(self, delta):
-        return delta.reshape(delta.shape[0], -1).abs().sum(dim=1)
+        return delta.flatten(1).abs().sum(dim=1)
 
     def __repr__(self) -> str:
         return f"L1({self.eps:g}, step_rule={self.step_rule!r})"
@@ -205,10 +205,10 @@ class L0(_Lp):
         return self.project(2 * u - 1, x)
 
     def norm(self, delta):
-        return (delta.reshape(delta.shape[0], -1) != 0).sum(dim=1).to(delta.dtype)
+        return (delta.flatten(1) != 0).sum(dim=1).to(delta.dtype)
 
     def contains(self, delta, x, tol=0.0):
-        xa = (x + delta).reshape(x.shape[0], -1)
+        xa = (x + delta).flatten(1)
         in_box = (xa >= -1e-6).all(dim=1) & (xa <= 1 + 1e-6).all(dim=1)
         return in_box & (self.norm(delta) <= self.eps)
 
