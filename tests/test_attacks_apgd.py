@@ -314,15 +314,10 @@ def trained_mlp():
         nn.Linear(36, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead on a shared CPU
-    try:
-        for _ in range(200):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
     model.eval()
     xt = (centers[y[:200]] + 0.08 * torch.randn(200, 36, generator=g)).clamp(0, 1)
     yt = y[:200]

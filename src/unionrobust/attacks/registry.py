@@ -46,6 +46,20 @@ ATTACKS: dict[str, AttackFactory] = {
     "apgd-cw": lazy("apgd", "APGD", loss="cw"),
     "spatial-grid": lazy("spatial", "GridAttack"),
     "spatial-worst-of-k": lazy("spatial", "WorstOfK"),
+    # minimum-norm (attacks/minnorm.py), gradient-free (blackbox.py), peers (adapters.py)
+    "deepfool": lazy("minnorm", "DeepFool"),
+    "fab": lazy("minnorm", "FAB"),
+    "ddn": lazy("minnorm", "DDN"),
+    "gaussian-noise": lazy("blackbox", "GaussianNoise"),
+    "salt-pepper": lazy("blackbox", "SaltPepper"),
+    "pointwise": lazy("blackbox", "Pointwise"),
+    "square": lazy("blackbox", "Square"),
+    "ta-ead": lazy("adapters", "TAEAD"),
+    "ta-cw": lazy("adapters", "TACW"),
+    "ta-fab": lazy("adapters", "TAFAB"),
+    "ta-square": lazy("adapters", "TASquare"),
+    "fb-boundary": lazy("adapters", "FBBoundary"),
+    "fb-pointwise": lazy("adapters", "FBPointwise"),
 }
 
 #: attacks that take a whole union; the others run once per member, combined by WorstOf

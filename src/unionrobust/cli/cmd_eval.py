@@ -26,16 +26,37 @@ Suites: 'quick' (PGD per threat, for smoke tests), 'standard' (APGD-CE then targ
 per threat, as AutoAttack/E-AT), 'msd-paper' / 'msd-paper-cifar' (PGD with the iterations,
 step sizes and 10 restarts of Maini et al. 2020), or your own comma-separated attack names.
 
+Every evaluation runs diagnostics (randomised or probability outputs, zero/NaN gradients, training
+mode, thresholding first-layer filters, and gradient masking when gradient-free attacks break
+points first-order ones could not) and shows any warning under the table.
+
 With --out DIR the per-example verdicts are logged as they come (DIR/verdicts.jsonl); a killed
-run continues with --resume. At the end DIR holds report.json and verdicts.csv."""
+run continues with --resume. At the end DIR holds report.json, verdicts.csv, report.md and a
+self-contained report.html (with the first-layer filters and, with --curves, the robustness
+curves: accuracy vs radius per threat and for the union, every radius scaled by the same
+factor)."""
 EPILOG = """\
 examples:
   unionrobust eval --model mnist-cnn --weights mnist_cnn.safetensors --n 1000 \\
       --threats "linf:0.3, l2:2, l1:10" --suite standard --out runs/eval1
   unionrobust eval --model-module my_net.py:build --weights net.pt --suite quick --n 200
-  unionrobust eval --model mnist-cnn --weights w.safetensors --out runs/eval1 --resume"""
+  unionrobust eval --model mnist-cnn --weights w.safetensors --out runs/eval1 --resume
+  unionrobust eval --model mnist-cnn --weights w.safetensors --n 200 --curves 0.5,1,1.5 \\
+      --out runs/eval2"""
 
 DEFAULT_THREATS = "linf:0.3, l2:2, l1:10"
+DEFAULT_CURVE_SCALES = "0.25,0.5,0.75,1,1.25"
+
+
+def parse_scales(text: str) -> list[float]:
+    """'0.5, 1, 1.5' -> [0.5, 1.0, 1.5] (strictly increasing, > 0)."""
+    try:
+        scales = [float(t) for t in str(text).replace(" ", "").split(",") if t]
+    except ValueError:
+        raise UnionRobustError(f"--curves must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(not s > 0 for s in scales) or sorted(set(scales)) != scales:
+        raise UnionRobustError(f"--curves needs increasing positive factors, got {text!r}")
+    return scales
 
 
 # --------------------------------------------------------------------------- shared arguments
@@ -202,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--out",
         metavar="DIR",
-        help="write the verdict log, report.json and verdicts.csv here",
+        help="write the verdict log, report.json, verdicts.csv, report.md and report.html here",
     )
     e.add_argument(
         "--resume",
@@ -216,6 +237,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table style on screen (default: %(default)s)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.add_argument(
+        "--curves",
+        nargs="?",
+        const=DEFAULT_CURVE_SCALES,
+        metavar="SCALES",
+        help="also compute robustness curves: accuracy at every radius scaled by each factor "
+        f"of SCALES (default {DEFAULT_CURVE_SCALES}), per threat and for the union",
+    )
+    e.add_argument(
+        "--cifar10c",
+        metavar="DIR",
+        help="also report clean accuracy on every CIFAR-10-C corruption and severity found in "
+        "DIR (<corruption>.npy + labels.npy; the first --n images of each)",
+    )
+    e.add_argument(
+        "--curve-attack",
+        default="pgd",
+        metavar="NAME",
+        help="attack for --curves; a minimum-norm attack gives the curve from one run "
+        "(default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,6 +274,13 @@ def run(args: argparse.Namespace) -> int:
         raise UnionRobustError("--resume needs --out DIR (the folder of the run to continue)")
     threats = parse(args.threats)
     get_suite(args.suite, threats)  # bad suite names fail before any loading
+    scales = None if args.curves is None else parse_scales(args.curves)
+    if scales is not None:
+        from unionrobust.attacks.registry import attack_names
+        from unionrobust.errors import unknown_name
+
+        if args.curve_attack not in attack_names():
+            raise unknown_name("attack", args.curve_attack, attack_names())
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
     seed = int_arg(args.seed, "--seed", 0)
     model, x, y, device, meta = load_model_and_data(args)
@@ -250,6 +299,33 @@ def run(args: argparse.Namespace) -> int:
         meta=meta,
     )
     print(format_report(report, args.format))
+    flags = report.diagnostics.get("flags", [])
+    if flags:
+        print("\nWARNING (diagnostics): " + ", ".join(flags), file=sys.stderr)
+    curves = None
+    if scales is not None:
+        from unionrobust.evaluation.curves import union_curve
+        from unionrobust.reporting.markdown import format_curve
+
+        curves = union_curve(
+            model, x, y, threats, scales, args.curve_attack, seed=seed, batch_size=batch_size
+        )
+        for c in curves:
+            print("\n" + format_curve(c))
+    corruptions = None
+    if args.cifar10c:
+        from unionrobust.evaluation.corruptions import corruption_accuracy
+        from unionrobust.reporting.markdown import format_corruptions
+
+        n = None if args.n is None else int_arg(args.n, "--n", 1)
+        corruptions = corruption_accuracy(model, args.cifar10c, n=n, batch_size=batch_size)
+        print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(corruptions))
     if args.out:
-        print(f"\nwrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'verdicts.csv'}")
+        from unionrobust.reporting.html import write_reports
+
+        written = write_reports(
+            args.out, report, model=model, curves=curves, corruptions=corruptions
+        )
+        names = ["report.json", "verdicts.csv", *written]
+        print(f"\nwrote {', '.join(str(Path(args.out) / n) for n in names)}")
     return 0

@@ -1,5 +1,8 @@
 """Evaluation: suites, the cascade engine, per-example verdicts on disk and metrics."""
 
+from unionrobust.evaluation.corruptions import corruption_accuracy
+from unionrobust.evaluation.curves import RobustnessCurve, robustness_curve, union_curve
+from unionrobust.evaluation.diagnostics import gradient_masking, run_diagnostics
 from unionrobust.evaluation.engine import evaluate, recheck
 from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.evaluation.report import EvaluationReport
@@ -7,11 +10,17 @@ from unionrobust.evaluation.suites import Suite, SuiteEntry, get_suite, suite_na
 
 __all__ = [
     "EvaluationReport",
+    "RobustnessCurve",
     "Suite",
     "SuiteEntry",
+    "corruption_accuracy",
     "evaluate",
     "get_suite",
+    "gradient_masking",
     "recheck",
+    "robustness_curve",
+    "run_diagnostics",
     "suite_names",
+    "union_curve",
     "wilson_interval",
 ]

@@ -180,6 +180,7 @@ def evaluate(
     cascade: bool = True,
     example_ids: torch.Tensor | None = None,
     meta: dict[str, Any] | None = None,
+    diagnostics: bool = True,
 ) -> EvaluationReport:
     """Evaluate ``model`` against the union ``threats`` with ``suite``; see the module doc.
 
@@ -191,7 +192,9 @@ def evaluate(
     ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
     benchmarks). ``example_ids``: global ids of the examples (default 0..n−1), which key the
     attacks' randomness. ``meta``: JSON-able facts about the run (model name, data spec) kept
-    in the report and checked on resume. The model is left exactly as found.
+    in the report and checked on resume. ``diagnostics``: run the model checks and the
+    gradient-masking flag of :mod:`unionrobust.evaluation.diagnostics` (``report.diagnostics``).
+    The model is left exactly as found.
     """
     t_start = time.perf_counter()
     union = parse(threats)
@@ -248,6 +251,12 @@ def evaluate(
                 f"cannot resume: logged chunk {key} holds other examples; use a new output folder"
             )
         return rec
+
+    diag: dict[str, Any] = {}
+    if diagnostics:
+        from unionrobust.evaluation.diagnostics import run_diagnostics
+
+        diag = run_diagnostics(model, x, y, union)
 
     try:
         # ---- clean pass
@@ -345,6 +354,12 @@ def evaluate(
         config_hash=config_hash(config),
         cascade=bool(cascade),
     )
+    if diagnostics:
+        from unionrobust.evaluation.diagnostics import flags_of, gradient_masking
+
+        diag["gradient_masking"] = gradient_masking(report)
+        diag["flags"] = flags_of(diag)
+        report.diagnostics = diag
     if out_dir is not None:
         write_outputs(report, out_dir)
     return report

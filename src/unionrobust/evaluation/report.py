@@ -45,6 +45,8 @@ class EvaluationReport:
     config_hash: str | None = None
     cascade: bool = True
     version: str = __version__
+    #: :func:`unionrobust.evaluation.diagnostics.run_diagnostics` output (empty if not run)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ per-example verdicts
     @property
@@ -155,6 +157,7 @@ class EvaluationReport:
             "timings": self.timings,
             "config_hash": self.config_hash,
             "meta": self.config.get("meta", {}),
+            "diagnostics": self.diagnostics,
         }
 
     def verdict_rows(self) -> list[dict[str, Any]]:

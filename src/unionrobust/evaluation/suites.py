@@ -18,6 +18,11 @@ Named suites (``suite_names()``):
   (100, 500, 100) iterations and α/ε = 0.003/0.03, 0.05/0.5, 1.0/12. The paper runs these
   attacks on every point and takes the worst case per example; the cascade gives the same
   verdicts. Its gradient-free attacks are not part of this suite.
+- ``full``: the papers' broad protocol (MSD App. B; Tramèr & Boneh §4): ``standard``, then the
+  ``msd-paper`` PGD, then per norm FGSM/MIM/SLIDE, the minimum-norm attacks (DeepFool, DDN, FAB),
+  the gradient-free ones (Square, Gaussian noise, salt & pepper, Pointwise) and, when the
+  optional ``peers`` extra is installed, Foolbox's Boundary attack and torchattacks' EAD and
+  Square-ℓ2 (:data:`FULL_NATIVE`, :data:`FULL_PEERS`).
 
 Instead of a name, a suite can be a list of attack names (the same for every threat, e.g.
 ``["pgd", "mim"]`` or the text ``"pgd, mim"``), a dict mapping a threat spec or member index to
@@ -189,11 +194,81 @@ def _msd_paper(dataset: str) -> Callable[[Union], list[SuiteEntry]]:
     return build
 
 
+def _named(name: str) -> Callable[..., Any]:
+    """A builder running registry attack ``name``."""
+
+    def build(threat: ThreatModel, seed: int, **kw: Any) -> Any:
+        from unionrobust.attacks.registry import make_attack
+
+        return make_attack(name, threat, seed=seed, **kw)
+
+    return build
+
+
+#: the ``full`` suite's attacks per norm after ``standard`` and ``msd-paper`` (MSD App. B
+#: Tables 3-4; Tramèr & Boneh 2019 §4): (registry name, parameters); budgets follow the papers
+#: (10 restarts / draws; Square 5000 queries as in AutoAttack)
+FULL_NATIVE: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "linf": [
+        ("fgsm", {}),
+        ("mim", {"steps": 20}),
+        ("deepfool", {}),
+        ("fab", {"steps": 100}),
+        ("square", {"steps": 5000}),
+    ],
+    "l2": [
+        ("fgsm", {}),
+        ("mim", {"steps": 20}),
+        ("deepfool", {}),
+        ("ddn", {"steps": 300}),
+        ("fab", {"steps": 100}),
+        ("gaussian-noise", {"repeats": 10}),
+        ("pointwise", {}),
+    ],
+    "l1": [
+        ("slide", {"steps": 100, "restarts": 10}),
+        ("fab", {"steps": 100}),
+        ("salt-pepper", {"repeats": 10}),
+        ("pointwise", {}),
+    ],
+    "l0": [("salt-pepper", {"repeats": 10}), ("pointwise", {})],
+}
+#: peers (optional extra) added when their package is installed: (name, package, parameters).
+#: ta-cw is left out: torchattacks 3.5's C&W loss is wrong for negative logits.
+FULL_PEERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "linf": [],
+    "l2": [("fb-boundary", "foolbox", {}), ("ta-square", "torchattacks", {"steps": 5000})],
+    "l1": [("ta-ead", "torchattacks", {})],
+    "l0": [],
+}
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+def _full(threats: Union) -> list[SuiteEntry]:
+    """``standard`` + the ``msd-paper`` PGD + per norm the attacks of :data:`FULL_NATIVE` and
+    the installed ones of :data:`FULL_PEERS` (minimum-norm and decision-based attacks count only
+    inside the ball: their threat-bound result is re-checked by the engine)."""
+    out = _standard(threats) + _msd_paper("mnist")(threats)
+    for i, t in enumerate(threats):
+        for name, params in FULL_NATIVE.get(t.name, []):
+            out.append(_entry(i, name, _named(name), **params))
+        for name, package, params in FULL_PEERS.get(t.name, []):
+            if _installed(package):
+                out.append(_entry(i, name, _named(name), **params))
+    return sorted(out, key=lambda e: e.threat_index)
+
+
 SUITES: dict[str, Callable[[Union], list[SuiteEntry]]] = {
     "quick": _quick,
     "standard": _standard,
     "msd-paper": _msd_paper("mnist"),
     "msd-paper-cifar": _msd_paper("cifar"),
+    "full": _full,
 }
 
 
