@@ -155,6 +155,11 @@ class NaNGrad(nn.Module):
         return self.lin(x.flatten(1)) + torch.sqrt(x.flatten(1)).sum(1, keepdim=True) * 0
 
 
+class Detach(nn.Module):
+    def forward(self, z):
+        return z.detach()
+
+
 def test_model_checks_fire_on_models_built_for_them():
     torch.manual_seed(0)
     x, y = torch.rand(8, 1, 3, 3), torch.arange(8) % 3
@@ -170,6 +175,9 @@ def test_model_checks_fire_on_models_built_for_them():
     xz[0] = 0.0
     g = check_gradients(NaNGrad().eval(), xz, y)
     assert g["flag"] and g["nan_fraction"] == 1 / 8
+    cut = nn.Sequential(nn.Flatten(), nn.Linear(9, 3), Detach()).eval()
+    g = check_gradients(cut, x, y)  # gradient-free suites must still run on such a model
+    assert g["flag"] and g["zero_fraction"] == 1.0 and "not differentiable" in g["message"]
     assert not check_training_mode(plain)["flag"]
     dropout = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(9, 3))
     dropout.train()

@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from unionrobust.attacks.base import forward, misclassified
+from unionrobust.attacks.blackbox import salt_pepper_search
 from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
 from unionrobust.attacks.pgd import check_int, check_positive
 from unionrobust.errors import UnionRobustError
 from unionrobust.rng import KeyedRandom
-from unionrobust.threats import ThreatModel
+from unionrobust.threats import L2, ThreatModel
 
 #: the pip extra that installs the peers
 EXTRA = "peers"
@@ -62,7 +63,14 @@ class PeerAttack(MinNormAttack):
         super().__init__(threat, refine_steps=refine_steps, seed=seed, amp=amp)
         self.lib = require(self.package, self.name)
 
-    def _peer(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int) -> Any:
+    def _peer(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rand: KeyedRandom,
+        clean_logits: torch.Tensor,
+    ) -> Any:
         raise NotImplementedError
 
     def _search(
@@ -77,7 +85,7 @@ class PeerAttack(MinNormAttack):
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             torch.manual_seed(self.seed)
-            out = self._peer(model, x, y, clean_logits.shape[1])
+            out = self._peer(model, x, y, rand, clean_logits)
         xa = torch.as_tensor(out).detach().to(device=x.device, dtype=x.dtype)
         if xa.shape != x.shape:
             raise UnionRobustError(
@@ -116,7 +124,7 @@ class TAEAD(PeerAttack):
             kappa=float(kappa),
         )
 
-    def _peer(self, model, x, y, classes):
+    def _peer(self, model, x, y, rand, clean_logits):
         return self.lib.EADL1(model, **self.kw)(x, y)
 
 
@@ -149,7 +157,7 @@ class TACW(PeerAttack):
             lr=check_positive("lr", lr),
         )
 
-    def _peer(self, model, x, y, classes):
+    def _peer(self, model, x, y, rand, clean_logits):
         return self.lib.CW(model, **self.kw)(x, y)
 
 
@@ -176,7 +184,7 @@ class TAFAB(PeerAttack):
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
 
-    def _peer(self, model, x, y, classes):
+    def _peer(self, model, x, y, rand, clean_logits):
         return self.lib.FAB(
             model,
             norm=_TA_NORMS[self.threat.name],
@@ -184,7 +192,7 @@ class TAFAB(PeerAttack):
             steps=self.steps,
             n_restarts=self.restarts,
             seed=self.seed,
-            n_classes=classes,
+            n_classes=clean_logits.shape[1],
         )(x, y)
 
 
@@ -208,7 +216,7 @@ class TASquare(PeerAttack):
         self.restarts = check_int("restarts", restarts, 1)
         self.p_init = check_positive("p_init", p_init)
 
-    def _peer(self, model, x, y, classes):
+    def _peer(self, model, x, y, rand, clean_logits):
         return self.lib.Square(
             model,
             norm=_TA_NORMS[self.threat.name],
@@ -221,17 +229,33 @@ class TASquare(PeerAttack):
 
 
 class FoolboxAttack(PeerAttack):
-    """Base for Foolbox 3 minimisation attacks (run with ``epsilons=None``: unbounded)."""
+    """Base for Foolbox 3 minimisation attacks (run with ``epsilons=None``: unbounded), started
+    from our salt-and-pepper points (:func:`starting_points`) on the clean-correct inputs that
+    have one (Foolbox's own initialisation aborts the batch when it fails for any input)."""
 
     package = "foolbox"
 
     def _make(self) -> Any:
         raise NotImplementedError
 
-    def _peer(self, model, x, y, classes):
-        fmodel = self.lib.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
-        raw, _, _ = self._make()(fmodel, x, y, epsilons=None)
-        return raw
+    def _peer(self, model, x, y, rand, clean_logits):
+        idx, start = starting_points(model, x, y, rand, clean_logits, self.amp)
+        out = x.clone()
+        if idx.numel() > 0:
+            fmodel = self.lib.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+            raw, _, _ = self._make()(fmodel, x[idx], y[idx], epsilons=None, starting_points=start)
+            out[idx] = raw.to(x.dtype)
+        return out
+
+
+def starting_points(model, x, y, rand, clean_logits, amp=False):
+    """Misclassified starting points for decision-based peers from our own salt-and-pepper
+    search (density up to 1): (index of the clean-correct points that have one, the points).
+    Foolbox's own initialisation raises when it fails for any input."""
+    tracker = MinNormTracker(x, L2(1.0), misclassified(clean_logits, y))
+    salt_pepper_search(model, x, y, rand, tracker, steps=20, repeats=3, max_p=1.0, amp=amp)
+    idx = (tracker.found & ~misclassified(clean_logits, y)).nonzero().squeeze(1)
+    return idx, tracker.best[idx]
 
 
 class FBBoundary(FoolboxAttack):

@@ -113,7 +113,8 @@ def check_gradients(
         xg = x.detach().clone().requires_grad_(True)
         logits = model(xg).float()
         loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, xg, allow_unused=True)
+        detached = not loss.requires_grad  # e.g. .detach()/numpy inside forward
+        g = None if detached else torch.autograd.grad(loss, xg, allow_unused=True)[0]
     if g is None:
         g = torch.zeros_like(x)
     flat = g.detach().reshape(g.shape[0], -1)
@@ -126,6 +127,8 @@ def check_gradients(
         parts.append(f"{100 * fz:.1f}% of points have a zero input gradient")
     if fn > 0:
         parts.append(f"{100 * fn:.1f}% have a NaN/inf input gradient")
+    if detached:
+        parts.insert(0, "the output is not differentiable w.r.t. the input (graph cut)")
     return {
         "zero_fraction": fz,
         "nan_fraction": fn,
