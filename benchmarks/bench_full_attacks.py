@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import sys
 
 import torch
 from _common import clock, forward_backward, frozen, machine_note, markdown_table, set_threads
@@ -104,6 +105,7 @@ def main() -> None:
             med = "inf" if math.isinf(med_v) else f"{med_v:.3g}"
         acc = float((~broken).double().mean())
         rows.append([f"{name}@{threat.spec}", f"{acc:.2f}", med, f"{seconds / t_fb:.0f}"])
+        print(f"{name}@{threat.spec}: {seconds:.1f}s", file=sys.stderr)
     print(machine_note())
     print(
         f"\nsmall-cnn, {args.epochs} epoch(s) on embedded MNIST, {args.n} test digits, "
