@@ -71,7 +71,7 @@ def test_ta_fab_matches_our_fab(norm, linear_model):
     model, w, x, y, margin = linear_setup(linear_model, 1)
     opt = margin / w.norm(p=DUAL[norm])
     threat = {"l2": L2, "linf": Linf}[norm](1.0)
-    peer = check_genuine(adapters.TAFAB(threat), model, x, y, opt)
+    peer = check_genuine(adapters.TAFAB(threat, steps=5), model, x, y, opt)
     ours = FAB(threat)(model, x, y)
     assert bool(peer.success.all())
     assert bool((peer.norms <= opt * 1.03).all())  # the peer is a correct FAB, too
@@ -96,6 +96,20 @@ def test_fb_boundary_is_genuine_and_ddn_at_least_as_strong(linear_model):
     peer = check_genuine(adapters.FBBoundary(L2(eps), steps=100), model, x, y, opt)
     assert bool(peer.success.any())
     ours = DDN(L2(eps))(model, x, y)
+    assert bool((ours.norms <= peer.norms * (1 + 1e-3)).all())
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fb_hsj_is_genuine_and_fab_at_least_as_strong(norm, linear_model):
+    pytest.importorskip("foolbox")
+    model, w, x, y, margin = linear_setup(linear_model, 8)
+    opt = margin / w.norm(p=DUAL[norm])
+    threat = {"l2": L2, "linf": Linf}[norm](float(opt.max()) * 2)
+    peer = check_genuine(
+        adapters.FBHopSkipJump(threat, steps=5, max_gradient_evals=50), model, x, y, opt
+    )
+    assert bool(peer.success.all())
+    ours = FAB(threat)(model, x, y)
     assert bool((ours.norms <= peer.norms * (1 + 1e-3)).all())
 
 

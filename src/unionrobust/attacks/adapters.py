@@ -17,7 +17,8 @@ same result — but unlike native attacks an example's result may depend on its 
 
 Registered names: ``ta-ead`` (EAD, ℓ1 decision rule; Chen et al. 2018), ``ta-cw`` (C&W ℓ2),
 ``ta-fab`` (FAB, ℓ∞/ℓ2), ``ta-square`` (Square, ℓ∞/ℓ2), ``fb-boundary`` (Boundary attack,
-ℓ2; Brendel et al. 2018), ``fb-pointwise`` (Pointwise, ℓ0/ℓ1/ℓ2; Schott et al. 2019).
+ℓ2; Brendel et al. 2018), ``fb-hsj`` (HopSkipJump / Boundary attack++, ℓ∞/ℓ2; Chen & Jordan 2019),
+``fb-pointwise`` (Pointwise, ℓ0/ℓ1/ℓ2; Schott et al. 2019).
 """
 
 from __future__ import annotations
@@ -278,6 +279,36 @@ class FBBoundary(FoolboxAttack):
 
     def _make(self):
         return self.lib.attacks.BoundaryAttack(steps=self.steps)
+
+
+class FBHopSkipJump(FoolboxAttack):
+    """Foolbox ``HopSkipJumpAttack`` (Chen & Jordan 2019, "Boundary Attack++"; Tramèr & Boneh
+    §4 use it for ℓ∞), ℓ∞/ℓ2. Foolbox's defaults are 64 steps and up to 10 000 gradient
+    estimates per step; ours are 32 and 1 000 (raise them for a final evaluation)."""
+
+    name = "fb-hsj"
+    norms_supported = ("linf", "l2")
+
+    def __init__(
+        self,
+        threat: ThreatModel | str,
+        steps: int = 32,
+        max_gradient_evals: int = 1000,
+        refine_steps: int = 10,
+        seed: int = 0,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(threat, refine_steps=refine_steps, seed=seed, amp=amp)
+        self.steps = check_int("steps", steps, 1)
+        self.max_gradient_evals = check_int("max_gradient_evals", max_gradient_evals, 1)
+
+    def _make(self):
+        return self.lib.attacks.HopSkipJumpAttack(
+            steps=self.steps,
+            initial_gradient_eval_steps=min(100, self.max_gradient_evals),
+            max_gradient_eval_steps=self.max_gradient_evals,
+            constraint=self.threat.name,
+        )
 
 
 class FBPointwise(FoolboxAttack):

@@ -59,6 +59,7 @@ ATTACKS: dict[str, AttackFactory] = {
     "ta-fab": lazy("adapters", "TAFAB"),
     "ta-square": lazy("adapters", "TASquare"),
     "fb-boundary": lazy("adapters", "FBBoundary"),
+    "fb-hsj": lazy("adapters", "FBHopSkipJump"),
     "fb-pointwise": lazy("adapters", "FBPointwise"),
 }
 

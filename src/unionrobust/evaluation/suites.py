@@ -21,8 +21,8 @@ Named suites (``suite_names()``):
 - ``full``: the papers' broad protocol (MSD App. B; Tramèr & Boneh §4): ``standard``, then the
   ``msd-paper`` PGD, then per norm FGSM/MIM/SLIDE, the minimum-norm attacks (DeepFool, DDN, FAB),
   the gradient-free ones (Square, Gaussian noise, salt & pepper, Pointwise) and, when the
-  optional ``peers`` extra is installed, Foolbox's Boundary attack and torchattacks' EAD and
-  Square-ℓ2 (:data:`FULL_NATIVE`, :data:`FULL_PEERS`).
+  optional ``peers`` extra is installed, Foolbox's Boundary (ℓ2) and HopSkipJump (ℓ∞) attacks
+  and torchattacks' EAD and Square-ℓ2 (:data:`FULL_NATIVE`, :data:`FULL_PEERS`).
 
 Instead of a name, a suite can be a list of attack names (the same for every threat, e.g.
 ``["pgd", "mim"]`` or the text ``"pgd, mim"``), a dict mapping a threat spec or member index to
@@ -236,7 +236,7 @@ FULL_NATIVE: dict[str, list[tuple[str, dict[str, Any]]]] = {
 #: peers (optional extra) added when their package is installed: (name, package, parameters).
 #: ta-cw is left out: torchattacks 3.5's C&W loss is wrong for negative logits.
 FULL_PEERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
-    "linf": [],
+    "linf": [("fb-hsj", "foolbox", {})],
     "l2": [("fb-boundary", "foolbox", {}), ("ta-square", "torchattacks", {"steps": 5000})],
     "l1": [("ta-ead", "torchattacks", {})],
     "l0": [],
