@@ -52,6 +52,7 @@ GRADIENT_FREE_ATTACKS = frozenset(
         "boundary",
         "boundary-l2",
         "hsja",
+        "fb-hsj",
         "pointwise",
         "salt-and-pepper",
         "salt-pepper",
