@@ -17,7 +17,8 @@ from test_eval_support import (
 )
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
-from unionrobust.evaluation.verdicts import LOG_NAME, atomic_write_text, read_log
+from unionrobust.atomic import atomic_write_text
+from unionrobust.evaluation.verdicts import LOG_NAME, read_log
 
 BATCH = 10
 

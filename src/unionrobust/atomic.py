@@ -20,6 +20,20 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entry table so a rename survives a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -37,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -52,4 +67,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; return the path."""
+    if not isinstance(text, str):
+        raise TypeError(f"atomic_write_text needs str, got {type(text).__name__}")
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -19,10 +19,12 @@ All randomness comes from the example-keyed :class:`~unionrobust.rng.KeyedRandom
   misclassified, repeating until a pass changes nothing (or ``passes`` passes); then, for each
   still perturbed coordinate, a bisection between its clean and adversarial value
   (``binary_steps``; Foolbox's second stage). One forward per visited coordinate.
-* :class:`Square` (Andriushchenko et al. 2020, Alg. 1 with the ℓ∞ sampler of Alg. 2): random
-  search from vertical ±ε stripes; each step redraws one square window (side from the paper's
-  p-schedule) with ±ε per channel and keeps it if the margin z_y − max_{j≠y} z_j decreases.
-  ℓ∞, images (B, C, H, W), one forward per step.
+* :class:`Square` (Andriushchenko et al. 2020, Alg. 1): random search keeping a proposal if the
+  margin z_y − max_{j≠y} z_j decreases, window side from the paper's p-schedule. ℓ∞ (Alg. 2):
+  start from vertical ±ε stripes, each step sets one s × s window to ±ε per channel. ℓ2
+  (Alg. 3, as the authors implement it): start from tiles of pseudo-Gaussian meta-patches, each
+  step moves the mass of a second window into the first (plus a new meta-patch), rescaled to
+  norm ε. Images (B, C, H, W), one forward per step.
 """
 
 from __future__ import annotations
@@ -233,7 +235,7 @@ def square_p(p_init: float, step: int, steps: int) -> float:
 
 
 class Square(Attack):
-    """Square attack, ℓ∞ (see the module doc). ``steps`` queries after the initial one;
+    """Square attack, ℓ∞ and ℓ2 (see the module doc). ``steps`` queries after the initial one;
     ``p_init`` the initial fraction of pixels per window (the paper's 0.05 for ImageNet-size
     models; 0.3 suits MNIST/CIFAR, as in the authors' defaults); ``restarts`` random restarts on
     the examples not yet broken."""
@@ -250,10 +252,8 @@ class Square(Attack):
         amp: bool = False,
     ) -> None:
         threat = single_threat(threat, "Square")
-        if threat.name != "linf":
-            raise UnionRobustError(
-                f"Square supports linf threats (use ta-square for l2), got {threat.spec!r}"
-            )
+        if threat.name not in ("linf", "l2"):
+            raise UnionRobustError(f"Square supports linf and l2 threats, got {threat.spec!r}")
         super().__init__(threat, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
         self.p_init = check_positive("p_init", p_init)
@@ -287,32 +287,137 @@ class Square(Attack):
         return AttackResult(best, misclassified(logits, y), cw_margin(logits, y))
 
     def _once(self, model, x, y, rand, restart) -> tuple[torch.Tensor, torch.Tensor]:
-        eps = self.threat.size
-        _, c, h, w = x.shape
-        base = restart * (self.steps + 1) * 4
-        stripes = torch.sign(rand.uniform(base, (c, 1, w), x.dtype) - 0.5)
-        stripes = torch.where(stripes == 0, torch.ones_like(stripes), stripes)
-        cur = (x + eps * stripes).clamp(0.0, 1.0)
+        l2 = self.threat.name == "l2"
+        base = restart * (self.steps + 1) * 8
+        cur = self._init_l2(x, rand, base) if l2 else self._init_linf(x, rand, base)
         margin = -cw_margin(forward(model, cur, self.amp), y)
-        ar_h = torch.arange(h, device=x.device).reshape(1, h, 1)
-        ar_w = torch.arange(w, device=x.device).reshape(1, 1, w)
         for i in range(self.steps):
             if not bool((margin > 0).any()):
                 break
             p = square_p(self.p_init, i, self.steps)
-            s = max(min(round(math.sqrt(p * h * w)), min(h, w) - 1), 1)
-            ctr = base + 4 * (i + 1)
-            r0 = rand.randint(ctr, 0, h - s).reshape(-1, 1, 1)
-            c0 = rand.randint(ctr + 1, 0, w - s).reshape(-1, 1, 1)
-            window = (ar_h >= r0) & (ar_h < r0 + s) & (ar_w >= c0) & (ar_w < c0 + s)
-            signs = torch.sign(rand.uniform(ctr + 2, (c, 1, 1), x.dtype) - 0.5)
-            signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-            cand = torch.where(window[:, None], (x + eps * signs).clamp(0.0, 1.0), cur)
+            ctr = base + 8 * (i + 1)
+            propose = self._propose_l2 if l2 else self._propose_linf
+            cand = propose(x, cur, p, rand, ctr)
             m = -cw_margin(forward(model, cand, self.amp), y)
             accept = (m < margin) & (margin > 0)
             cur = torch.where(_rows(accept, x), cand, cur)
             margin = torch.where(accept, m, margin)
         return cur, margin
+
+    # ℓ∞: Alg. 2 -------------------------------------------------------------------------------
+    def _init_linf(self, x, rand, ctr) -> torch.Tensor:
+        _, c, _, w = x.shape
+        stripes = _signs(rand.uniform(ctr, (c, 1, w), x.dtype))
+        return (x + self.threat.size * stripes).clamp(0.0, 1.0)
+
+    def _propose_linf(self, x, cur, p, rand, ctr) -> torch.Tensor:
+        _, c, h, w = x.shape
+        s = max(min(round(math.sqrt(p * h * w)), min(h, w) - 1), 1)
+        window = _window(x, s, rand, ctr)
+        signs = _signs(rand.uniform(ctr + 2, (c, 1, 1), x.dtype))
+        return torch.where(window, (x + self.threat.size * signs).clamp(0.0, 1.0), cur)
+
+    # ℓ2: Alg. 3 -------------------------------------------------------------------------------
+    def _init_l2(self, x, rand, ctr) -> torch.Tensor:
+        """Tiles of side h // 5 (at least 1), each a meta-patch times a random sign per channel,
+        rescaled to ℓ2 norm ε (the authors' initialisation)."""
+        _, c, h, w = x.shape
+        s = max(h // 5, 1)
+        patch = meta_patch(s, x)
+        delta = torch.zeros_like(x)
+        top, left = (h - s * (h // s)) // 2, (w - s * (w // s)) // 2
+        k = 0
+        for r0 in range(top, h - s + 1, s):
+            for c0 in range(left, w - s + 1, s):
+                sign = _signs(rand.uniform(ctr + 1 + k, (c, 1, 1), x.dtype))
+                delta[:, :, r0 : r0 + s, c0 : c0 + s] += patch * sign
+                k += 1
+        norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+        return (x + self.threat.size * delta / _rows(norm, x)).clamp(0.0, 1.0)
+
+    def _propose_l2(self, x, cur, p, rand, ctr) -> torch.Tensor:
+        """One step of Alg. 3 (the authors' implementation): in window W1 the old content,
+        normalised, plus a random-sign meta-patch; window W2 zeroed; the budget freed in W1 ∪ W2
+        and unused by the image is given to W1; the whole perturbation rescaled to norm ε."""
+        eps = self.threat.size
+        _, c, h, w = x.shape
+        s = max(round(math.sqrt(p * h * w)), 3)
+        s = min(s + (s % 2 == 0), min(h, w) - 1)
+        delta = cur - x
+        w1 = _window(x, s, rand, ctr).to(x.dtype)
+        w2 = _window(x, s, rand, ctr + 3).to(x.dtype)
+        both = torch.maximum(w1, w2)
+
+        def chan_norm(t: torch.Tensor) -> torch.Tensor:
+            return t.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+
+        norm_w1 = chan_norm(delta * w1)
+        norm_img = chan_norm(delta)
+        norm_both = chan_norm(delta * both)
+        patch = _place(meta_patch(s, x), x, s, rand, ctr)  # (B, C=1, H, W), zero outside W1
+        signs = _signs(rand.uniform(ctr + 6, (c, 1, 1), x.dtype))
+        new = patch * signs + delta * w1 / (1e-10 + norm_w1)
+        budget = ((eps**2 - norm_img**2).clamp_min(0.0) / c + norm_both**2).sqrt()
+        new = new / chan_norm(new).clamp_min(1e-12) * budget
+        delta = delta * (1 - both) + new * w1
+        norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+        return (x + eps * delta / _rows(norm, x)).clamp(0.0, 1.0)
+
+
+def _signs(u: torch.Tensor) -> torch.Tensor:
+    """±1 from uniforms in [0, 1)."""
+    return torch.where(u < 0.5, -torch.ones_like(u), torch.ones_like(u))
+
+
+def _window(x: torch.Tensor, s: int, rand: KeyedRandom, ctr: int) -> torch.Tensor:
+    """Bool (B, 1, H, W): an s × s window at a keyed random position per example."""
+    _, _, h, w = x.shape
+    r0 = rand.randint(ctr, 0, h - s).reshape(-1, 1, 1)
+    c0 = rand.randint(ctr + 1, 0, w - s).reshape(-1, 1, 1)
+    ar_h = torch.arange(h, device=x.device).reshape(1, h, 1)
+    ar_w = torch.arange(w, device=x.device).reshape(1, 1, w)
+    return ((ar_h >= r0) & (ar_h < r0 + s) & (ar_w >= c0) & (ar_w < c0 + s))[:, None]
+
+
+def _place(patch: torch.Tensor, x: torch.Tensor, s: int, rand: KeyedRandom, ctr: int):
+    """The s × s ``patch`` (transposed for a keyed half of the examples) written into the
+    window of :func:`_window` ``(x, s, rand, ctr)``; zero elsewhere. Shape (B, 1, H, W)."""
+    b, _, h, w = x.shape
+    flip = rand.uniform(ctr + 2, (1,), x.dtype).reshape(-1, 1, 1) < 0.5
+    pb = torch.where(flip, patch.T.expand(b, s, s), patch.expand(b, s, s))
+    r0 = rand.randint(ctr, 0, h - s).reshape(-1, 1)
+    c0 = rand.randint(ctr + 1, 0, w - s).reshape(-1, 1)
+    ri = (torch.arange(h, device=x.device).reshape(1, h) - r0).clamp(0, s - 1)
+    ci = (torch.arange(w, device=x.device).reshape(1, w) - c0).clamp(0, s - 1)
+    rows = pb.gather(1, ri[:, :, None].expand(b, h, s))
+    full = rows.gather(2, ci[:, None, :].expand(b, h, w))
+    return full[:, None] * _window(x, s, rand, ctr).to(x.dtype)
+
+
+def _rect_patch(a: int, bw: int) -> torch.Tensor:
+    """The authors' pseudo-Gaussian a × bw rectangle: nested centred rectangles, weight 1/(k+1)²
+    for the k-th, unit ℓ2 norm."""
+    delta = torch.zeros(a, bw, dtype=torch.float64)
+    if a == 0 or bw == 0:
+        return delta
+    xc, yc = a // 2 + 1, bw // 2 + 1
+    r, c = xc - 1, yc - 1
+    for k in range(max(xc, yc)):
+        delta[max(r, 0) : min(r + 2 * k + 1, a), max(c, 0) : min(c + 2 * k + 1, bw)] += (
+            1.0 / (k + 1) ** 2
+        )
+        r, c = r - 1, c - 1
+    return delta / delta.pow(2).sum().sqrt()
+
+
+def meta_patch(s: int, x: torch.Tensor) -> torch.Tensor:
+    """Andriushchenko et al. 2020, Alg. 3's s × s update: a pseudo-Gaussian bump on the upper
+    half and its negative on the lower half, unit ℓ2 norm (``dtype``/``device`` of ``x``)."""
+    delta = torch.zeros(s, s, dtype=torch.float64)
+    delta[: s // 2] = _rect_patch(s // 2, s)
+    delta[s // 2 :] = -_rect_patch(s - s // 2, s)
+    delta = delta / delta.pow(2).sum().sqrt().clamp_min(1e-12)
+    return delta.to(device=x.device, dtype=x.dtype)
 
 
 __all__ = ["GaussianNoise", "Pointwise", "SaltPepper", "Square"]

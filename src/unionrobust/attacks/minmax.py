@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from unionrobust.atomic import atomic_path
 from unionrobust.attacks.base import autocast_for, frozen_model, loss_and_grad, misclassified
 from unionrobust.attacks.pgd import (
     INIT_COUNTER,
@@ -519,13 +519,8 @@ def plot_weights(result: MinMaxResult, path: str | os.PathLike, title: str = "")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -186,18 +186,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _save_adversarial(path: Path, tensors: dict) -> None:
     """Atomic safetensors write (temp file in the same folder + os.replace)."""
-    import os
-    import tempfile
-
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    from unionrobust.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

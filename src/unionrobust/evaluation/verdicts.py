@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,36 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
 
 LOG_NAME = "verdicts.jsonl"
 LOG_FORMAT = 1
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file in the same folder, fsync it, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    return path
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def tensor_hash(tensors: Iterable[torch.Tensor]) -> str:

@@ -130,23 +130,44 @@ def l2_box_scale(
         return torch.where(inside, 1.0, t)
     if method != "active-set":
         raise ValueError(f"unknown method {method!r}")
-    sq = torch.stack([bound.square(), a64.square()], dim=2)  # (B, d, 2): c², a²
-    total = sq[:, :, 1].sum(dim=1, keepdim=True)
+    room = torch.where(a > 0, hi, -lo).to(a.dtype)
+    t, done = _l2_box_scale_active(a.abs(), room, e2, inside)
+    if not bool(done.all()):
+        rows = (~done[:, 0]).nonzero()[:, 0]
+        t = t.index_copy(0, rows, _l2_box_scale_sorted(a64[rows], bound[rows], tb[rows], e2[rows]))
+    return torch.where(inside, 1.0, t.clamp(0, 1))
+
+
+def _l2_box_scale_active(
+    absa: torch.Tensor, room: torch.Tensor, e2: torch.Tensor, inside: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Active-set iterations of :func:`l2_box_scale` on |a| and the box room u ≥ 0 in a's
+    direction (input dtype; sums accumulated in float64). Coordinate i is clipped at t iff
+    t·|a_i| ≥ u_i. Returns (t, done), t a float64 (B, 1) column, done marking settled rows.
+
+    Masks are float 0/1 tensors written with ``out=`` (bool masks and ``where`` cost 3-10× more
+    on CPU); comparing in the input dtype only moves the clipped/free split of coordinates
+    within an ulp of their breakpoint, where both formulas give the same value (g is continuous).
+    """
+    w = torch.float64
+    dt = absa.dtype
+    a2 = absa * absa
+    c2 = room * room
+    total = a2.sum(dim=1, keepdim=True, dtype=w)
     tiny = torch.finfo(w).tiny
     t = (e2 / total.clamp_min(tiny)).sqrt()
     done = inside.clone()
+    mask = torch.empty_like(absa)
     for _ in range(L2_BOX_ACTIVE_SET_ITERS):
-        mask = (tb <= t).to(w).unsqueeze(1)  # (B, 1, d)
-        sums = torch.bmm(mask, sq).squeeze(1)  # Σ_S c², Σ_S a² in one pass
-        free = (total - sums[:, 1:]).clamp_min(0)
-        t_new = torch.maximum(t, ((e2 - sums[:, :1]).clamp_min(0) / free.clamp_min(tiny)).sqrt())
+        torch.ge(absa * t.to(dt), room, out=mask)  # S: clipped at t
+        sum_c = (mask * c2).sum(dim=1, keepdim=True, dtype=w)
+        free = (total - (mask * a2).sum(dim=1, keepdim=True, dtype=w)).clamp_min(0)
+        t_new = torch.maximum(t, ((e2 - sum_c).clamp_min(0) / free.clamp_min(tiny)).sqrt())
         done = done | (t_new == t)
         t = t_new
         if bool(done.all()):  # a host read: free on CPU, where "auto" runs this solver
             break
-    if not bool(done.all()):
-        t = torch.where(done, t, _l2_box_scale_sorted(a64, bound, tb, e2))
-    return torch.where(inside, 1.0, t.clamp(0, 1))
+    return t, done
 
 
 def _l2_box_scale_sorted(
@@ -240,24 +261,46 @@ def l1_box_threshold(
         return torch.where(inside, 0.0, _l1_box_threshold_sorted(aa, uu, ew))
     if method != "newton":
         raise ValueError(f"unknown method {method!r}")
-    q = aa - uu
-    cols = torch.stack([aa, torch.ones_like(aa), uu], dim=2)  # (B, d, 3): |a|, 1, u
+    lam, done = _l1_box_threshold_newton(abs_a, room.to(abs_a.dtype), ew, inside)
+    if not bool(done.all()):
+        rows = (~done[:, 0]).nonzero()[:, 0]
+        lam = lam.index_copy(0, rows, _l1_box_threshold_sorted(aa[rows], uu[rows], ew[rows]))
+    return torch.where(inside, 0.0, lam)
+
+
+def _l1_box_threshold_newton(
+    aa: torch.Tensor, uu: torch.Tensor, ew: torch.Tensor, inside: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Newton iterations of :func:`l1_box_threshold` on |a| and the room u (input dtype; sums
+    accumulated in float64). Returns (λ, done), λ a float64 (B, 1) column.
+
+    Just right of λ, L = {|a_i| > λ, |a_i| − u_i ≤ λ} moves and U = {|a_i| − u_i > λ} sits at
+    its bound (U ⊂ {|a_i| > λ}, so L = M − U as 0/1 floats). Masks are float tensors written with
+    ``out=`` (bool masks and ``where`` cost 3-10× more on CPU); comparing with λ rounded to the
+    input dtype only moves coordinates within an ulp of a breakpoint, where f is continuous.
+    """
+    w = torch.float64
+    dt = aa.dtype
+    q = aa - uu  # ≤ |a| in any rounding, so U ⊂ M below
     lam = torch.zeros_like(ew)
     done = inside.clone()
+    moving = torch.empty_like(aa)
+    at_bound = torch.empty_like(aa)
     for _ in range(L1_BOX_NEWTON_ITERS):
-        bound = q > lam
-        masks = torch.stack([(aa > lam) & ~bound, bound], dim=1).to(w)  # (B, 2, d): L, U
-        sums = torch.bmm(masks, cols)  # Σ_L |a|, |L|, ., ., ., Σ_U u
-        n_l = sums[:, 0, 1:2]
-        new = ((sums[:, 0, 0:1] + sums[:, 1, 2:3] - ew) / n_l.clamp_min(1)).clamp_min(0)
+        lam_d = lam.to(dt)
+        torch.gt(aa, lam_d, out=moving)
+        torch.gt(q, lam_d, out=at_bound)
+        moving.sub_(at_bound)  # L
+        n_l = moving.sum(dim=1, keepdim=True, dtype=w)
+        s_l = (moving * aa).sum(dim=1, keepdim=True, dtype=w)
+        s_u = (at_bound * uu).sum(dim=1, keepdim=True, dtype=w)
+        new = ((s_l + s_u - ew) / n_l.clamp_min(1)).clamp_min(0)
         new = torch.where(n_l > 0, new, lam)  # no moving coordinate: leave it to the sort
         done = done | ((new == lam) & (n_l > 0))
         lam = new
         if bool(done.all()):  # a host read: free on CPU, where "auto" runs this solver
             break
-    if not bool(done.all()):
-        lam = torch.where(done, lam, _l1_box_threshold_sorted(aa, uu, ew))
-    return torch.where(inside, 0.0, lam)
+    return lam, done
 
 
 def _l1_box_threshold_sorted(aa: torch.Tensor, uu: torch.Tensor, ew: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unionrobust.atomic import atomic_path
 from unionrobust.errors import UnionRobustError
 from unionrobust.models.normalize import NormalizedModel
 from unionrobust.models.registry import build_model
@@ -68,19 +68,9 @@ def save_weights(
         tensors[str(key)] = value.detach().to("cpu").contiguous().clone()
     from safetensors.torch import save_file
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt", "writer": "unionrobust"})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return Path(path)
 
 
 def _looks_like_safetensors(path: Path) -> bool:

@@ -8,18 +8,16 @@ resource) into an output folder; every file goes through a temporary file and ``
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from unionrobust.atomic import atomic_write_bytes, atomic_write_text
 from unionrobust.evaluation.report import EvaluationReport
-from unionrobust.evaluation.verdicts import atomic_write_text
 from unionrobust.reporting.markdown import (
     CURVES_PNG,
     FILTERS_PNG,
@@ -35,24 +33,6 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left}
 th{background:#f3f3f3} .warn{color:#b00;font-weight:bold} img{max-width:100%;margin:.5em 0}
 """
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the same folder, fsync it, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _inline(text: str) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from unionrobust.atomic import atomic_write_text, fsync_dir
 from unionrobust.errors import UnionRobustError
 
 FORMAT = 1
@@ -38,38 +39,6 @@ FORMAT = 1
 
 class CheckpointError(UnionRobustError):
     """A checkpoint is missing, corrupt or does not fit the run."""
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _sha256(data: bytes) -> str:
@@ -169,7 +138,7 @@ def save_checkpoint(
         for tmp, kind in zip(written, ("weights", "state"), strict=True):
             os.replace(tmp, directory / names[kind])
         written = []
-        _fsync_dir(directory)
+        fsync_dir(directory)
         pointer = {
             "format": FORMAT,
             "tag": tag,

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from unionrobust.atomic import atomic_path, atomic_write_text
 from unionrobust.errors import UnionRobustError
-from unionrobust.training.checkpoint import atomic_write_text
 from unionrobust.training.config import builtin_configs, load_config
 
 DEFAULT_STRATEGIES = ("pinf", "max", "avg", "msd", "eat")
@@ -84,10 +84,11 @@ def _plot(rows: list[dict[str, Any]], threats: list[str], path: Path) -> str | N
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncol=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return None
 
 
