@@ -38,6 +38,8 @@ RUNS = [
     ("deepfool", "l2", {}),
     ("ddn", "l2", {"steps": 100}),
     ("fab", "l2", {"steps": 50}),
+    ("square", "l2", {"steps": 1000}),
+    ("ta-square", "l2", {"steps": 1000}),
     ("gaussian-noise", "l2", {}),
     ("pointwise", "l2", {}),
     ("fb-boundary", "l2", {"steps": 1000}),
@@ -47,7 +49,7 @@ RUNS = [
     ("salt-pepper", "l1", {}),
     ("pointwise", "l1", {}),
 ]
-PEERS = {"fb-boundary": "foolbox", "ta-ead": "torchattacks"}
+PEERS = {"fb-boundary": "foolbox", "ta-ead": "torchattacks", "ta-square": "torchattacks"}
 
 
 def train(epochs: int, seed: int = 0) -> nn.Module:

@@ -121,15 +121,16 @@ def test_fb_pointwise_is_genuine(linear_model):
     assert bool(peer.success.all())
 
 
-def test_ta_square_stays_in_the_ball_and_ours_is_as_strong(linear_model):
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_ta_square_stays_in_the_ball_and_ours_is_as_strong(norm, linear_model):
     pytest.importorskip("torchattacks")
     model, w, x, y, margin = linear_setup(linear_model, 5)
-    opt = margin / w.abs().sum()
-    eps = float(opt.max()) * 1.5
+    opt = margin / w.norm(p=DUAL[norm])
+    threat = {"l2": L2, "linf": Linf}[norm](float(opt.max()) * 1.5)
     xi = x.reshape(B, 1, 4, 4)
-    peer = check_genuine(adapters.TASquare(Linf(eps), steps=300), model, xi, y, opt)
+    peer = check_genuine(adapters.TASquare(threat, steps=300), model, xi, y, opt)
     assert bool(peer.success.any())
-    ours = make_attack("square", Linf(eps), steps=300)(model, xi, y)
+    ours = make_attack("square", threat, steps=300)(model, xi, y)
     assert bool(ours.success[peer.success].all())
 
 

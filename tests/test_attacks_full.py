@@ -151,6 +151,17 @@ def test_square_finds_the_linf_vertex_of_a_linear_model(linear_model):
     assert not bool(Square(Linf(float(opt.min()) * 0.99), steps=50)(model, xi, y).success.any())
 
 
+def test_square_l2_breaks_a_linear_model_inside_the_ball(linear_model):
+    model, w, x, y, margin = linear_setup(linear_model, 6)
+    opt = exact_min_norm(margin, w, "l2")
+    eps = float(opt.max()) * 2
+    xi = x.reshape(B, 1, 4, 4)
+    res = Square(L2(eps), steps=300)(model, xi, y)
+    assert bool(res.success.all())
+    assert bool(L2(eps).contains(res.x_adv - xi, xi).all())
+    assert not bool(Square(L2(float(opt.min()) * 0.99), steps=50)(model, xi, y).success.any())
+
+
 def test_square_schedule_halves():
     assert square_p(0.8, 0, 10_000) == 0.8
     assert square_p(0.8, 11, 10_000) == 0.4
@@ -277,6 +288,7 @@ CONTRACT = {
     "salt-pepper-l1": lambda: SaltPepper(L1(2.0), steps=10, repeats=2),
     "pointwise": lambda: Pointwise(L1(2.0), sp_steps=10, sp_repeats=1, binary_steps=2),
     "square": lambda: Square(Linf(0.05), steps=20, restarts=2),
+    "square-l2": lambda: Square(L2(0.5), steps=20, restarts=2),
 }
 
 
@@ -333,7 +345,7 @@ def test_clean_misclassified_points_have_norm_zero(linear_model):
     [
         (lambda: DDN(Linf(0.1)), "supports l2"),
         (lambda: DeepFool(L1(1.0)), "supports linf, l2"),
-        (lambda: Square(L2(1.0)), "linf"),
+        (lambda: Square(L1(1.0)), "linf and l2"),
         (lambda: FAB(L2(1.0), beta=1.5), "beta"),
         (lambda: DDN(L2(1.0), steps=0), "steps"),
         (lambda: SaltPepper(L1(1.0), max_p=2.0), "max_p"),

@@ -18,16 +18,6 @@ from unionrobust.attacks import FGSM, MSD, PGD, SLIDE
 from unionrobust.threats import L1, L2, Linf
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and on a loaded 2-core machine
-    oversubscribed OpenMP threads made these tests ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # no shrinking phase: a failing example is reported as drawn (shrinking attacks is slow)
 FIXTURE_OK = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],

@@ -11,16 +11,6 @@ from unionrobust.errors import UnionRobustError
 from unionrobust.threats import L1, L2, Linf, parse
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and on a loaded 2-core machine
-    oversubscribed OpenMP threads made these tests ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CORE = ["fgsm", "mim", "msd", "pgd", "pgd-cw", "slide"]
 
 

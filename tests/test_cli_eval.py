@@ -8,14 +8,11 @@ import json
 import pytest
 import torch
 
-from test_eval_support import single_thread  # noqa: F401
 from unionrobust.cli import main as cli_main
 from unionrobust.data import as_tensors, get_dataset
 from unionrobust.evaluation import evaluate
 from unionrobust.models import build_model, load_weights, save_weights
 from unionrobust.threats import parse
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 THREATS = "linf:0.1, l2:1, l1:5"
 

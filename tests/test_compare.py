@@ -11,14 +11,6 @@ from unionrobust.cli.main import main
 from unionrobust.training.compare import _fmt, table
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = [
     "--set", "training.epochs=1", "--set", "data.train_n=40", "--set", "data.batch_size=20",
     "--set", "training.max_steps_per_epoch=2", "--set", "strategy.steps=1", "--set", "eval.n=10",

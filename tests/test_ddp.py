@@ -68,19 +68,9 @@ def _free_port() -> int:
 def test_two_processes_equal_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     train_data, eval_data = _data()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(
-            _config(),
-            one,
-            model=_model(),
-            train_data=train_data,
-            eval_data=eval_data,
-            ctx=DistContext(),
-        )
-    finally:
-        torch.set_num_threads(threads)
+    train(
+        _config(), one, model=_model(), train_data=train_data, eval_data=eval_data, ctx=DistContext()
+    )
     mp.spawn(_worker, args=(2, _free_port(), str(two)), nprocs=2, join=True)
     a, b = load_file(one / "last.safetensors"), load_file(two / "last.safetensors")
     assert a.keys() == b.keys()

@@ -11,13 +11,10 @@ from test_eval_support import (
     THREATS,
     dummy_suite,
     linear_problem,
-    single_thread,  # noqa: F401
 )
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate, recheck
 from unionrobust.threats import parse
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run(model, x, y, suite=None, **kw):

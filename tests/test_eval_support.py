@@ -163,12 +163,3 @@ def linear_problem(n: int = 64, side: int = 6, seed: int = 0, flip: int = 5):
 
 THREATS = "linf:0.05, l2:0.2, l1:1"
 
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """One torch thread while the test runs: on a shared 2-core machine, 2 threads under load
-    are many times slower than one for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

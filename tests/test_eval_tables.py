@@ -8,11 +8,9 @@ import math
 
 import pytest
 
-from test_eval_support import THREATS, dummy_suite, linear_problem, single_thread  # noqa: F401
+from test_eval_support import THREATS, dummy_suite, linear_problem
 from unionrobust.evaluation import evaluate
 from unionrobust.reporting import format_report, format_table, write_csv, write_json
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from test_eval_support import (
     CallCounter,
     dummy_suite,
     linear_problem,
-    single_thread,  # noqa: F401
 )
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
@@ -21,8 +20,6 @@ from unionrobust.atomic import atomic_write_text
 from unionrobust.evaluation.verdicts import LOG_NAME, read_log
 
 BATCH = 10
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run(problem, out, counter=None, **kw):

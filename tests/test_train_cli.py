@@ -12,15 +12,6 @@ from unionrobust.cli.main import main
 from unionrobust.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and steadiest on a shared CPU) with one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = [
     "--set", "data.train_n=40", "--set", "data.batch_size=20", "--set", "eval.n=0",
     "--set", "training.max_steps_per_epoch=2", "--set", "strategy.steps=1", "--no-progress",

@@ -72,11 +72,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     full, killed, marker = tmp_path / "full", tmp_path / "killed", tmp_path / "marker"
-    threads = torch.get_num_threads()
-    try:
-        run_worker("full", str(full), str(marker))  # the reference, in this process
-    finally:
-        torch.set_num_threads(threads)
+    run_worker("full", str(full), str(marker))  # the reference, in this process
     proc = subprocess.Popen(
         [sys.executable, str(script), "kill", str(killed), str(marker)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -193,15 +193,77 @@ def _l2_box_scale_sorted(
     return torch.where(a_seg > 0, t.clamp(0, 1), 1.0)
 
 
-def project_l2_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tensor:
+def project_l2_box(
+    delta: torch.Tensor, x: torch.Tensor, eps: Eps, method: str = "auto"
+) -> torch.Tensor:
     """Exact projection onto ℓ2 ball ∩ [0,1] box (Wang et al. Prop. 1, p = 2).
 
     KKT: z = clip(t·a, -x, 1-x) with t = 1/(λ2+1) ∈ (0, 1] the largest value with ‖z‖2 ≤ ε;
-    t is found exactly (active set or sorted breakpoints, :func:`l2_box_scale`), not by
-    bisection.
+    t is found exactly (active set or sorted breakpoints, :func:`l2_box_scale`; ``method`` as
+    there), not by bisection.
     Rows whose box-clip is inside the ball get that clip (so rows already inside ball ∩ box are
-    returned bit-exact).
+    returned bit-exact). On CPU only the rows outside are solved (one host read); elsewhere all
+    rows go through the solver and are masked, without host synchronisation.
     """
+    if delta.device.type == "cpu":
+        return _ball_box_rows(_l2_box_solve, delta, x, eps, 2, method)
+    return _project_l2_box_masked(delta, x, eps, method)
+
+
+def _ball_box_rows(solve, delta: torch.Tensor, x: torch.Tensor, eps: Eps, p: int, method: str):
+    """CPU driver of the ℓp ∩ box projections (p = 1, 2): clip to the box, keep the rows whose
+    clip is inside the ball (bit-exact), and ``solve`` only the others."""
+    a = _flat(delta)
+    xf = _flat(x).expand_as(a)
+    e = _col(eps, a)
+    ew = e.to(torch.float64)
+    clipped = torch.minimum(torch.maximum(a, -xf), 1 - xf)
+    if p == 2:
+        inside = (clipped * clipped).sum(dim=1, dtype=torch.float64) <= ew[:, 0].square()
+    else:
+        inside = clipped.abs().sum(dim=1, dtype=torch.float64) <= ew[:, 0]
+    rows = (~inside).nonzero()[:, 0]
+    n_out = rows.numel()
+    if n_out == 0:
+        return clipped.reshape(delta.shape)
+    if n_out == a.shape[0]:
+        return solve(a, xf, ew, method).reshape(delta.shape)
+    z = solve(a[rows], xf[rows], ew[rows], method)
+    return clipped.index_copy(0, rows, z).reshape(delta.shape)
+
+
+def _l2_box_solve(a: torch.Tensor, xf: torch.Tensor, ew: torch.Tensor, method: str):
+    """ℓ2 ∩ box projection of flat rows (B, d) that are all outside the ball after box-clipping;
+    ``ew`` is ε as a float64 (B, 1) column."""
+    w = torch.float64
+    lo, hi = -xf, 1 - xf
+    e2 = ew.square()
+    if method == "auto":
+        method = "active-set"
+    if method == "sort":
+        t = l2_box_scale(a, lo, hi, ew, method="sort", inside=torch.zeros_like(ew, dtype=bool))
+    elif method == "active-set":
+        pos = torch.gt(a, 0, out=torch.empty_like(a))
+        room = xf + pos * (1 - 2 * xf)  # box room in a's direction: 1 - x if a > 0, else x
+        t, done = _l2_box_scale_active(a.abs(), room, e2, torch.zeros_like(ew, dtype=bool))
+        if not bool(done.all()):
+            r = (~done[:, 0]).nonzero()[:, 0]
+            a64, b64 = a[r].to(w), torch.where(a[r] > 0, hi[r], lo[r]).to(w)
+            tb = torch.where(a64 != 0, b64 / a64, torch.inf)
+            t = t.index_copy(0, r, _l2_box_scale_sorted(a64, b64, tb, e2[r]))
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    out = torch.minimum(torch.maximum(a * t.clamp(0, 1).to(a.dtype), lo), hi)
+    # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
+    n = (out * out).sum(dim=1, keepdim=True, dtype=w).sqrt()
+    scale = torch.where(n <= ew, 1.0, ew / n.clamp_min(torch.finfo(w).tiny))
+    return out * scale.to(a.dtype)
+
+
+def _project_l2_box_masked(
+    delta: torch.Tensor, x: torch.Tensor, eps: Eps, method: str = "auto"
+) -> torch.Tensor:
+    """Sync-free :func:`project_l2_box`: every row goes through the solver, then masked."""
     a = _flat(delta)
     lo = _flat(-x).expand_as(a)
     hi = _flat(1 - x).expand_as(a)
@@ -210,7 +272,7 @@ def project_l2_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tens
     ew = e.to(w)
     clipped = torch.minimum(torch.maximum(a, lo), hi)
     inside = (clipped * clipped).sum(dim=1, keepdim=True, dtype=w) <= ew.square()
-    t = l2_box_scale(a, lo, hi, e, inside=inside).to(a.dtype)
+    t = l2_box_scale(a, lo, hi, e, method=method, inside=inside).to(a.dtype)
     out = torch.minimum(torch.maximum(a * t, lo), hi)
     # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
     n = (out * out).sum(dim=1, keepdim=True, dtype=w).sqrt()
@@ -322,15 +384,59 @@ def _l1_box_threshold_sorted(aa: torch.Tensor, uu: torch.Tensor, ew: torch.Tenso
     return torch.where(j > last, 0.0, lam).clamp_min(0)
 
 
-def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tensor:
+def project_l1_box(
+    delta: torch.Tensor, x: torch.Tensor, eps: Eps, method: str = "auto"
+) -> torch.Tensor:
     """Exact projection onto ℓ1 ball ∩ [0,1] box (Wang et al. Prop. 1, p = 1; Croce & Hein 2021).
 
     KKT: z_i = sign(a_i)·min(max(|a_i| - λ, 0), u_i), u_i the box room in a_i's direction,
     λ ≥ 0 the smallest value with ‖z‖1 ≤ ε, found exactly (Newton on the piecewise-linear
-    equation or sorted breakpoints, :func:`l1_box_threshold`); |a_i| − λ is formed in float64
-    so small ε keep their relative accuracy. Rows whose box-clip is inside the ball get that
-    clip (λ = 0), so rows already inside ball ∩ box are returned bit-exact.
+    equation or sorted breakpoints, :func:`l1_box_threshold`; ``method`` as there); |a_i| − λ
+    keeps float64 accuracy (float64, or λ split into two float32 terms, the first subtraction
+    exact by Sterbenz' lemma near λ) so small ε keep their relative accuracy. Rows whose box-clip
+    is inside the ball get that clip (λ = 0), so rows already inside ball ∩ box are returned
+    bit-exact. On CPU only the rows outside are solved (one host read); elsewhere all rows go
+    through the solver and are masked, without host synchronisation.
     """
+    if delta.device.type == "cpu":
+        return _ball_box_rows(_l1_box_solve, delta, x, eps, 1, method)
+    return _project_l1_box_masked(delta, x, eps, method)
+
+
+def _l1_box_solve(a: torch.Tensor, xf: torch.Tensor, ew: torch.Tensor, method: str):
+    """ℓ1 ∩ box projection of flat rows (B, d) that are all outside the ball after box-clipping;
+    ``ew`` is ε as a float64 (B, 1) column."""
+    w = torch.float64
+    dt = a.dtype
+    pos = torch.ge(a, 0, out=torch.empty_like(a))
+    room = xf + pos * (1 - 2 * xf)  # box room in a's direction: 1 - x if a ≥ 0, else x
+    abs_a = a.abs()
+    outside = torch.zeros_like(ew, dtype=bool)
+    if method == "auto":
+        method = "newton"
+    if method == "sort":
+        lam = l1_box_threshold(abs_a, room, ew, method="sort", inside=outside)
+    elif method == "newton":
+        lam, done = _l1_box_threshold_newton(abs_a, room, ew, outside)
+        if not bool(done.all()):
+            r = (~done[:, 0]).nonzero()[:, 0]
+            lam_r = _l1_box_threshold_sorted(abs_a[r].to(w), room[r].to(w), ew[r])
+            lam = lam.index_copy(0, r, lam_r)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    lam_hi = lam.to(dt)
+    lam_lo = (lam - lam_hi.to(w)).to(dt)  # 0 for float64 input
+    mag = torch.minimum(((abs_a - lam_hi) - lam_lo).clamp_min(0), room)
+    # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
+    s = mag.sum(dim=1, keepdim=True, dtype=w)
+    scale = torch.where(s <= ew, 1.0, ew / s.clamp_min(torch.finfo(w).tiny))
+    return torch.sign(a) * (mag * scale.to(dt))
+
+
+def _project_l1_box_masked(
+    delta: torch.Tensor, x: torch.Tensor, eps: Eps, method: str = "auto"
+) -> torch.Tensor:
+    """Sync-free :func:`project_l1_box`: every row goes through the solver, then masked."""
     a = _flat(delta)
     xf = _flat(x).expand_as(a)
     e = _col(eps, a)
@@ -340,7 +446,7 @@ def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: Eps) -> torch.Tens
     abs_a = a.abs()
     clip_abs = torch.minimum(abs_a, room)
     inside = clip_abs.sum(dim=1, keepdim=True, dtype=w) <= ew
-    lam = l1_box_threshold(abs_a, room, e, inside=inside)
+    lam = l1_box_threshold(abs_a, room, e, method=method, inside=inside)
     mag = torch.minimum((abs_a.to(w) - lam).clamp_min(0), room.to(w)).to(a.dtype)
     # rounding guard: a rescale by s < 1 stays inside the box (it contains 0)
     s = mag.sum(dim=1, keepdim=True, dtype=w)
