@@ -226,110 +226,29 @@ def strength_table(args: argparse.Namespace) -> None:
         n: c(EPS_STRENGTH[n]) for n, c in (("linf", Linf), ("l2", L2), ("l1", L1))
     }
     alpha = {n: threats[n].default_alpha(steps) for n in threats}
-    runs: list[tuple[str, str, Runner]] = [
-        ("ours PGD", "linf", PGD(threats["linf"], steps=steps)),
-        ("ours APGD-CE", "linf", APGD(threats["linf"], steps=steps)),
-        ("ours APGD-DLR", "linf", APGD(threats["linf"], steps=steps, loss="dlr")),
-        ("ours PGD", "l2", PGD(threats["l2"], steps=steps)),
-        ("ours APGD-CE", "l2", APGD(threats["l2"], steps=steps)),
-        ("ours APGD-DLR", "l2", APGD(threats["l2"], steps=steps, loss="dlr")),
-        ("ours PGD (random-k)", "l1", PGD(threats["l1"], steps=steps)),
-        ("ours SLIDE", "l1", SLIDE(threats["l1"].eps, steps=steps)),
-        ("ours APGD-CE", "l1", APGD(threats["l1"], steps=steps)),
-        ("ours APGD-DLR", "l1", APGD(threats["l1"], steps=steps, loss="dlr")),
-    ]
+    runs: list[tuple[str, str, Runner]] = []
+    for norm, threat in threats.items():
+        label = "ours PGD (random-k)" if norm == "l1" else "ours PGD"
+        runs.append((label, norm, PGD(threat, steps=steps)))
+        if norm == "l1":
+            runs.append(("ours SLIDE", norm, SLIDE(threat.eps, steps=steps)))
+        for loss in ("ce", "dlr"):
+            runs.append((f"ours APGD-{loss.upper()}", norm, APGD(threat, steps=steps, loss=loss)))
     if args.peers:
         try:
             import torchattacks as ta
 
-            runs += [
-                (
-                    "torchattacks PGD",
-                    "linf",
-                    _ta(
-                        ta.PGD(
-                            model,
-                            eps=EPS_STRENGTH["linf"],
-                            alpha=alpha["linf"],
-                            steps=steps,
-                            random_start=True,
-                        )
-                    ),
-                ),
-                (
-                    "torchattacks APGD-CE",
-                    "linf",
-                    _ta(
-                        ta.APGD(
-                            model,
-                            norm="Linf",
-                            eps=EPS_STRENGTH["linf"],
-                            steps=steps,
-                            n_restarts=1,
-                            loss="ce",
-                            seed=0,
-                        )
-                    ),
-                ),
-                (
-                    "torchattacks APGD-DLR",
-                    "linf",
-                    _ta(
-                        ta.APGD(
-                            model,
-                            norm="Linf",
-                            eps=EPS_STRENGTH["linf"],
-                            steps=steps,
-                            n_restarts=1,
-                            loss="dlr",
-                            seed=0,
-                        )
-                    ),
-                ),
-                (
-                    "torchattacks PGDL2",
-                    "l2",
-                    _ta(
-                        ta.PGDL2(
-                            model,
-                            eps=EPS_STRENGTH["l2"],
-                            alpha=alpha["l2"],
-                            steps=steps,
-                            random_start=True,
-                        )
-                    ),
-                ),
-                (
-                    "torchattacks APGD-CE",
-                    "l2",
-                    _ta(
-                        ta.APGD(
-                            model,
-                            norm="L2",
-                            eps=EPS_STRENGTH["l2"],
-                            steps=steps,
-                            n_restarts=1,
-                            loss="ce",
-                            seed=0,
-                        )
-                    ),
-                ),
-                (
-                    "torchattacks APGD-DLR",
-                    "l2",
-                    _ta(
-                        ta.APGD(
-                            model,
-                            norm="L2",
-                            eps=EPS_STRENGTH["l2"],
-                            steps=steps,
-                            n_restarts=1,
-                            loss="dlr",
-                            seed=0,
-                        )
-                    ),
-                ),
-            ]
+            for norm, ta_norm, pgd_name in (("linf", "Linf", "PGD"), ("l2", "L2", "PGDL2")):
+                eps = EPS_STRENGTH[norm]
+                pgd = getattr(ta, pgd_name)(
+                    model, eps=eps, alpha=alpha[norm], steps=steps, random_start=True
+                )
+                runs.append((f"torchattacks {pgd_name}", norm, _ta(pgd)))
+                for loss in ("ce", "dlr"):
+                    apgd = ta.APGD(
+                        model, norm=ta_norm, eps=eps, steps=steps, n_restarts=1, loss=loss, seed=0
+                    )
+                    runs.append((f"torchattacks APGD-{loss.upper()}", norm, _ta(apgd)))
         except ImportError:
             print("(torchattacks not installed: skipped)")
         try:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from unionrobust.training.config import load_config
-from unionrobust.training.distributed import DistContext, init_distributed, shutdown
+from unionrobust.training.distributed import DistContext, free_port, init_local_cpu, shutdown
 from unionrobust.training.trainer import Trainer
 
 
@@ -41,24 +39,13 @@ def _config(args: argparse.Namespace):
 
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = init_local_cpu(rank, world, port)
     try:
         result = Trainer(_config(args), None, ctx=ctx).fit()
         if ctx.is_main:
             Path(out).write_text(json.dumps({"time": result.time_per_epoch}))
     finally:
         shutdown(ctx)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -75,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "t.json")
         t0 = time.perf_counter()
-        mp.spawn(_worker, args=(2, _free_port(), args, out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, free_port(), args, out), nprocs=2, join=True)
         wall = time.perf_counter() - t0
         times["2 processes (gloo), 1 thread each"] = json.loads(Path(out).read_text())["time"]
     ref = times["1 process, 1 thread(s)"]

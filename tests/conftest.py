@@ -10,6 +10,9 @@ from torch import nn
 # oversubscription; tests never depend on the thread count.
 torch.set_num_threads(1)
 
+# the shared helpers assert too: rewrite their asserts for informative failures
+pytest.register_assert_rewrite("_helpers")
+
 
 class LinearClassifier(nn.Module):
     """Logits W·flatten(x) + b: the analytic oracle model (closed-form worst cases)."""
@@ -56,7 +59,7 @@ def linear_model():
 
 @pytest.fixture
 def tiny_cnn():
-    """Factory: tiny_cnn(channels, classes, side, seed) -> TinyCNN in train mode with warm BN stats."""
+    """Factory: tiny_cnn(channels, classes, side, seed) -> TinyCNN, train mode, warm BN stats."""
 
     def make(channels: int = 1, classes: int = 10, side: int = 8, seed: int = 0) -> TinyCNN:
         torch.manual_seed(seed)

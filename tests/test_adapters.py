@@ -22,13 +22,13 @@ D, B = 16, 6
 DUAL = {"l2": 2.0, "linf": 1.0, "l1": math.inf}
 
 
-def linear_setup(linear_model, seed: int, spread: float = 0.02):
-    model = linear_model(dim=D, classes=2, seed=seed)
+def linear_setup(linear_model, seed: int, spread: float = 0.02, dim: int = D):
+    model = linear_model(dim=dim, classes=2, seed=seed)
     with torch.no_grad():
         w = model.weight[1] - model.weight[0]
         model.bias[1] = model.bias[0] - 0.5 * w.sum()
     g = torch.Generator().manual_seed(seed + 7)
-    x = 0.5 + spread * (2 * torch.rand(B, D, generator=g) - 1)
+    x = 0.5 + spread * (2 * torch.rand(B, dim, generator=g) - 1)
     with torch.no_grad():
         logits = model(x)
     y = logits.argmax(1)
@@ -124,13 +124,14 @@ def test_fb_pointwise_is_genuine(linear_model):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_ta_square_stays_in_the_ball_and_ours_is_as_strong(norm, linear_model):
     pytest.importorskip("torchattacks")
-    model, w, x, y, margin = linear_setup(linear_model, 5)
+    # 6 × 6 images: torchattacks' ℓ2 Square divides by h // 5
+    model, w, x, y, margin = linear_setup(linear_model, 5, dim=36)
     opt = margin / w.norm(p=DUAL[norm])
     threat = {"l2": L2, "linf": Linf}[norm](float(opt.max()) * 1.5)
-    xi = x.reshape(B, 1, 4, 4)
-    peer = check_genuine(adapters.TASquare(threat, steps=300), model, xi, y, opt)
+    xi = x.reshape(B, 1, 6, 6)
+    peer = check_genuine(adapters.TASquare(threat, steps=100), model, xi, y, opt)
     assert bool(peer.success.any())
-    ours = make_attack("square", threat, steps=300)(model, xi, y)
+    ours = make_attack("square", threat, steps=200)(model, xi, y)
     assert bool(ours.success[peer.success].all())
 
 

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from _helpers import CountingModel
 from unionrobust.attacks.apgd import APGD, L1SparsityRule, StepSizeRule, checkpoints
 from unionrobust.attacks.pgd import PGD
 from unionrobust.errors import UnionRobustError
@@ -159,19 +160,6 @@ def test_batch_independence(linear_model, norm):
     assert torch.equal(part.success, full.success[keep])
     assert torch.allclose(part.x_adv, full.x_adv[keep], atol=1e-5)
     assert torch.allclose(part.loss, full.loss[keep], atol=1e-4)
-
-
-class CountingModel(nn.Module):
-    """Records the batch size of every forward pass."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.sizes: list[int] = []
-
-    def forward(self, x):
-        self.sizes.append(x.shape[0])
-        return self.inner(x)
 
 
 def test_restarts_and_targets_run_only_on_robust_points(linear_model):

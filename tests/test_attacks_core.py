@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from _helpers import CountingModel
 from unionrobust.attacks import FGSM, MIM, MSD, PGD, SLIDE, Attack, WorstOf
 from unionrobust.errors import UnionRobustError
 from unionrobust.losses import cross_entropy
 from unionrobust.threats import L0, L1, L2, Linf, Union
-
 
 # no shrinking phase: a failing example is reported as drawn (shrinking attacks is slow)
 FIXTURE_OK = settings(
@@ -246,42 +246,21 @@ def test_an_example_gets_the_same_result_alone_or_in_a_batch(make, linear_model)
 def test_restarts_only_attack_unbroken_examples(tiny_cnn, toy_images):
     model = tiny_cnn().eval()
     x, y = toy_images(n=6)
-    calls: list[int] = []
-
-    class Counting(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, t):
-            calls.append(t.shape[0])
-            return self.inner(t)
-
-    one = PGD(Linf(0.3), steps=3, restarts=1)(Counting(model), x, y)
+    one = PGD(Linf(0.3), steps=3, restarts=1)(model, x, y)
     assert one.success.all()
-    calls.clear()
-    PGD(Linf(0.3), steps=3, restarts=5)(Counting(model), x, y)
+    counting = CountingModel(model)
+    PGD(Linf(0.3), steps=3, restarts=5)(counting, x, y)
     # clean forward + 3 steps + last iterate, and no restart (everything broken)
-    assert calls == [6, 6, 6, 6, 6]
+    assert counting.sizes == [6, 6, 6, 6, 6]
 
 
 def test_msd_scores_all_candidates_in_one_forward(tiny_cnn, toy_images):
     model = tiny_cnn().eval()
     x, y = toy_images(n=5)
-    calls: list[int] = []
-
-    class Counting(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, t):
-            calls.append(t.shape[0])
-            return self.inner(t)
-
-    MSD(Linf(0.01) | L2(0.05) | L1(0.1), steps=3)(Counting(model), x, y)
+    counting = CountingModel(model)
+    MSD(Linf(0.01) | L2(0.05) | L1(0.1), steps=3)(counting, x, y)
     # clean, start, then per step: 3·B candidates (+ B for the next gradient, not after the last)
-    assert calls == [5, 5, 15, 5, 15, 5, 15]
+    assert counting.sizes == [5, 5, 15, 5, 15, 5, 15]
 
 
 # -- best iterate ------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from unionrobust.attacks import FGSM, MSD, PGD, SLIDE
 from unionrobust.threats import L1, L2, Linf
 
-
 # no shrinking phase: a failing example is reported as drawn (shrinking attacks is slow)
 FIXTURE_OK = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],

@@ -10,7 +10,6 @@ from unionrobust.attacks.registry import ATTACKS, lazy
 from unionrobust.errors import UnionRobustError
 from unionrobust.threats import L1, L2, Linf, parse
 
-
 CORE = ["fgsm", "mim", "msd", "pgd", "pgd-cw", "slide"]
 
 

@@ -44,26 +44,18 @@ def cli(*argv: str) -> int:
     return cli_main.main(list(argv))
 
 
+def eval_quick(weights, out, *extra: str) -> int:
+    """`unionrobust eval` of the fitted small-cnn on 20 points with the quick suite."""
+    return cli(
+        "eval", "--model", "small-cnn", "--weights", str(weights), "--n", "20",
+        "--threats", THREATS, "--suite", "quick", "--batch-size", "8", "--out", str(out),
+        "--no-progress", *extra,
+    )  # fmt: skip
+
+
 def test_eval_end_to_end_matches_the_api(weights, tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli(
-        "eval",
-        "--model",
-        "small-cnn",
-        "--weights",
-        str(weights),
-        "--n",
-        "20",
-        "--threats",
-        THREATS,
-        "--suite",
-        "quick",
-        "--batch-size",
-        "8",
-        "--out",
-        str(out),
-        "--no-progress",
-    )
+    code = eval_quick(weights, out)
     assert code == 0
     screen = capsys.readouterr().out
     assert "union (1 - R_max)" in screen and "l1:5" in screen and "report.json" in screen
@@ -100,56 +92,12 @@ def test_eval_end_to_end_matches_the_api(weights, tmp_path, capsys):
     assert api.to_dict()["per_threat"] == report["per_threat"]
 
     # --resume of the finished run recomputes nothing and reports the same numbers
-    assert (
-        cli(
-            "eval",
-            "--model",
-            "small-cnn",
-            "--weights",
-            str(weights),
-            "--n",
-            "20",
-            "--threats",
-            THREATS,
-            "--suite",
-            "quick",
-            "--batch-size",
-            "8",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--resume",
-        )
-        == 0
-    )
+    assert eval_quick(weights, out, "--resume") == 0
     again = json.loads((out / "report.json").read_text())
     assert again["per_threat"] == report["per_threat"]
     assert again["union_accuracy"] == report["union_accuracy"]
     # resuming with other settings is refused in one line
-    assert (
-        cli(
-            "eval",
-            "--model",
-            "small-cnn",
-            "--weights",
-            str(weights),
-            "--n",
-            "20",
-            "--threats",
-            THREATS,
-            "--suite",
-            "quick",
-            "--batch-size",
-            "8",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--resume",
-            "--seed",
-            "3",
-        )
-        == 2
-    )
+    assert eval_quick(weights, out, "--resume", "--seed", "3") == 2
     err = capsys.readouterr().err.strip()
     assert "cannot resume" in err and "\n" not in err
 

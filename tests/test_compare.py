@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
+from _helpers import TINY_TRAINING
 from unionrobust.cli.main import main
 from unionrobust.training.compare import _fmt, table
 
-
-TINY = [
-    "--set", "training.epochs=1", "--set", "data.train_n=40", "--set", "data.batch_size=20",
-    "--set", "training.max_steps_per_epoch=2", "--set", "strategy.steps=1", "--set", "eval.n=10",
-]  # fmt: skip
+TINY = ["--set", "training.epochs=1", *TINY_TRAINING, "--set", "eval.n=10"]
 
 
 def test_compare_end_to_end_tiny(tmp_path, capsys):

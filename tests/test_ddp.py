@@ -7,27 +7,24 @@ the batch (use ``training.sync_bn``), and Dropout masks come from each rank's ow
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch import nn
 
+from _helpers import tiny_data, tiny_mlp
 from unionrobust.training.config import config_from_dict
-from unionrobust.training.distributed import DistContext, init_distributed, shutdown
+from unionrobust.training.distributed import DistContext, free_port, init_local_cpu, shutdown
 from unionrobust.training.trainer import train
 
 
 def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    return tiny_mlp(seed=0)  # Dropout(0): no randomness
 
 
 def _data():
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(44, 1, 8, 8, generator=g), torch.randint(0, 10, (44,), generator=g)
+    x, y = tiny_data(44, seed=0)
     return (x[:34], y[:34]), (x[34:], y[34:])
 
 
@@ -46,12 +43,7 @@ def _config():
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = init_local_cpu(rank, world, port)
     train_data, eval_data = _data()
     try:
         train(_config(), out, model=_model(), train_data=train_data, eval_data=eval_data, ctx=ctx)
@@ -59,19 +51,18 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         shutdown(ctx)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     train_data, eval_data = _data()
     train(
-        _config(), one, model=_model(), train_data=train_data, eval_data=eval_data, ctx=DistContext()
+        _config(),
+        one,
+        model=_model(),
+        train_data=train_data,
+        eval_data=eval_data,
+        ctx=DistContext(),
     )
-    mp.spawn(_worker, args=(2, _free_port(), str(two)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(two)), nprocs=2, join=True)
     a, b = load_file(one / "last.safetensors"), load_file(two / "last.safetensors")
     assert a.keys() == b.keys()
     for k in a:

@@ -7,7 +7,6 @@ draw inside the ball; plus cheaters that return points outside the ball or the b
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -162,4 +161,3 @@ def linear_problem(n: int = 64, side: int = 6, seed: int = 0, flip: int = 5):
 
 
 THREATS = "linf:0.05, l2:0.2, l1:1"
-

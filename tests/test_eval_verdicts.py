@@ -14,9 +14,9 @@ from test_eval_support import (
     dummy_suite,
     linear_problem,
 )
+from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
-from unionrobust.atomic import atomic_write_text
 from unionrobust.evaluation.verdicts import LOG_NAME, read_log
 
 BATCH = 10

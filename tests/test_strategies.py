@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from _helpers import record_train_inputs
 from unionrobust.attacks.base import Attack, AttackResult
 from unionrobust.errors import UnionRobustError
 from unionrobust.losses import cross_entropy, trades_kl
@@ -46,17 +47,6 @@ class FakeAttack:
     def __call__(self, model, x, y, example_ids=None):
         self.calls += 1
         return AttackResult((x + self.shift).clamp(0, 1), self.success.clone(), self.loss.clone())
-
-
-def record_train_inputs(model):
-    """Inputs of every forward the model runs in train mode."""
-    seen: list[torch.Tensor] = []
-
-    def hook(module, args):
-        if module.training:
-            seen.append(args[0].detach().clone())
-
-    return seen, model.register_forward_pre_hook(hook)
 
 
 def spy_all(strategy):

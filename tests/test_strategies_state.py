@@ -8,6 +8,7 @@ import io
 import pytest
 import torch
 
+from _helpers import check_strategy_step, record_train_inputs
 from unionrobust.errors import UnionRobustError
 from unionrobust.threats import Union, parse
 from unionrobust.training.strategies import make_strategy
@@ -45,52 +46,14 @@ def build(name, options, **extra):
     return make_strategy(name, UNION, **opts)
 
 
-def record_train_inputs(model):
-    seen: list[torch.Tensor] = []
-
-    def hook(module, args):
-        if module.training:
-            seen.append(args[0].detach().clone())
-
-    return seen, model.register_forward_pre_hook(hook)
-
-
-def buffers(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
-
-
 @pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
 def test_model_state_batchnorm_and_gradients(name, options, tiny_cnn, toy_images):
     model = tiny_cnn().train()
     model.net[3].train(False)  # a module in eval mode inside a training model stays so
-    ref = copy.deepcopy(model)
     x, y = toy_images(n=8)
-    x0 = x.clone()
-    modes = [m.training for m in model.modules()]
-    flags = [p.requires_grad for p in model.parameters()]
-    seen, handle = record_train_inputs(model)
-    out = build(name, options)(model, x, y)
-    handle.remove()
-    # the model comes back exactly as it went in, nothing written to .grad, input untouched
-    assert [m.training for m in model.modules()] == modes
-    assert [p.requires_grad for p in model.parameters()] == flags
-    assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(x, x0)
-    # BatchNorm: exactly the updates of ONE train-mode forward over the loss inputs
-    assert len(seen) == 1
-    with torch.no_grad():
-        ref(seen[0])
-    got, want = buffers(model), buffers(ref)
-    assert got.keys() == want.keys() and got
-    for k in got:
-        assert torch.equal(got[k], want[k]), k
-    # differentiable, finite loss and train logits of the batch
-    assert out.loss.dim() == 0 and out.loss.requires_grad and torch.isfinite(out.loss)
-    assert out.logits.shape == (8, 10)
-    out.loss.backward()
-    grads = [p.grad for p in model.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
+    # model as found, input untouched, ONE train forward for BatchNorm, finite loss and grads
+    out, _ = check_strategy_step(build(name, options), model, x, y)
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
     for v in out.stats.values():
         assert isinstance(v, float | list)
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
+from _helpers import TINY_TRAINING
 from unionrobust.cli.main import main
 from unionrobust.models import build_model
 
-
-TINY = [
-    "--set", "data.train_n=40", "--set", "data.batch_size=20", "--set", "eval.n=0",
-    "--set", "training.max_steps_per_epoch=2", "--set", "strategy.steps=1", "--no-progress",
-]  # fmt: skip
+TINY = [*TINY_TRAINING, "--set", "eval.n=0", "--no-progress"]
 
 
 def test_bad_key_is_a_one_line_error_with_exit_2(tmp_path, capsys):

@@ -8,26 +8,15 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from _helpers import tiny_data
+from _helpers import tiny_mlp as tiny_model
 from unionrobust.errors import UnionRobustError
 from unionrobust.training.config import config_from_dict
 from unionrobust.training.data import augment, augment_params, generator
 from unionrobust.training.schedules import make_schedule
 from unionrobust.training.strategies import StrategyOutput, make_strategy
 from unionrobust.training.trainer import Trainer, train
-
-
-def tiny_model(seed: int = 0, dropout: float = 0.0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 10)
-    )
-
-
-def tiny_data(n: int = 40, seed: int = 0, channels: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, channels, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
 def tiny_config(**sections):

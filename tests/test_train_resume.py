@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
+from _helpers import tiny_data, tiny_mlp
 from unionrobust.training.config import config_from_dict
 from unionrobust.training.trainer import train
 
@@ -22,12 +22,8 @@ def run_worker(mode: str, out: str, marker: str) -> None:
     """One training run: "full" (uninterrupted), "kill" (hangs after step 4, to be killed) or
     "resume"; P-inf... here E-AT (it has state), Dropout (global RNG), mid-epoch checkpoints."""
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 10)
-    )
-    g = torch.Generator().manual_seed(0)
-    data = (torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
+    model = tiny_mlp(seed=0, dropout=0.2)
+    data = tiny_data(40, seed=0)
     cfg = config_from_dict(
         {
             "threats": "linf:0.1, l2:0.5, l1:2",

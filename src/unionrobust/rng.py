@@ -86,9 +86,7 @@ def keyed_uniform(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Uniform [0, 1) samples of shape ``(B, *shape)``, a pure function of its arguments."""
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     bits = keyed_bits(seed, example_ids, counter, numel, STREAM_UNIFORM)
     return _to_unit(bits, dtype).reshape(example_ids.shape[0], *shape)
 
@@ -102,9 +100,7 @@ def keyed_normal(
 ) -> torch.Tensor:
     """Standard normal samples (Box-Muller) keyed like :func:`keyed_uniform`, from their own
     stream (so ``normal(c)`` and ``uniform(c)`` are unrelated)."""
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     bits = keyed_bits(seed, example_ids, counter, 2 * numel, STREAM_NORMAL)
     u = _to_unit(bits, torch.float64)
     u1, u2 = u[:, :numel], u[:, numel:]

@@ -4,12 +4,14 @@ from unionrobust.attacks.affine import AffineLp, AffineSpatial
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model, loss_and_grad
 from unionrobust.attacks.best import BestTracker
+from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square
 from unionrobust.attacks.minmax import (
     DomainMinMax,
     ModelEnsemble,
     TransformDomains,
     UniversalGroups,
 )
+from unionrobust.attacks.minnorm import DDN, FAB, DeepFool, MinNormResult
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
 from unionrobust.attacks.registry import ATTACKS, attack_names, make_attack
@@ -19,6 +21,8 @@ from unionrobust.attacks.union import WorstOf
 __all__ = [
     "APGD",
     "ATTACKS",
+    "DDN",
+    "FAB",
     "FGSM",
     "MIM",
     "MSD",
@@ -29,9 +33,15 @@ __all__ = [
     "Attack",
     "AttackResult",
     "BestTracker",
+    "DeepFool",
     "DomainMinMax",
+    "GaussianNoise",
     "GridAttack",
+    "MinNormResult",
     "ModelEnsemble",
+    "Pointwise",
+    "SaltPepper",
+    "Square",
     "TransformDomains",
     "UniversalGroups",
     "WorstOf",

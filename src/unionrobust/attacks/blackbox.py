@@ -313,8 +313,9 @@ class Square(Attack):
     def _propose_linf(self, x, cur, p, rand, ctr) -> torch.Tensor:
         _, c, h, w = x.shape
         s = max(min(round(math.sqrt(p * h * w)), min(h, w) - 1), 1)
-        window = _window(x, s, rand, ctr)
-        signs = _signs(rand.uniform(ctr + 2, (c, 1, 1), x.dtype))
+        u = rand.uniform(ctr, (2 + c,), torch.float64)  # one keyed draw per step
+        window = _window(x, s, _offset(u[:, 0], h - s), _offset(u[:, 1], w - s))
+        signs = _signs(u[:, 2:]).to(x.dtype).reshape(-1, c, 1, 1)
         return torch.where(window, (x + self.threat.size * signs).clamp(0.0, 1.0), cur)
 
     # ℓ2: Alg. 3 -------------------------------------------------------------------------------
@@ -326,12 +327,10 @@ class Square(Attack):
         patch = meta_patch(s, x)
         delta = torch.zeros_like(x)
         top, left = (h - s * (h // s)) // 2, (w - s * (w // s)) // 2
-        k = 0
-        for r0 in range(top, h - s + 1, s):
-            for c0 in range(left, w - s + 1, s):
-                sign = _signs(rand.uniform(ctr + 1 + k, (c, 1, 1), x.dtype))
-                delta[:, :, r0 : r0 + s, c0 : c0 + s] += patch * sign
-                k += 1
+        tiles = [(r0, c0) for r0 in range(top, h - s + 1, s) for c0 in range(left, w - s + 1, s)]
+        signs = _signs(rand.uniform(ctr, (len(tiles), c, 1, 1), x.dtype))
+        for k, (r0, c0) in enumerate(tiles):
+            delta[:, :, r0 : r0 + s, c0 : c0 + s] += patch * signs[:, k]
         norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
         return (x + self.threat.size * delta / _rows(norm, x)).clamp(0.0, 1.0)
 
@@ -343,10 +342,12 @@ class Square(Attack):
         _, c, h, w = x.shape
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + (s % 2 == 0), min(h, w) - 1)
-        delta = cur - x
-        w1 = _window(x, s, rand, ctr).to(x.dtype)
-        w2 = _window(x, s, rand, ctr + 3).to(x.dtype)
+        u = rand.uniform(ctr, (5 + c,), torch.float64)  # one keyed draw per step
+        r1, c1 = _offset(u[:, 0], h - s), _offset(u[:, 1], w - s)
+        w1 = _window(x, s, r1, c1).to(x.dtype)
+        w2 = _window(x, s, _offset(u[:, 2], h - s), _offset(u[:, 3], w - s)).to(x.dtype)
         both = torch.maximum(w1, w2)
+        delta = cur - x
 
         def chan_norm(t: torch.Tensor) -> torch.Tensor:
             return t.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
@@ -354,8 +355,8 @@ class Square(Attack):
         norm_w1 = chan_norm(delta * w1)
         norm_img = chan_norm(delta)
         norm_both = chan_norm(delta * both)
-        patch = _place(meta_patch(s, x), x, s, rand, ctr)  # (B, C=1, H, W), zero outside W1
-        signs = _signs(rand.uniform(ctr + 6, (c, 1, 1), x.dtype))
+        patch = _place(meta_patch(s, x), x, s, r1, c1, u[:, 4] < 0.5) * w1
+        signs = _signs(u[:, 5:]).to(x.dtype).reshape(-1, c, 1, 1)
         new = patch * signs + delta * w1 / (1e-10 + norm_w1)
         budget = ((eps**2 - norm_img**2).clamp_min(0.0) / c + norm_both**2).sqrt()
         new = new / chan_norm(new).clamp_min(1e-12) * budget
@@ -369,29 +370,36 @@ def _signs(u: torch.Tensor) -> torch.Tensor:
     return torch.where(u < 0.5, -torch.ones_like(u), torch.ones_like(u))
 
 
-def _window(x: torch.Tensor, s: int, rand: KeyedRandom, ctr: int) -> torch.Tensor:
-    """Bool (B, 1, H, W): an s × s window at a keyed random position per example."""
+def _offset(u: torch.Tensor, high: int) -> torch.Tensor:
+    """Integers uniform in [0, high] from uniforms in [0, 1), shape (B,)."""
+    return (u * (high + 1)).floor().long().clamp(0, high)
+
+
+def _window(x: torch.Tensor, s: int, r0: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """Bool (B, 1, H, W): the s × s window with top-left corner (r0, c0) per example."""
     _, _, h, w = x.shape
-    r0 = rand.randint(ctr, 0, h - s).reshape(-1, 1, 1)
-    c0 = rand.randint(ctr + 1, 0, w - s).reshape(-1, 1, 1)
+    r0, c0 = r0.reshape(-1, 1, 1), c0.reshape(-1, 1, 1)
     ar_h = torch.arange(h, device=x.device).reshape(1, h, 1)
     ar_w = torch.arange(w, device=x.device).reshape(1, 1, w)
     return ((ar_h >= r0) & (ar_h < r0 + s) & (ar_w >= c0) & (ar_w < c0 + s))[:, None]
 
 
-def _place(patch: torch.Tensor, x: torch.Tensor, s: int, rand: KeyedRandom, ctr: int):
-    """The s × s ``patch`` (transposed for a keyed half of the examples) written into the
-    window of :func:`_window` ``(x, s, rand, ctr)``; zero elsewhere. Shape (B, 1, H, W)."""
+def _place(
+    patch: torch.Tensor,
+    x: torch.Tensor,
+    s: int,
+    r0: torch.Tensor,
+    c0: torch.Tensor,
+    flip: torch.Tensor,
+) -> torch.Tensor:
+    """The s × s ``patch`` (transposed where ``flip``) with its corner at (r0, c0), per
+    example, shape (B, 1, H, W); outside the window the edge values repeat (mask it)."""
     b, _, h, w = x.shape
-    flip = rand.uniform(ctr + 2, (1,), x.dtype).reshape(-1, 1, 1) < 0.5
-    pb = torch.where(flip, patch.T.expand(b, s, s), patch.expand(b, s, s))
-    r0 = rand.randint(ctr, 0, h - s).reshape(-1, 1)
-    c0 = rand.randint(ctr + 1, 0, w - s).reshape(-1, 1)
-    ri = (torch.arange(h, device=x.device).reshape(1, h) - r0).clamp(0, s - 1)
-    ci = (torch.arange(w, device=x.device).reshape(1, w) - c0).clamp(0, s - 1)
+    pb = torch.where(flip.reshape(-1, 1, 1), patch.T.expand(b, s, s), patch.expand(b, s, s))
+    ri = (torch.arange(h, device=x.device).reshape(1, h) - r0.reshape(-1, 1)).clamp(0, s - 1)
+    ci = (torch.arange(w, device=x.device).reshape(1, w) - c0.reshape(-1, 1)).clamp(0, s - 1)
     rows = pb.gather(1, ri[:, :, None].expand(b, h, s))
-    full = rows.gather(2, ci[:, None, :].expand(b, h, w))
-    return full[:, None] * _window(x, s, rand, ctr).to(x.dtype)
+    return rows.gather(2, ci[:, None, :].expand(b, h, w))[:, None]
 
 
 def _rect_patch(a: int, bw: int) -> torch.Tensor:

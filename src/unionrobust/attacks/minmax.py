@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unionrobust.atomic import atomic_path
+from unionrobust.atomic import atomic_savefig
 from unionrobust.attacks.base import autocast_for, frozen_model, loss_and_grad, misclassified
 from unionrobust.attacks.pgd import (
     INIT_COUNTER,
@@ -519,8 +519,4 @@ def plot_weights(result: MinMaxResult, path: str | os.PathLike, title: str = "")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    atomic_savefig(fig, path, dpi=100)

@@ -10,9 +10,9 @@ import torch
 
 from unionrobust.cli.cmd_eval import (
     add_model_data_arguments,
+    batches,
     int_arg,
     load_model_and_data,
-    one_line_errors,
 )
 from unionrobust.errors import UnionRobustError
 
@@ -36,7 +36,6 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     add_model_data_arguments(parser)
     a = parser.add_argument_group("attack")
@@ -82,9 +81,8 @@ def run(args: argparse.Namespace) -> int:
         atk = make(beta)
         flags = []
         t0 = time.perf_counter()
-        for s in range(0, x.shape[0], batch):
-            xb, yb = x[s : s + batch].to(device), y[s : s + batch].to(device)
-            res = atk(model, xb, yb, torch.arange(s, s + xb.shape[0], device=device))
+        for _, xb, yb, ids in batches(x, y, batch, device):
+            res = atk(model, xb, yb, ids)
             ok = affine_contains(res, xb, atk)
             flags.append((~(res.success & ok)).cpu())
         seconds[beta] = time.perf_counter() - t0
@@ -107,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(["attack", "accuracy %", "seconds"], rows))
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         write_json(
             out / "report.json",
             {

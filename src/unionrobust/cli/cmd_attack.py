@@ -9,9 +9,9 @@ from pathlib import Path
 from unionrobust.cli.cmd_eval import (
     DEFAULT_THREATS,
     add_model_data_arguments,
+    batches,
     int_arg,
     load_model_and_data,
-    one_line_errors,
 )
 from unionrobust.errors import unknown_name
 
@@ -38,7 +38,6 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     add_model_data_arguments(parser)
     a = parser.add_argument_group("attack")
@@ -113,11 +112,8 @@ def run(args: argparse.Namespace) -> int:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=count, desc=args.attack, unit="ex", leave=False)
-    for start in range(0, count, batch_size):
-        sl = slice(start, min(start + batch_size, count))
-        xb = x[sl].to(device)
-        yb = y[sl].to(device)
-        ids = torch.arange(sl.start, sl.stop, device=device)
+    for start, xb, yb, ids in batches(x, y, batch_size, device):
+        sl = slice(start, start + xb.shape[0])
         with torch.no_grad():
             clean_ok[sl] = (model(xb).argmax(1) == yb).cpu()
         result = attack(model, xb, yb, example_ids=ids)

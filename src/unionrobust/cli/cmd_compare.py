@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from unionrobust.cli.cmd_eval import one_line_errors
-
 HELP = "train P-inf, MAX, AVG, MSD, E-AT (or others) side by side and compare their robustness"
 DESCRIPTION = """\
 The main job: train small models with several strategies on the embedded MNIST subset
@@ -24,7 +22,6 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     parser.add_argument(
         "--strategies", default="pinf,max,avg,msd,eat",

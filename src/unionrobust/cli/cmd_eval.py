@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from unionrobust.errors import UnionRobustError
 
@@ -60,16 +60,6 @@ def parse_scales(text: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------- shared arguments
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make argparse usage errors a single line with exit code 2 (like every other error)."""
-
-    def error(message: str) -> NoReturn:
-        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = error  # type: ignore[method-assign]
-
-
 def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--model/--model-module/--weights, --data/--root/--split/--n, --batch-size, --seed,
     --device: the arguments every command that runs a model on data shares."""
@@ -201,9 +191,19 @@ def load_model_and_data(args: argparse.Namespace):
     return model, x, y, device, meta
 
 
+def batches(x, y, batch_size: int, device):
+    """Yield ``(start, xb, yb, ids)`` over consecutive batches moved to ``device``; ``ids`` are the
+    examples' positions in ``x`` (attack example ids: results do not depend on batching)."""
+    import torch
+
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        yield start, xb, yb, torch.arange(start, start + xb.shape[0], device=device)
+
+
 # --------------------------------------------------------------------------- the command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     add_model_data_arguments(parser)
     e = parser.add_argument_group("evaluation")

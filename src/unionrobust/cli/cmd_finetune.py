@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unionrobust.cli.cmd_eval import one_line_errors
-from unionrobust.cli.cmd_train import report
+from unionrobust.cli.cmd_train import fit_and_report
 from unionrobust.errors import UnionRobustError
 
 HELP = "fine-tune existing weights with E-AT (or any strategy), lr divided by 10 each epoch"
@@ -25,7 +24,6 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     parser.add_argument("--weights", required=True, metavar="FILE", help="initial weights")
     parser.add_argument("--model", metavar="NAME", help="architecture (default: the config's)")
@@ -70,17 +68,8 @@ def finetune_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from unionrobust.training.config import load_config
-    from unionrobust.training.distributed import shutdown
-    from unionrobust.training.trainer import Trainer
 
     if args.epochs < 1:
         raise UnionRobustError(f"--epochs must be >= 1, got {args.epochs}")
     cfg = load_config(args.config, finetune_overrides(args) + list(args.overrides))
-    trainer = Trainer(cfg, args.out, resume=args.resume)
-    try:
-        result = trainer.fit()
-    finally:
-        shutdown(trainer.ctx)
-    if trainer.ctx.is_main:
-        report(result)
-    return 0
+    return fit_and_report(cfg, args.out, args.resume)

@@ -9,9 +9,9 @@ import torch
 
 from unionrobust.cli.cmd_eval import (
     add_model_data_arguments,
+    batches,
     int_arg,
     load_model_and_data,
-    one_line_errors,
 )
 from unionrobust.errors import UnionRobustError
 
@@ -59,7 +59,6 @@ def add_attack_arguments(a: argparse._ArgumentGroup, steps: str = "50") -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     parser.add_argument("mode", choices=MODES, help="which domains: " + ", ".join(MODES))
     add_model_data_arguments(parser)
@@ -175,12 +174,7 @@ def run_batched(attack, domains, x, y, device, batch: int):
 
     if isinstance(domains, UniversalGroups):
         batch = max(domains.group, batch - batch % domains.group)
-    out = []
-    for s in range(0, x.shape[0], batch):
-        xb, yb = x[s : s + batch].to(device), y[s : s + batch].to(device)
-        ids = torch.arange(s, s + xb.shape[0], device=device)
-        out.append(attack(domains, xb, yb, ids))
-    return merge(out)
+    return merge([attack(domains, xb, yb, ids) for _, xb, yb, ids in batches(x, y, batch, device)])
 
 
 def lift(new: float, base: float) -> str:

@@ -10,9 +10,9 @@ import torch
 
 from unionrobust.cli.cmd_eval import (
     add_model_data_arguments,
+    batches,
     int_arg,
     load_model_and_data,
-    one_line_errors,
 )
 from unionrobust.errors import UnionRobustError
 
@@ -31,7 +31,6 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     add_model_data_arguments(parser)
     a = parser.add_argument_group("attack")
@@ -72,9 +71,8 @@ def run(args: argparse.Namespace) -> int:
     batch = int_arg(args.batch_size, "--batch-size", 1)
     broken, params, clean = [], [], []
     t0 = time.perf_counter()
-    for s in range(0, x.shape[0], batch):
-        xb, yb = x[s : s + batch].to(device), y[s : s + batch].to(device)
-        res = atk(model, xb, yb, torch.arange(s, s + xb.shape[0], device=device))
+    for _, xb, yb, ids in batches(x, y, batch, device):
+        res = atk(model, xb, yb, ids)
         ok = threat.contains(res.x_adv - xb, xb, params=res.params)
         with torch.no_grad():
             clean.append((model(xb).argmax(1) == yb).cpu())
@@ -90,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(["", "accuracy %", "seconds"], rows))
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         write_json(
             out / "report.json",
             {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unionrobust.cli.cmd_eval import one_line_errors
 from unionrobust.errors import UnionRobustError
 
 HELP = "train a model (MSD, MAX, AVG, SAT, E-AT, min-max, ...) from a YAML config"
@@ -28,7 +27,6 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.epilog = EPILOG
     parser.add_argument(
         "--config", metavar="NAME_OR_PATH", help="YAML file or built-in name ('list' shows them)"
@@ -90,16 +88,12 @@ def report(result) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.config == "list":
-        return list_configs()
-    if not args.out:
-        raise UnionRobustError("give --out DIR")
+def fit_and_report(cfg, out: str, resume: bool) -> int:
+    """Train ``cfg`` into ``out`` (all processes under torchrun); the main process reports."""
     from unionrobust.training.distributed import shutdown
     from unionrobust.training.trainer import Trainer
 
-    cfg = resolve_config(args)
-    trainer = Trainer(cfg, args.out, resume=args.resume)
+    trainer = Trainer(cfg, out, resume=resume)
     try:
         result = trainer.fit()
     finally:
@@ -107,3 +101,11 @@ def run(args: argparse.Namespace) -> int:
     if trainer.ctx.is_main:
         report(result)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config == "list":
+        return list_configs()
+    if not args.out:
+        raise UnionRobustError("give --out DIR")
+    return fit_and_report(resolve_config(args), args.out, args.resume)

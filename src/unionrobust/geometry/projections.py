@@ -142,12 +142,15 @@ def _l2_box_scale_active(
     absa: torch.Tensor, room: torch.Tensor, e2: torch.Tensor, inside: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Active-set iterations of :func:`l2_box_scale` on |a| and the box room u ≥ 0 in a's
-    direction (input dtype; sums accumulated in float64). Coordinate i is clipped at t iff
-    t·|a_i| ≥ u_i. Returns (t, done), t a float64 (B, 1) column, done marking settled rows.
+    direction. Coordinate i is clipped at t iff t·|a_i| ≥ u_i. Returns (t, done), t a float64
+    (B, 1) column, done marking settled rows.
 
-    Masks are float 0/1 tensors written with ``out=`` (bool masks and ``where`` cost 3-10× more
-    on CPU); comparing in the input dtype only moves the clipped/free split of coordinates
-    within an ulp of their breakpoint, where both formulas give the same value (g is continuous).
+    Elementwise work stays in the input dtype (float32 halves the memory traffic, which is what
+    these passes cost) and every sum is accumulated in float64. For float32 input the squares
+    a², u² are rounded to float32 (relative 6e-8, like the input itself); comparing with t
+    rounded to the input dtype only moves coordinates within an ulp of their breakpoint, where
+    g is continuous. Masks are float 0/1 tensors written with ``out=`` and masked sums are
+    products (bool masks, ``where`` and small ``bmm`` cost 3-10× more on CPU).
     """
     w = torch.float64
     dt = absa.dtype
@@ -333,13 +336,15 @@ def l1_box_threshold(
 def _l1_box_threshold_newton(
     aa: torch.Tensor, uu: torch.Tensor, ew: torch.Tensor, inside: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Newton iterations of :func:`l1_box_threshold` on |a| and the room u (input dtype; sums
-    accumulated in float64). Returns (λ, done), λ a float64 (B, 1) column.
+    """Newton iterations of :func:`l1_box_threshold` on |a| and the room u (input dtype, sums
+    accumulated in float64: the masked products are exact, so λ is). Returns (λ, done), λ a
+    float64 (B, 1) column.
 
     Just right of λ, L = {|a_i| > λ, |a_i| − u_i ≤ λ} moves and U = {|a_i| − u_i > λ} sits at
-    its bound (U ⊂ {|a_i| > λ}, so L = M − U as 0/1 floats). Masks are float tensors written with
-    ``out=`` (bool masks and ``where`` cost 3-10× more on CPU); comparing with λ rounded to the
+    its bound (U ⊂ {|a_i| > λ}, so L = M − U as 0/1 floats). Comparing with λ rounded to the
     input dtype only moves coordinates within an ulp of a breakpoint, where f is continuous.
+    Masks are float tensors written with ``out=`` and masked sums are products (bool masks,
+    ``where`` and small ``bmm`` cost 3-10× more on CPU).
     """
     w = torch.float64
     dt = aa.dtype

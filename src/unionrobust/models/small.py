@@ -17,6 +17,20 @@ def _flat_dim(features: nn.Module, in_channels: int, size: tuple[int, int]) -> i
     return int(out[0].numel())
 
 
+def _conv_pool_conv_pool(
+    in_channels: int, c1: int, c2: int, kernel: int, padding: int = 0
+) -> nn.Sequential:
+    """conv(c1) -> ReLU -> maxpool 2 -> conv(c2) -> ReLU -> maxpool 2, the small nets' features."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c1, kernel, padding=padding),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, kernel, padding=padding),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
 class _FeaturesClassifier(nn.Module):
     """``classifier(flatten(features(x)))`` — the common shape of the small nets."""
 
@@ -37,14 +51,7 @@ class SmallCNN(_FeaturesClassifier):
 
     def __init__(self, num_classes: int, in_channels: int, size: tuple[int, int]) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+        self.features = _conv_pool_conv_pool(in_channels, 16, 32, 3, padding=1)
         flat = _flat_dim(self.features, in_channels, size)
         self.classifier = nn.Sequential(nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
@@ -58,14 +65,7 @@ class MadryMNISTCNN(_FeaturesClassifier):
 
     def __init__(self, num_classes: int, in_channels: int, size: tuple[int, int]) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+        self.features = _conv_pool_conv_pool(in_channels, 32, 64, 5, padding=2)
         flat = _flat_dim(self.features, in_channels, size)
         self.classifier = nn.Sequential(
             nn.Linear(flat, 1024), nn.ReLU(), nn.Linear(1024, num_classes)
@@ -102,14 +102,7 @@ class LeNet(_FeaturesClassifier):
 
     def __init__(self, num_classes: int, in_channels: int, size: tuple[int, int]) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+        self.features = _conv_pool_conv_pool(in_channels, 6, 16, 5)
         flat = _flat_dim(self.features, in_channels, size)
         self.classifier = nn.Sequential(
             nn.Linear(flat, 120),
@@ -129,14 +122,7 @@ class LeNetV2(_FeaturesClassifier):
 
     def __init__(self, num_classes: int, in_channels: int, size: tuple[int, int]) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+        self.features = _conv_pool_conv_pool(in_channels, 32, 64, 3)
         flat = _flat_dim(self.features, in_channels, size)
         self.classifier = nn.Sequential(
             nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, num_classes)

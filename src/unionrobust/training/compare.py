@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from unionrobust.atomic import atomic_path, atomic_write_text
+from unionrobust.atomic import atomic_savefig, atomic_write_text
 from unionrobust.errors import UnionRobustError
 from unionrobust.training.config import builtin_configs, load_config
 
@@ -84,11 +84,7 @@ def _plot(rows: list[dict[str, Any]], threats: list[str], path: Path) -> str | N
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncol=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    atomic_savefig(fig, path, dpi=120)
     return None
 
 

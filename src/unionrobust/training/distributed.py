@@ -11,6 +11,7 @@ size are exact for clean, per-threat, union and average accuracy). Only rank 0 w
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,24 @@ def init_distributed(device: str = "auto") -> DistContext:
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistContext(rank=rank, world=world, local_rank=local_rank, device=dev)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a single-machine process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_local_cpu(rank: int, world: int, port: int) -> DistContext:
+    """Join a single-machine gloo group as ``rank`` of ``world`` without torchrun (e.g. from
+    ``torch.multiprocessing.spawn``), with one intra-op thread per process."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    return init_distributed("cpu")
 
 
 def shutdown(ctx: DistContext) -> None:

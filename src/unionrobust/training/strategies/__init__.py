@@ -5,6 +5,7 @@
 """
 
 from unionrobust.training.strategies.base import Strategy, StrategyOutput
+from unionrobust.training.strategies.domains import MinMaxTransforms
 from unionrobust.training.strategies.eat import EAT, EATUniform
 from unionrobust.training.strategies.minmax import MinMax
 from unionrobust.training.strategies.msd import MSDStrategy
@@ -28,6 +29,7 @@ __all__ = [
     "MSDStrategy",
     "Max",
     "MinMax",
+    "MinMaxTransforms",
     "Natural",
     "Objective",
     "SingleThreat",

@@ -18,7 +18,7 @@ member's norm name (``{"l1": "slide"}``; members left out get the default):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -190,6 +190,20 @@ class AdversarialStrategy(Strategy):
             return attack(model, x, y, example_ids)
         finally:
             attack.loss_fn = saved
+
+    def attack_members(
+        self,
+        members: Iterable[int],
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        example_ids: torch.Tensor | None,
+        seed: int,
+    ) -> list[AttackResult]:
+        """Attack each member in ``members`` (see :meth:`run_attack`), sharing one eval-mode
+        clean forward (only made when the attack loss needs it)."""
+        clean = self.eval_logits(model, x)
+        return [self.run_attack(i, model, x, y, example_ids, seed, clean) for i in members]
 
     def loss_step(
         self,

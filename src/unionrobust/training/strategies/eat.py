@@ -99,8 +99,7 @@ class EAT(AdversarialStrategy):
     ) -> StrategyOutput:
         p1, pinf = self.probabilities()
         j = 0 if batch_uniform(self.seed, self.batches) < p1 else 1  # 0: l1, 1: linf
-        clean = self.eval_logits(model, x)
-        res = self.run_attack(self.extremes[j], model, x, y, example_ids, seed, clean)
+        (res,) = self.attack_members([self.extremes[j]], model, x, y, example_ids, seed)
         loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
         rerr = float(global_mean(res.success.float().mean()))
         self.rerr_sum[j] += rerr

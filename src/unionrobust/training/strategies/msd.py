@@ -62,8 +62,7 @@ class MSDStrategy(AdversarialStrategy):
         example_ids: torch.Tensor | None,
         seed: int,
     ) -> StrategyOutput:
-        clean = self.eval_logits(model, x)
-        res = self.run_attack(0, model, x, y, example_ids, seed, clean)
+        (res,) = self.attack_members([0], model, x, y, example_ids, seed)
         loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
         k = len(self.threats)
         index = res.threat_index if res.threat_index is not None else torch.full_like(y, -1)

@@ -11,6 +11,7 @@ import inspect
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.threats import ThreatModel, Union, parse
 from unionrobust.training.strategies.base import Strategy
+from unionrobust.training.strategies.domains import MinMaxTransforms
 from unionrobust.training.strategies.eat import EAT, EATUniform
 from unionrobust.training.strategies.minmax import MinMax
 from unionrobust.training.strategies.msd import MSDStrategy
@@ -33,6 +34,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         EATUniform,
         MinMax,
         Universal,
+        MinMaxTransforms,
     )
 }
 

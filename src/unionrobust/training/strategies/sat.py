@@ -29,8 +29,7 @@ class SAT(AdversarialStrategy):
         seed: int,
     ) -> StrategyOutput:
         i = self.choose()
-        clean = self.eval_logits(model, x)
-        res = self.run_attack(i, model, x, y, example_ids, seed, clean)
+        (res,) = self.attack_members([i], model, x, y, example_ids, seed)
         loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
         stats = {f"chose_{lab}": float(j == i) for j, lab in enumerate(self.labels)}
         stats["attack_success"] = float(res.success.float().mean())

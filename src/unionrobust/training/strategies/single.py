@@ -54,7 +54,6 @@ class SingleThreat(AdversarialStrategy):
         example_ids: torch.Tensor | None,
         seed: int,
     ) -> StrategyOutput:
-        clean = self.eval_logits(model, x)
-        res = self.run_attack(0, model, x, y, example_ids, seed, clean)
+        (res,) = self.attack_members([0], model, x, y, example_ids, seed)
         loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
         return StrategyOutput(loss, logits, {"attack_success": float(res.success.float().mean())})

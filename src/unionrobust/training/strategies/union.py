@@ -33,11 +33,7 @@ class Max(AdversarialStrategy):
         example_ids: torch.Tensor | None,
         seed: int,
     ) -> StrategyOutput:
-        clean = self.eval_logits(model, x)
-        results = [
-            self.run_attack(i, model, x, y, example_ids, seed, clean)
-            for i in range(len(self.threats))
-        ]
+        results = self.attack_members(range(len(self.threats)), model, x, y, example_ids, seed)
         losses = torch.stack([r.loss for r in results])  # (K, B)
         won = losses.argmax(dim=0)
         rows = torch.arange(x.shape[0], device=x.device)
@@ -61,11 +57,7 @@ class Avg(AdversarialStrategy):
         example_ids: torch.Tensor | None,
         seed: int,
     ) -> StrategyOutput:
-        clean = self.eval_logits(model, x)
-        results = [
-            self.run_attack(i, model, x, y, example_ids, seed, clean)
-            for i in range(len(self.threats))
-        ]
+        results = self.attack_members(range(len(self.threats)), model, x, y, example_ids, seed)
         loss, logits, terms = self.loss_step(model, x, y, [r.x_adv for r in results])
         means = terms.detach().mean(dim=1).tolist()
         stats = {f"loss_{lab}": float(t) for lab, t in zip(self.labels, means, strict=True)}
