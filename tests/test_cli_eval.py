@@ -44,13 +44,16 @@ def cli(*argv: str) -> int:
     return cli_main.main(list(argv))
 
 
+def on_fitted(command: str, weights, *extra: str) -> int:
+    """`unionrobust COMMAND` on the fitted small-cnn against THREATS, without progress bars."""
+    return cli(command, "--model", "small-cnn", "--weights", str(weights), "--threats", THREATS,
+               "--no-progress", *extra)  # fmt: skip
+
+
 def eval_quick(weights, out, *extra: str) -> int:
     """`unionrobust eval` of the fitted small-cnn on 20 points with the quick suite."""
-    return cli(
-        "eval", "--model", "small-cnn", "--weights", str(weights), "--n", "20",
-        "--threats", THREATS, "--suite", "quick", "--batch-size", "8", "--out", str(out),
-        "--no-progress", *extra,
-    )  # fmt: skip
+    return on_fitted("eval", weights, "--n", "20", "--suite", "quick", "--batch-size", "8",
+                     "--out", str(out), *extra)  # fmt: skip
 
 
 def test_eval_end_to_end_matches_the_api(weights, tmp_path, capsys):
@@ -134,23 +137,8 @@ def test_attack_end_to_end(weights, tmp_path, capsys):
     from safetensors.torch import load_file
 
     out = tmp_path / "adv"
-    code = cli(
-        "attack",
-        "--model",
-        "small-cnn",
-        "--weights",
-        str(weights),
-        "--n",
-        "16",
-        "--attack",
-        "pgd",
-        "--steps",
-        "10",
-        "--threats",
-        THREATS,
-        "--out",
-        str(out),
-        "--no-progress",
+    code = on_fitted(
+        "attack", weights, "--n", "16", "--attack", "pgd", "--steps", "10", "--out", str(out)
     )
     assert code == 0
     screen = capsys.readouterr().out
@@ -179,25 +167,7 @@ def test_attack_end_to_end(weights, tmp_path, capsys):
 
 
 def test_attack_msd(weights, capsys):
-    assert (
-        cli(
-            "attack",
-            "--model",
-            "small-cnn",
-            "--weights",
-            str(weights),
-            "--n",
-            "8",
-            "--attack",
-            "msd",
-            "--steps",
-            "5",
-            "--threats",
-            THREATS,
-            "--no-progress",
-        )
-        == 0
-    )
+    assert on_fitted("attack", weights, "--n", "8", "--attack", "msd", "--steps", "5") == 0
     assert "attack msd" in capsys.readouterr().out
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -13,6 +12,7 @@ from unionrobust.cli.cmd_eval import (
     batches,
     int_arg,
     load_model_and_data,
+    write_report,
 )
 from unionrobust.errors import UnionRobustError
 
@@ -51,7 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unionrobust.attacks.affine import AffineLp, AffineSpatial, affine_contains, check_betas
-    from unionrobust.evaluation.verdicts import write_json
     from unionrobust.reporting.tables import format_table
     from unionrobust.threats import RotationTranslation, parse
 
@@ -104,9 +103,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(["attack", "accuracy %", "seconds"], rows))
     if args.out:
-        out = Path(args.out)
-        write_json(
-            out / "report.json",
+        path = write_report(
+            args.out,
             {
                 "threats": union.spec,
                 "betas": list(betas),
@@ -117,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
                 "model": meta,
             },
         )
-        print(f"wrote {out / 'report.json'}")
+        print(f"wrote {path}")
     return 0

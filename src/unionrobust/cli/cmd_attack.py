@@ -12,6 +12,7 @@ from unionrobust.cli.cmd_eval import (
     batches,
     int_arg,
     load_model_and_data,
+    write_report,
 )
 from unionrobust.errors import unknown_name
 
@@ -86,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
     from unionrobust._version import __version__
     from unionrobust.evaluation.engine import recheck
     from unionrobust.evaluation.metrics import proportion
-    from unionrobust.evaluation.verdicts import write_json
     from unionrobust.threats import parse
 
     if args.attack == "list":
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"rejected by the re-check: {report['rejected']}")
     if args.out:
         out = Path(args.out)
-        write_json(out / "report.json", report)
+        write_report(out, report)
         _save_adversarial(
             out / "adversarial.safetensors",
             {"x_adv": x_adv, "y": y, "success": success, "threat_index": which},

@@ -191,6 +191,13 @@ def load_model_and_data(args: argparse.Namespace):
     return model, x, y, device, meta
 
 
+def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` atomically as ``OUT_DIR/report.json`` (folder created); return the path."""
+    from unionrobust.evaluation.verdicts import write_json
+
+    return write_json(Path(out_dir) / "report.json", report)
+
+
 def batches(x, y, batch_size: int, device):
     """Yield ``(start, xb, yb, ids)`` over consecutive batches moved to ``device``; ``ids`` are the
     examples' positions in ``x`` (attack example ids: results do not depend on batching)."""

@@ -12,6 +12,7 @@ from unionrobust.cli.cmd_eval import (
     batches,
     int_arg,
     load_model_and_data,
+    write_report,
 )
 from unionrobust.errors import UnionRobustError
 
@@ -183,7 +184,6 @@ def lift(new: float, base: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from unionrobust.attacks.minmax import DomainMinMax, plot_weights
-    from unionrobust.evaluation.verdicts import write_json
     from unionrobust.reporting.tables import format_table
     from unionrobust.threats import parse
 
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
                 label: res.fooled_history.double().tolist() for label, res in results.items()
             },
         }
-        write_json(out / "report.json", report)
+        write_report(out, report)
         try:
             plot_weights(mm, out / "weights.png", title=f"{args.mode}: {threat.spec}")
         except UnionRobustError as err:

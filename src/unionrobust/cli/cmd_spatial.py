@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -13,6 +12,7 @@ from unionrobust.cli.cmd_eval import (
     batches,
     int_arg,
     load_model_and_data,
+    write_report,
 )
 from unionrobust.errors import UnionRobustError
 
@@ -45,7 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unionrobust.attacks.spatial import GridAttack, WorstOfK
-    from unionrobust.evaluation.verdicts import write_json
     from unionrobust.reporting.tables import format_table
     from unionrobust.threats import RotationTranslation, parse
 
@@ -87,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"spatial attack, lattice {threat.grid().shape[0]} points, {x.shape[0]} inputs")
     print(format_table(["", "accuracy %", "seconds"], rows))
     if args.out:
-        out = Path(args.out)
-        write_json(
-            out / "report.json",
+        path = write_report(
+            args.out,
             {
                 "threat": threat.spec,
                 "attack": atk.name,
@@ -102,5 +100,5 @@ def run(args: argparse.Namespace) -> int:
                 "model": meta,
             },
         )
-        print(f"wrote {out / 'report.json'}")
+        print(f"wrote {path}")
     return 0
