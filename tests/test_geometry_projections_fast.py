@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-from test_geometry_projections import _as_torch_eps, _eps_rows, batches, ref_l1_box, ref_l2_box
 
+from test_geometry_projections import _as_torch_eps, _eps_rows, batches, ref_l1_box, ref_l2_box
 from unionrobust.geometry import projections as P
+from unionrobust.geometry import steps as S
 
 CASES = [
     (P.project_l2_box, P._project_l2_box_masked, ref_l2_box, ("active-set", "sort")),
@@ -61,3 +62,61 @@ def test_unknown_method_raises(proj):
     a, x = torch.ones(2, 3), torch.zeros(2, 3)
     with pytest.raises(ValueError):
         proj(a, x, 0.5, "bisect")
+
+
+# ------------------------------------------------------------ steps: chunked top-k, fast paths
+
+
+def _ref_topk_direction(flat, k_t, score):
+    """The tie-breaking rule spelled out: the k largest scores, ties towards low indices."""
+    out = torch.zeros_like(flat)
+    for i in range(flat.shape[0]):
+        order = sorted(range(flat.shape[1]), key=lambda j: (-float(score[i, j]), j))
+        pick = [j for j in order[: int(k_t[i])] if score[i, j] > 0]
+        for j in pick:
+            out[i, j] = torch.sign(flat[i, j]) / max(len(pick), 1)
+    return out
+
+
+@pytest.mark.parametrize("d", [5, 64, 300, 784])
+def test_chunked_top_values_equal_topk(d):
+    g = torch.Generator().manual_seed(d)
+    s = torch.randint(0, 6, (7, d), generator=g).float()  # many ties and zeros
+    for k in sorted({1, min(3, d), min(d // 64 + 1, d), min(2 * (d // 64), d), min(20, d), d}):
+        assert torch.equal(S._top_values(s, k), s.topk(k, dim=1).values)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_l1_topk_direction_fast_path_matches_rule(ties):
+    g = torch.Generator().manual_seed(int(ties))
+    grad = torch.randn(6, 300, generator=g)
+    if ties:
+        grad = torch.round(grad * 2) / 2  # ties at the k-th value overflow the k slots
+    grad[0] = 0.0
+    x_adv = torch.rand(6, 300, generator=g).round()
+    mov = S.box_movable(grad, x_adv)
+    k = torch.tensor([1, 3, 7, 13, 20, 5])
+    out = S.l1_topk_direction(grad, k, mov, k_max=20)
+    ref = _ref_topk_direction(grad, k, grad.abs() * mov)
+    assert torch.allclose(out, ref, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 0.9, 0.99])
+def test_slide_direction_threshold_matches_kthvalue(q):
+    g = torch.Generator().manual_seed(7)
+    grad = torch.round(torch.randn(5, 784, generator=g) * 4) / 4
+    rank = S.percentile_index(q, 784)
+    thr = grad.abs().kthvalue(rank + 1, dim=1, keepdim=True).values
+    e = torch.sign(grad) * ((grad.abs() >= thr) & (grad != 0))
+    ref = e / e.abs().sum(dim=1, keepdim=True).clamp_min(1)
+    assert torch.equal(S.slide_direction(grad, q), ref)
+
+
+def test_box_movable_matches_its_definition_on_edge_values():
+    vals = [-2, -1, -1e-30, -0.0, 0.0, 1e-45, 1e-30, 0.3, 1 - 1e-7, 1, 1 + 1e-7, 2]
+    vals += [float("nan"), float("inf"), -float("inf")]
+    for dtype in (torch.float32, torch.float64):
+        t = torch.tensor(vals, dtype=dtype)
+        g, x = torch.meshgrid(t, t, indexing="ij")
+        ref = ~(((x >= 1) & (g > 0)) | ((x <= 0) & (g < 0)))
+        assert torch.equal(S.box_movable(g, x), ref)

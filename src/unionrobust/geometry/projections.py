@@ -358,10 +358,10 @@ def _l1_box_threshold_newton(
         torch.gt(aa, lam_d, out=moving)
         torch.gt(q, lam_d, out=at_bound)
         moving.sub_(at_bound)  # L
-        n_l = moving.sum(dim=1, keepdim=True, dtype=w)
-        s_l = (moving * aa).sum(dim=1, keepdim=True, dtype=w)
-        s_u = (at_bound * uu).sum(dim=1, keepdim=True, dtype=w)
-        new = ((s_l + s_u - ew) / n_l.clamp_min(1)).clamp_min(0)
+        n_l = moving.sum(dim=1, keepdim=True).to(w)  # a count: exact in float32 below 2^24
+        # L and U are disjoint, so each term of L·|a| + U·u is one exact value
+        s_lu = torch.addcmul(moving * aa, at_bound, uu).sum(dim=1, keepdim=True, dtype=w)
+        new = ((s_lu - ew) / n_l.clamp_min(1)).clamp_min(0)
         new = torch.where(n_l > 0, new, lam)  # no moving coordinate: leave it to the sort
         done = done | ((new == lam) & (n_l > 0))
         lam = new
