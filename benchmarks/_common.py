@@ -125,3 +125,33 @@ def machine_note() -> str:
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {kind}, "
         f"load average {load}"
     )
+
+
+def fit_embedded(
+    name: str,
+    epochs: int,
+    *,
+    lr: float = 1e-3,
+    batch: int = 100,
+    seed: int = 0,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Module:
+    """A zoo model after ``epochs`` Adam epochs on the embedded MNIST training split (or
+    ``data``), in a seeded order; returned in eval mode (parameters still trainable)."""
+    from unionrobust.data import load_embedded_mnist
+    from unionrobust.models import build_model
+
+    x, y = load_embedded_mnist("train") if data is None else data
+    torch.manual_seed(seed)
+    model = build_model(name)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, x.shape[0], batch):
+            idx = order[i : i + batch]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()

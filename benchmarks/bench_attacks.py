@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from _common import (
     clock,
+    fit_embedded,
     forward_backward,
     forward_only,
     frozen,
@@ -196,26 +197,9 @@ def cost_tables(args: argparse.Namespace) -> None:
 EPS_STRENGTH = {"linf": 0.1, "l2": 1.0, "l1": 10.0}  # a naturally trained model: smaller radii
 
 
-def train_mnist_cnn(epochs: int, seed: int = 0) -> nn.Module:
-    x, y = load_embedded_mnist("train")
-    torch.manual_seed(seed)
-    model = build_model("mnist-cnn")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=g)
-        for i in range(0, x.shape[0], 100):
-            idx = order[i : i + 100]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return frozen(model)
-
-
 def strength_table(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    model = train_mnist_cnn(args.epochs)
+    model = frozen(fit_embedded("mnist-cnn", args.epochs))
     train_s = time.perf_counter() - t0
     x, y = load_embedded_mnist("test")
     x, y = x[: args.n], y[: args.n]

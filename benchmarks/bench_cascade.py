@@ -36,14 +36,20 @@ def fit(steps: int, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=300)
-    p.add_argument("--suite", default="standard")
+def evaluation_arguments(doc: str, n: int) -> argparse.ArgumentParser:
+    """The options shared by the evaluation benchmarks (this one and bench_suites.py)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--n", type=int, default=n)
     p.add_argument("--threats", default="linf:0.1, l2:1, l1:6")
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def main() -> None:
+    p = evaluation_arguments(__doc__, n=300)
+    p.add_argument("--suite", default="standard")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -19,13 +19,19 @@ import math
 import sys
 
 import torch
-from _common import clock, forward_backward, frozen, machine_note, markdown_table, set_threads
-from torch import nn
+from _common import (
+    clock,
+    fit_embedded,
+    forward_backward,
+    frozen,
+    machine_note,
+    markdown_table,
+    set_threads,
+)
 
 from unionrobust.attacks.registry import make_attack
 from unionrobust.data import load_embedded_mnist
 from unionrobust.evaluation.engine import recheck
-from unionrobust.models import build_model
 from unionrobust.threats import parse
 
 EPS = {"linf": 0.1, "l2": 1.0, "l1": 5.0}
@@ -52,23 +58,6 @@ RUNS = [
 PEERS = {"fb-boundary": "foolbox", "ta-ead": "torchattacks", "ta-square": "torchattacks"}
 
 
-def train(epochs: int, seed: int = 0) -> nn.Module:
-    x, y = load_embedded_mnist("train")
-    torch.manual_seed(seed)
-    model = build_model("small-cnn")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=g)
-        for i in range(0, x.shape[0], 100):
-            idx = order[i : i + 100]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return frozen(model)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=100)
@@ -77,7 +66,7 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args()
     set_threads(args.threads)
-    model = train(args.epochs)
+    model = frozen(fit_embedded("small-cnn", args.epochs))
     x, y = load_embedded_mnist("test")
     x, y = x[: args.n], y[: args.n]
     now = clock()

@@ -19,32 +19,15 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
-from _common import interleaved, machine_note, markdown_table, set_threads
+from _common import fit_embedded, interleaved, machine_note, markdown_table, set_threads
 
 from unionrobust.attacks.affine import AffineLp, AffineSpatial
 from unionrobust.attacks.minmax import DomainMinMax, ModelEnsemble, UniversalGroups
 from unionrobust.attacks.spatial import GridAttack
 from unionrobust.data import load_embedded_mnist
-from unionrobust.models import build_model
 from unionrobust.threats import L1, L2, Linf, RotationTranslation
 
 MODELS = {"A": "mlp", "B": "all-cnn", "C": "lenet", "D": "lenet-v2"}
-
-
-def train(name: str, x, y, epochs: int, seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(name)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(x.shape[0])
-        for s in range(0, x.shape[0], 50):
-            idx = perm[s : s + 50]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def accuracy(model, x, y) -> float:
@@ -162,7 +145,10 @@ def main() -> None:
     xte, yte = load_embedded_mnist("test")
     x, y = xte[:n], yte[:n]
     t0 = time.perf_counter()
-    models = {k: train(name, xtr, ytr, epochs) for k, name in MODELS.items()}
+    models = {
+        k: fit_embedded(name, epochs, lr=2e-3, batch=50, data=(xtr, ytr))
+        for k, name in MODELS.items()
+    }
     print(machine_note())
     print(f"\ntrained A-D for {epochs} epoch(s) in {time.perf_counter() - t0:.0f} s; clean acc:")
     print(markdown_table(list(MODELS), [[100 * accuracy(models[k], xte, yte) for k in MODELS]]))

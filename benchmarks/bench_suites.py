@@ -12,24 +12,18 @@ cascade (like MSD Tables 3-4).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from bench_cascade import fit
+from bench_cascade import evaluation_arguments, fit
 
 from unionrobust.data import as_tensors, get_dataset
 from unionrobust.evaluation import evaluate
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=100)
+    p = evaluation_arguments(__doc__, n=100)
     p.add_argument("--suites", default="quick,standard,full")
-    p.add_argument("--threats", default="linf:0.1, l2:1, l1:6")
-    p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -38,33 +32,55 @@ def main() -> None:
     rows, breakdowns, base = [], {}, None
     for suite in args.suites.split(","):
         cpu = time.process_time()
-        report = evaluate(model, x, y, threats=args.threats, suite=suite.strip(),
-                          batch_size=args.batch_size, progress=False)
+        report = evaluate(
+            model,
+            x,
+            y,
+            threats=args.threats,
+            suite=suite.strip(),
+            batch_size=args.batch_size,
+            progress=False,
+        )
         cpu = time.process_time() - cpu
         base = cpu if base is None else base
         d = report.to_dict()
         per = d["per_threat"]
-        rows.append((suite, d["clean_accuracy"], [per[k]["accuracy"] for k in per],
-                     d["union_accuracy"], d["average_accuracy"], cpu, cpu / base))
+        rows.append(
+            (
+                suite,
+                d["clean_accuracy"],
+                [per[k]["accuracy"] for k in per],
+                d["union_accuracy"],
+                d["average_accuracy"],
+                cpu,
+                cpu / base,
+            )
+        )
         breakdowns[suite] = d.get("per_attack", [])
         threat_names = list(per)
 
-    print(f"\nsmall-cnn, {args.train_steps} training steps, {args.n} test points, threats "
-          f"{args.threats}; accuracy %, CPU seconds and CPU time relative to the first suite\n")
+    print(
+        f"\nsmall-cnn, {args.train_steps} training steps, {args.n} test points, threats "
+        f"{args.threats}; accuracy %, CPU seconds and CPU time relative to the first suite\n"
+    )
     print("| suite | clean | " + " | ".join(threat_names) + " | union | average | CPU s | × |")
     print("|---" * (len(threat_names) + 6) + "|")
     for suite, clean, per, union, avg, cpu, rel in rows:
         cells = " | ".join(f"{100 * a:.1f}" for a in per)
-        print(f"| {suite} | {100 * clean:.1f} | {cells} | {100 * union:.1f} | {100 * avg:.1f} "
-              f"| {cpu:.1f} | {rel:.2f} |")
+        print(
+            f"| {suite} | {100 * clean:.1f} | {cells} | {100 * union:.1f} | {100 * avg:.1f} "
+            f"| {cpu:.1f} | {rel:.2f} |"
+        )
     for suite, items in breakdowns.items():
         print(f"\n{suite}: points broken by each attack in the cascade\n")
         print("| threat | attack | attacked | broken | threat acc. after | union acc. after | s |")
         print("|---|---|---|---|---|---|---|")
         for it in items:
-            print(f"| {it['threat']} | {it['attack']} | {it['attacked']} | {it['broken']} "
-                  f"| {100 * it['threat_accuracy_after']:.1f} "
-                  f"| {100 * it['union_accuracy_after']:.1f} | {it['seconds']:.1f} |")
+            print(
+                f"| {it['threat']} | {it['attack']} | {it['attacked']} | {it['broken']} "
+                f"| {100 * it['threat_accuracy_after']:.1f} "
+                f"| {100 * it['union_accuracy_after']:.1f} | {it['seconds']:.1f} |"
+            )
 
 
 if __name__ == "__main__":
