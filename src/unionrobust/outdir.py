@@ -1,0 +1,108 @@
+"""One run owns an output folder: an exclusive OS file lock on ``<folder>/.lock``.
+
+The lock is an advisory ``flock`` (``msvcrt.locking`` on Windows) held on an open file for the
+life of the run, so the operating system releases it when the process dies, even by SIGKILL:
+there is no stale lock file to clean up. A second run that asks for the same folder gets a
+one-line :class:`~unionrobust.errors.UnionRobustError` naming the folder and the process that
+holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from unionrobust.errors import UnionRobustError
+
+LOCK_NAME = ".lock"
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive non-blocking lock on ``fd``; False if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:  # e.g. a file system without locks
+        raise UnionRobustError(f"cannot lock output folder: {exc.strerror or exc}") from None
+    return True
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (process {pid})" if pid.isdigit() else ""
+
+
+class FolderLock:
+    """An exclusive lock on an output folder; use as a context manager or call ``release``."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UnionRobustError(f"output folder {str(self.folder)!r} is an existing file")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UnionRobustError(
+                f"cannot write to output folder {str(self.folder)!r}: {exc.strerror or exc}"
+            ) from None
+        if not _try_lock(fd):
+            os.close(fd)
+            raise UnionRobustError(
+                f"output folder {str(self.folder)!r} is in use by another run"
+                f"{_holder(self.path)}; wait for it to finish or choose another --out"
+            )
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str | os.PathLike | None) -> Iterator[FolderLock | None]:
+    """Hold ``folder``'s lock for the ``with`` block; ``None`` locks nothing."""
+    if folder is None:
+        yield None
+        return
+    lock = FolderLock(folder).acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
