@@ -7,6 +7,8 @@ streams).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -122,3 +124,61 @@ def test_default_ids_and_for_batch():
     r2 = KeyedRandom.for_batch(2, 2, "cpu", ids=torch.tensor([2, 3], dtype=torch.int32))
     assert r2.ids.dtype == torch.int64
     assert torch.equal(r2.uniform(0, (3,)), r.uniform(0, (3,))[2:])
+
+
+# -- the counter table (rng.COUNTER_RANGES) ---------------------------------------------------
+
+
+def test_counter_ranges_are_disjoint_and_named_counters_lie_in_them():
+    from unionrobust import rng
+
+    spans = sorted(rng.COUNTER_RANGES.values())
+    assert all(start < stop for start, stop in spans)
+    for (_, stop), (start, _) in itertools.pairwise(spans):
+        assert stop <= start, spans  # half-open ranges never overlap
+    assert spans[-1][1] <= 1 << 32  # counters are absorbed as one 32-bit word
+    named = {
+        "step": rng.STEP_COUNTER,
+        "beta": rng.BETA_COUNTER,
+        "transform": rng.TRANSFORM_COUNTER,
+        "member": rng.MEMBER_COUNTER,
+        "spatial-draw": rng.SPATIAL_DRAW_COUNTER,
+        "init": rng.INIT_COUNTER,
+    }
+    assert {k: v[0] for k, v in rng.COUNTER_RANGES.items()} == named
+
+
+def test_attack_modules_use_the_table():
+    """The modules that still define their own copy (pgd, msd) agree with the table."""
+    from unionrobust import rng
+    from unionrobust.attacks import msd, pgd
+
+    assert pgd.INIT_COUNTER == rng.INIT_COUNTER
+    assert msd.MEMBER_COUNTER == rng.MEMBER_COUNTER
+
+
+def test_member_and_spatial_draws_no_longer_collide():
+    """MSD's member choice (randint at MEMBER_COUNTER + restart) and the worst-of-k spatial draw
+    (randint at the draw counter + j) use the same stream. With both at 2**29 (the old table)
+    the member predicts the half of the lattice drawn for every example: a real collision. The
+    new spatial range gives unrelated draws."""
+    from unionrobust.rng import MEMBER_COUNTER, SPATIAL_DRAW_COUNTER
+    from unionrobust.threats.spatial import RotationTranslation
+
+    rt = RotationTranslation(30, 3)
+    grid = rt.grid("cpu")
+    n_grid = grid.shape[0]
+    ids = torch.arange(4000)
+    rand = KeyedRandom(7, ids)
+    member = rand.randint(MEMBER_COUNTER, 0, 1)  # MSD over two members, restart 0
+
+    def lattice_half(counter):
+        theta = rt.random_params(rand, counter)
+        idx = (grid[None] == theta[:, None]).all(-1).float().argmax(1)
+        return (idx >= (n_grid + 1) // 2).long()
+
+    old = lattice_half(MEMBER_COUNTER)  # the old DRAW_COUNTER value
+    assert bool((old == member).float().mean() > 0.99)  # the collision
+    new = lattice_half(SPATIAL_DRAW_COUNTER)
+    agree = float((new == member).float().mean())
+    assert 0.45 < agree < 0.55  # independent draws agree half the time

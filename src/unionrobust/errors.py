@@ -6,6 +6,7 @@ line naming the problem, so the CLI can print it without a traceback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -76,3 +77,66 @@ def check_logits(logits: torch.Tensor, batch: int) -> int:
             f"the model must return >= 2 logits per example, got {logits.shape[1]}"
         )
     return int(logits.shape[1])
+
+
+# -- argument validators (the one set: every option of every layer is checked here) -----------
+
+
+def _as_float(name: str, value: object, what: str) -> float:
+    """``value`` as a float; bools, strings that are not numbers and other types raise."""
+    if isinstance(value, bool):
+        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise UnionRobustError(f"{name} must be {what}, got {value!r}") from None
+
+
+def check_int(name: str, value: object, low: int | None = None) -> int:
+    """``value`` as an int >= ``low``: whole numbers (3 or 3.0) pass; bool, NaN, ±inf,
+    fractions, strings and other types raise a one-line :class:`UnionRobustError`."""
+    what = "an integer" if low is None else f"an integer >= {low}"
+    if isinstance(value, str):
+        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+    v = _as_float(name, value, what)
+    if not math.isfinite(v) or v != math.floor(v):
+        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+    out = int(value) if isinstance(value, int) else int(v)  # ints beyond 2**53 stay exact
+    if low is not None and out < low:
+        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+    return out
+
+
+def check_number(
+    name: str, value: object, low: float = -math.inf, high: float = math.inf
+) -> float:
+    """``value`` as a float in [``low``, ``high``] (NaN never passes; ±inf only if a bound is
+    infinite and included); bool and non-numbers raise."""
+    v = _as_float(name, value, "a number")
+    if not low <= v <= high:
+        raise UnionRobustError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
+    return v
+
+
+def check_finite(name: str, value: object, low: float = -math.inf) -> float:
+    """``value`` as a finite float >= ``low``."""
+    v = _as_float(name, value, "a number")
+    if not (math.isfinite(v) and v >= low):
+        raise UnionRobustError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+    return v
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a finite float > 0."""
+    v = _as_float(name, value, "a number")
+    if not (v > 0 and math.isfinite(v)):
+        raise UnionRobustError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices``; otherwise an error listing them."""
+    valid = tuple(choices)
+    if not isinstance(value, str) or value not in valid:
+        raise unknown_name(name, value, valid)  # type: ignore[arg-type]
+    return value

@@ -37,6 +37,44 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
+# --------------------------------------------------------------------------- counter table
+#
+# THE RULE: one example's draws never collide across uses. A counter value names one draw of
+# one example, so two uses (an attack's steps and its random starts, MSD's member choice and the
+# spatial worst-of-k draws, a training strategy's attack and its training transforms) that run
+# on the same (seed, example id) must never share a counter of the same stream: otherwise their
+# "independent" draws are the same bits and one choice predicts the other. Because every draw is
+# a function of (seed, example id, counter) only, an example's verdict then does not depend on
+# which batch, cascade stage, shard or resumed run it is attacked in (batch-independent
+# verdicts). Each use owns the half-open range [start, stop) below and must stay inside it; new
+# uses add a row here (``tests/test_rng.py`` checks that the ranges are disjoint).
+
+#: per-iteration draws of an attack (restart·steps + t, times K members for MSD; Square's
+#: per-step draws; Pointwise's passes from ``STEP_COUNTER + (1 << 20)``)
+STEP_COUNTER = 0
+#: the per-example β of the affine attacks (``draw=True``)
+BETA_COUNTER = 1 << 27
+#: random transformations of the min-max domains (step t, domain i: + t·K + i; the
+#: transforms' own sub-draws at + 2**20 and + 2**21; the training forward's draw after them)
+TRANSFORM_COUNTER = 1 << 28
+#: MSD's per-example member choice for a random start (+ restart)
+MEMBER_COUNTER = 1 << 29
+#: worst-of-k rotation-translation draws (+ draw index); was 2**29 = MEMBER_COUNTER, a real
+#: collision (``tests/test_rng.py::test_member_and_spatial_draws_no_longer_collide``)
+SPATIAL_DRAW_COUNTER = 3 << 28
+#: random starts (+ 4·restart (+ member) for PGD/MSD/DDN, + part for the affine attacks)
+INIT_COUNTER = 1 << 30
+
+#: name -> [start, stop): the table every user imports its counters from
+COUNTER_RANGES: dict[str, tuple[int, int]] = {
+    "step": (STEP_COUNTER, BETA_COUNTER),
+    "beta": (BETA_COUNTER, BETA_COUNTER + (1 << 20)),
+    "transform": (TRANSFORM_COUNTER, MEMBER_COUNTER),
+    "member": (MEMBER_COUNTER, MEMBER_COUNTER + (1 << 20)),
+    "spatial-draw": (SPATIAL_DRAW_COUNTER, SPATIAL_DRAW_COUNTER + (1 << 20)),
+    "init": (INIT_COUNTER, 1 << 31),
+}
+
 #: stream tags: the same (seed, id, counter) gives unrelated numbers for each kind of draw
 STREAM_UNIFORM, STREAM_NORMAL, STREAM_RANDINT = 0, 1, 2
 

@@ -33,8 +33,7 @@ from torch import nn
 from unionrobust.attacks.base import forward, misclassified
 from unionrobust.attacks.blackbox import salt_pepper_search
 from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
-from unionrobust.attacks.pgd import check_int, check_positive
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import L2, ThreatModel
 

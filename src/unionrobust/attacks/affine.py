@@ -36,22 +36,17 @@ from unionrobust.attacks.base import (
 )
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.pgd import (
-    INIT_COUNTER,
     PGD,
-    check_int,
     check_start,
     clip01,
     random_start,
 )
-from unionrobust.attacks.spatial import DRAW_COUNTER
-from unionrobust.errors import UnionRobustError
+from unionrobust.attacks.spatial import WorstOfK
+from unionrobust.errors import UnionRobustError, check_int, check_number
 from unionrobust.losses import get_loss
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import BETA_COUNTER, INIT_COUNTER, SPATIAL_DRAW_COUNTER, KeyedRandom
 from unionrobust.threats import Linf, ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation, rotate_translate
-
-#: counter of the per-example β draw
-BETA_COUNTER = 1 << 27
 
 
 @dataclass
@@ -67,16 +62,7 @@ def check_betas(betas: float | Sequence[float]) -> tuple[float, ...]:
     vals = (betas,) if isinstance(betas, int | float) else tuple(betas)
     if not vals:
         raise UnionRobustError("need at least one beta")
-    out = []
-    for b in vals:
-        try:
-            v = float(b)
-        except (TypeError, ValueError):
-            raise UnionRobustError(f"beta must be a number in [0, 1], got {b!r}") from None
-        if not 0.0 <= v <= 1.0:
-            raise UnionRobustError(f"beta must lie in [0, 1], got {b!r}")
-        out.append(v)
-    return tuple(out)
+    return tuple(check_number("beta", b, 0.0, 1.0) for b in vals)
 
 
 class _Affine(Attack):
@@ -255,6 +241,11 @@ class AffineSpatial(_Affine):
         lp, rt = self.threat.members
         rt_b = rt.scaled(1.0 - beta)
         lp_b = lp.with_size(lp.size * beta) if beta > 0 else None
+        if lp_b is None:  # β = 0: exactly the worst-of-k attack on the same draws
+            kw = dict(loss=self.loss_name, kappa=self.kappa, shrink=self.shrink, amp=self.amp)
+            res = WorstOfK(rt_b, k=self.k, seed=self.seed, **kw)(model, x, y, rand.ids)
+            parts = (res.params, torch.zeros_like(x))
+            return AffineResult(res.x_adv, res.success, res.loss, None, None, parts)
         draws = 1 if rt_b is None else self.k
         clean = forward(model, x, self.amp)  # start from the clean point, as WorstOfK
         tracker = BestTracker(x, self.loss_fn(clean, y), misclassified(clean, y))
@@ -270,7 +261,7 @@ class AffineSpatial(_Affine):
             if rt_b is None:
                 theta = torch.zeros(idx.numel(), 3, dtype=torch.float64, device=x.device)
             else:
-                theta = rt_b.random_params(rs, DRAW_COUNTER + j)
+                theta = rt_b.random_params(rs, SPATIAL_DRAW_COUNTER + j)
             xt = rotate_translate(xs, theta).clamp(0.0, 1.0)
             if lp_b is not None:
                 alpha = None if self.alpha is None else self.alpha * beta

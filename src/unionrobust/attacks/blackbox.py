@@ -36,10 +36,10 @@ from torch import nn
 
 from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified
 from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
-from unionrobust.attacks.pgd import check_int, check_positive, single_threat
-from unionrobust.errors import UnionRobustError
+from unionrobust.attacks.pgd import single_threat
+from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.losses import cw_margin
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import STEP_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel
 
 
@@ -188,7 +188,7 @@ class Pointwise(MinNormAttack):
         xf = x.reshape(b, -1)
         cur = tracker.best.reshape(b, -1).clone()
         rows = torch.arange(b, device=x.device)
-        counter = 1 << 20
+        counter = STEP_COUNTER + (1 << 20)
         for _ in range(self.passes):  # stage 1: reset coordinates to their clean value
             order, count = self._order(xf, cur, rand, counter)
             counter += 1

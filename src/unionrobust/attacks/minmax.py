@@ -48,15 +48,20 @@ from unionrobust.atomic import atomic_savefig
 from unionrobust.attacks.base import autocast_for, frozen_model, loss_and_grad, misclassified
 from unionrobust.attacks.pgd import (
     INIT_COUNTER,
-    check_int,
-    check_positive,
     check_start,
     clip01,
     random_start,
     single_threat,
 )
 from unionrobust.attacks.transforms import Transform, make_transforms
-from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
+from unionrobust.errors import (
+    UnionRobustError,
+    check_images,
+    check_int,
+    check_labels,
+    check_logits,
+    check_positive,
+)
 from unionrobust.geometry import project_simplex
 from unionrobust.losses import LossFn, get_loss
 from unionrobust.rng import KeyedRandom

@@ -48,10 +48,10 @@ from unionrobust.attacks.base import (
     misclassified,
     upcast,
 )
-from unionrobust.attacks.pgd import check_int, check_positive, single_threat
-from unionrobust.errors import UnionRobustError
+from unionrobust.attacks.pgd import single_threat
+from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.losses import cross_entropy, cw_margin
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import INIT_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel
 
 
@@ -396,7 +396,7 @@ class FAB(MinNormAttack):
                 continue
             bound = torch.minimum(tracker.norms, torch.full_like(tracker.norms, self.threat.size))
             radius = (bound / 2).clamp_max(self.threat.size)
-            start = self.threat.with_size(1.0).random_init(x, rand, (1 << 30) + 4 * r)
+            start = self.threat.with_size(1.0).random_init(x, rand, INIT_COUNTER + 4 * r)
             scale = radius / self.threat.norm(start).clamp_min(1e-12)
             start = (x + _rows(scale, x) * start).clamp(0.0, 1.0)
             self._once(model, x, y, cand, start, tracker)

@@ -20,16 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified
-from unionrobust.attacks.pgd import check_int
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_int
 from unionrobust.losses import get_loss
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import SPATIAL_DRAW_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation, rotate_translate
-
-#: counters of the worst-of-k draws (apart from PGD's step and init counters)
-DRAW_COUNTER = 1 << 29
-
 
 @dataclass
 class SpatialResult(AttackResult):
@@ -133,7 +128,7 @@ class WorstOfK(_Search):
         self.k = check_int("k", k, 1)
 
     def candidates(self, rand, b, device):
-        return [self.threat.random_params(rand, DRAW_COUNTER + j) for j in range(self.k)]
+        return [self.threat.random_params(rand, SPATIAL_DRAW_COUNTER + j) for j in range(self.k)]
 
     def __repr__(self) -> str:
         return f"WorstOfK({self.threat!r}, k={self.k}, shrink={self.shrink})"

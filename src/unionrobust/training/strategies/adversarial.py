@@ -27,7 +27,7 @@ from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model
 from unionrobust.attacks.pgd import PGD, SLIDE, check_start
 from unionrobust.attacks.spatial import WorstOfK
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_int, unknown_name
 from unionrobust.threats import L1, ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation
 from unionrobust.training.strategies.base import (
@@ -77,15 +77,7 @@ def per_member(option: str, value, union: Union, default) -> list:
 
 def check_steps(value, name: str = "steps") -> int:
     """A positive whole number (steps, restarts)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not abs(value) < float("inf")
-        or int(value) != value
-        or int(value) < 1
-    ):
-        raise UnionRobustError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 class AdversarialStrategy(Strategy):

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from unionrobust.attacks.minmax import TRANSFORM_COUNTER, DomainMinMax, TransformDomains
-from unionrobust.attacks.pgd import check_int, check_positive, check_start
+from unionrobust.attacks.pgd import check_start
 from unionrobust.attacks.transforms import make_transforms
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation

@@ -29,14 +29,14 @@ from torch import nn
 
 from unionrobust.attacks.base import frozen_model
 from unionrobust.attacks.pgd import INIT_COUNTER, random_start
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_int, check_number
 from unionrobust.geometry import project_simplex
 from unionrobust.losses import cross_entropy, trades_kl
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import ThreatModel, Union
 from unionrobust.training.strategies.adversarial import AdversarialStrategy
 from unionrobust.training.strategies.base import StrategyOutput, scaled_threat
-from unionrobust.training.strategies.objective import check_number, diversity_logdet
+from unionrobust.training.strategies.objective import diversity_logdet
 
 
 class MinMax(AdversarialStrategy):
@@ -53,8 +53,9 @@ class MinMax(AdversarialStrategy):
         dpar: float = 0.0,
         **options,
     ) -> None:
-        if not isinstance(steps, int | float) or isinstance(steps, bool):
+        if isinstance(steps, list | tuple | dict):
             raise UnionRobustError("minmax: steps is one number (AMPGD's R) for all members")
+        steps = check_int("steps", steps, 1)
         self.gamma = check_number("gamma", gamma, 0.0, float("inf"))
         self.w_lr = check_number("w_lr", w_lr, 0.0, float("inf"))
         self.dpar = check_number("dpar", dpar, 0.0, float("inf"))

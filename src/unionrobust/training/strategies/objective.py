@@ -23,22 +23,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_number, unknown_name
 from unionrobust.losses import cross_entropy, trades_kl
 
 LOSSES = ("ce", "trades", "trades-xent")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_number(name: str, value: float, low: float, high: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UnionRobustError(f"{name} must be a number, got {value!r}") from None
-    if not low <= v <= high:
-        raise UnionRobustError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
-    return v
 
 
 def kl_attack_loss(clean_logits: torch.Tensor) -> LossFn:

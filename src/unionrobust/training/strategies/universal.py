@@ -23,8 +23,7 @@ from torch import nn
 
 from unionrobust.attacks.base import frozen_model
 from unionrobust.attacks.minmax import PerturbationSpace
-from unionrobust.attacks.pgd import check_int
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.losses import cross_entropy
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import ThreatModel, Union
@@ -57,9 +56,7 @@ class Universal(Strategy):
             raise UnionRobustError("universal training needs an additive (lp) threat, not rt")
         self.member = member
         self.steps = check_int("steps", steps, 1)
-        if alpha is not None and not float(alpha) > 0:
-            raise UnionRobustError(f"alpha must be > 0, got {alpha!r}")
-        self.alpha = None if alpha is None else float(alpha)
+        self.alpha = None if alpha is None else check_positive("alpha", alpha)
         if self.objective.loss != "ce":
             raise UnionRobustError("universal training supports loss 'ce' (with mix) only")
         self.delta: torch.Tensor | None = None

@@ -1,0 +1,74 @@
+"""The one set of argument validators (errors.py): every bad value is a one-line UnionRobustError."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unionrobust.attacks import PGD, DomainMinMax
+from unionrobust.errors import (
+    UnionRobustError,
+    check_choice,
+    check_finite,
+    check_int,
+    check_number,
+    check_positive,
+)
+from unionrobust.threats import Linf
+from unionrobust.training.strategies import make_strategy
+
+BAD_ALWAYS = [math.inf, -math.inf, math.nan, True, False, "3", "x", None, [1], object()]
+
+
+@pytest.mark.parametrize("value", [*BAD_ALWAYS, 2.5, -1, 0])
+def test_check_int_rejects_with_one_line(value):
+    with pytest.raises(UnionRobustError, match=r"^steps must be an integer >= 1, got") as err:
+        check_int("steps", value, 1)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", [1, 3.0, np.int64(7), torch.tensor(4), 2**60 + 1])
+def test_check_int_accepts_whole_numbers(value):
+    assert check_int("n", value, 1) == int(value)
+    assert isinstance(check_int("n", value, 1), int)
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [(check_positive, v) for v in [*BAD_ALWAYS, 0, -0.5]]
+    + [(check_finite, v) for v in [*BAD_ALWAYS, -1e-9]]
+    + [(lambda n, v: check_number(n, v, 0.0, 1.0), v) for v in [*BAD_ALWAYS, -0.1, 1.5]],
+)
+def test_number_checks_reject_with_one_line(check, value):
+    if isinstance(value, str) and value == "3":
+        pytest.skip("a numeric string is a number for the number checks")
+    with pytest.raises(UnionRobustError) as err:
+        check("x", value) if check is not check_finite else check("x", value, 0.0)
+    assert str(err.value).startswith("x must") and "\n" not in str(err.value)
+
+
+def test_numbers_pass_and_choice_lists_valid_names():
+    assert check_positive("a", 0.5) == 0.5
+    assert check_number("m", 1, 0.0, 1.0) == 1.0
+    assert check_number("g", math.inf, 0.0) == math.inf  # an open upper bound admits inf
+    assert check_finite("w", 0, 0.0) == 0.0
+    assert check_choice("start", "zero", ("zero", "random")) == "zero"
+    with pytest.raises(UnionRobustError, match="valid: random, zero"):
+        check_choice("start", "middle", ("zero", "random"))
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, True, "ten"])
+def test_attack_and_strategy_options_use_the_contract(value):
+    """The bare OverflowError/ValueError of int(inf)/int(nan) never escapes an option check."""
+    with pytest.raises(UnionRobustError):
+        DomainMinMax(Linf(0.1), steps=value)
+    with pytest.raises(UnionRobustError):
+        make_strategy("minmax", "linf:0.1", steps=value)
+    with pytest.raises(UnionRobustError):
+        make_strategy("universal", "linf:0.1", steps=value)
+    with pytest.raises(UnionRobustError):
+        DomainMinMax(Linf(0.1), gamma=value)
+    assert PGD(Linf(0.1), steps=3).steps == 3
