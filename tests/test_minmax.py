@@ -14,14 +14,16 @@ from unionrobust.attacks.minmax import (
     TransformDomains,
     UniversalGroups,
     ensemble_attack,
-    plot_weights,
     transform_attack,
     universal_attack,
 )
 from unionrobust.attacks.pgd import PGD
 from unionrobust.attacks.transforms import make_transforms
+from unionrobust.attacks.weighted import WeightRule
 from unionrobust.errors import UnionRobustError
-from unionrobust.threats import L1, L2, Linf
+from unionrobust.reporting.plots import plot_weights
+from unionrobust.threats import L1, L2, Linf, parse
+from unionrobust.training.strategies import make_strategy
 
 
 def small_net(seed: int, side: int = 6, classes: int = 4) -> nn.Module:
@@ -232,3 +234,60 @@ def test_rejects_bad_input():
         ModelEnsemble([])
     with pytest.raises(UnionRobustError, match="one threat model"):
         DomainMinMax(Linf(0.1) | L2(1.0))
+
+
+# -- one core for the attack and min-max training (attacks/weighted.py) ------------------------
+
+
+@pytest.mark.parametrize("spec", ["linf:0.1", "l2:0.6", "l1:3"])
+@pytest.mark.parametrize("start", ["zero", "random"])
+def test_minmax_training_step_equals_the_attack_step(spec, start):
+    """The min-max training's inner maximisation and the min-max attack, on the same inputs and
+    seed, take the same steps: with one member, the training's adversarial input is the attack's
+    last iterate (same init and step counters, same step rule, same frozen model). The two copies
+    this replaced drew their starts and steps from different counters, kept different iterates
+    and disagreed on the weight sign; this test fails on any such divergence."""
+    model = small_net(1).train()
+    x, y = data(8)
+    ids = torch.arange(100, 108)
+    strat = make_strategy("minmax", spec, steps=5, start=start, gamma=2.0, w_lr=0.1)
+    advs, w = strat.ampgd(model, x, y, ids, seed=11)
+    attack = DomainMinMax(
+        parse(spec)[0], steps=5, alpha=strat.member_alpha(0), loss="ce", start=start, seed=11,
+        target="worst", order="simultaneous",
+    )  # fmt: skip
+    res = attack(ModelEnsemble([model]), x, y, ids)
+    assert torch.equal(advs[0], res.last)
+    assert torch.equal(w, torch.ones_like(w))
+    assert model.training  # both restore the model
+
+
+def test_weight_step_sign_is_the_papers_problem():
+    """Eq. 14 with φ = −ℓ (problem 4, attack: the hardest domain = the lowest loss gets the
+    weight) and φ = +ℓ (problem 15, training: the highest loss gets it); mirror images."""
+    w = torch.full((3, 2), 0.5)
+    loss = torch.tensor([[1.0, 2.0], [0.5, 0.1], [3.0, 3.0]])
+    attack = WeightRule(0.1, 1.0, "all").step(w, loss)
+    train = WeightRule(0.1, 1.0, "worst").step(w, loss)
+    assert bool((attack[:2].argmax(1) == loss[:2].argmin(1)).all())
+    assert bool((train[:2].argmax(1) == loss[:2].argmax(1)).all())
+    assert torch.equal(attack, WeightRule(0.1, 1.0, "worst").step(w, -loss))
+    assert torch.equal(attack[2], w[2]) and torch.equal(train[2], w[2])
+    with pytest.raises(UnionRobustError, match="target"):
+        WeightRule(0.1, 1.0, "best")
+
+
+def test_two_member_training_weights_follow_the_attack_core():
+    """K = 2 members with identical balls: the training's weights equal the core's eq. 14 on
+    the same losses (uniform here, as both members see the same δ), and its inputs are the
+    K = 1 attack's last iterate for both members (zero start: no random draws differ)."""
+    model = small_net(2)
+    x, y = data(6)
+    strat = make_strategy("minmax", "linf:0.1, linf:0.1", steps=4, start="zero", gamma=1.0)
+    advs, w = strat.ampgd(model, x, y, None, seed=3)
+    res = DomainMinMax(
+        parse("linf:0.1")[0], steps=4, alpha=strat.member_alpha(0), loss="ce", seed=3,
+        target="worst", order="simultaneous",
+    )(ModelEnsemble([model]), x, y)  # fmt: skip
+    assert torch.equal(advs[0], res.last) and torch.equal(advs[1], res.last)
+    assert torch.allclose(w, torch.full_like(w, 0.5))

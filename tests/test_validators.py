@@ -1,4 +1,4 @@
-"""The one set of argument validators (errors.py): every bad value is a one-line UnionRobustError."""
+"""The one set of argument validators (errors.py): bad values raise a one-line UnionRobustError."""
 
 from __future__ import annotations
 

@@ -107,9 +107,7 @@ def check_int(name: str, value: object, low: int | None = None) -> int:
     return out
 
 
-def check_number(
-    name: str, value: object, low: float = -math.inf, high: float = math.inf
-) -> float:
+def check_number(name: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
     """``value`` as a float in [``low``, ``high``] (NaN never passes; ±inf only if a bound is
     infinite and included); bool and non-numbers raise."""
     v = _as_float(name, value, "a number")

@@ -13,6 +13,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, final
 
 import torch
 from torch import nn
@@ -149,6 +150,24 @@ class Attack(ABC):
         self.seed = int(seed)
         self.amp = bool(amp)
 
+    def models_of(self, target: Any) -> list[nn.Module]:
+        """The models an attack on ``target`` runs (frozen and checked by ``__call__``): the
+        model itself; attacks over several models (the min-max domains) override this."""
+        if not isinstance(target, nn.Module):
+            raise UnionRobustError(f"model must be a torch.nn.Module, got {type(target).__name__}")
+        return [target]
+
+    def empty_result(self, target: Any, x: torch.Tensor) -> AttackResult:
+        """The result for an empty batch (the model is not called)."""
+        index = torch.zeros(0, dtype=torch.int64, device=x.device)
+        return AttackResult(
+            x.detach().clone(),
+            torch.zeros(0, dtype=torch.bool, device=x.device),
+            torch.zeros(0, dtype=x.dtype, device=x.device),
+            index if self.union_attack else None,
+        )
+
+    @final
     def __call__(
         self,
         model: nn.Module,
@@ -156,6 +175,9 @@ class Attack(ABC):
         y: torch.Tensor,
         example_ids: torch.Tensor | None = None,
     ) -> AttackResult:
+        """The one entry point (Foolbox's ``Attack.__call__``): checks, frozen models, keyed
+        randomness, then ``_run``. ``model`` is what :meth:`models_of` accepts."""
+        models = self.models_of(model)
         check_images(x)
         check_labels(y, x.shape[0])
         y = y.to(device=x.device, dtype=torch.int64)
@@ -170,25 +192,21 @@ class Attack(ABC):
                 f"example_ids must be an integer tensor of shape ({x.shape[0]},), got {shape}"
             )
         if x.shape[0] == 0:  # nothing to attack: an empty result, the model is not called
-            index = torch.zeros(0, dtype=torch.int64, device=x.device)
-            return AttackResult(
-                x.detach().clone(),
-                torch.zeros(0, dtype=torch.bool, device=x.device),
-                torch.zeros(0, dtype=x.dtype, device=x.device),
-                index if self.union_attack else None,
-            )
+            return self.empty_result(model, x)
         rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device, example_ids)
         x = x.detach()
-        with frozen_model(model), torch.no_grad():
-            clean_logits = model(x)
-            classes = check_logits(clean_logits, x.shape[0])
-            check_labels(y, x.shape[0], classes)
-            return self._run(model, x, y, rand, upcast(clean_logits))
+        with contextlib.ExitStack() as frozen, torch.no_grad():
+            for m in models:
+                frozen.enter_context(frozen_model(m))
+            clean = [m(x) for m in models]
+            for logits in clean:
+                check_labels(y, x.shape[0], check_logits(logits, x.shape[0]))
+            return self._run(model, x, y, rand, upcast(clean[0]))
 
     @abstractmethod
     def _run(
         self,
-        model: nn.Module,
+        model: Any,
         x: torch.Tensor,
         y: torch.Tensor,
         rand: KeyedRandom,

@@ -73,3 +73,46 @@ class BestTracker:
         self.success[index] = other.success
         if other.threat_index is not None:
             self._ensure_index()[index] = other.threat_index
+
+
+class PayloadTracker(BestTracker):
+    """A :class:`BestTracker` whose rows carry ``payload`` tensors taken from the same iterate
+    (per-domain losses, transformation parameters, decompositions), and whose ``success`` may
+    be a count: more is better (the number of domains fooled; a bool success is the count 0/1,
+    so the rule is the base rule: a success beats a failure, then the higher loss).
+    """
+
+    def __init__(self, x, loss, success, payload: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__(x, loss, success)
+        self.payload = {k: v.detach().clone() for k, v in (payload or {}).items()}
+
+    def update(self, x_adv, loss, success, index=None, threat_index=None, payload=None):
+        """As :meth:`BestTracker.update` (``threat_index`` too), plus ``payload`` rows."""
+        if success.dtype == torch.bool and self.success.dtype == torch.bool:
+            better = super().update(x_adv, loss, success, index, threat_index)
+        else:
+            rows = slice(None) if index is None else index
+            old_s, old_l = self.success[rows], self.loss[rows]
+            better = (success > old_s) | ((success == old_s) & (loss > old_l))
+            shape = (-1,) + (1,) * (x_adv.dim() - 1)
+            self.x_adv[rows] = torch.where(better.reshape(shape), x_adv.detach(), self.x_adv[rows])
+            self.loss[rows] = torch.where(better, loss.detach(), old_l)
+            self.success[rows] = torch.maximum(success, old_s)
+        for key, value in (payload or {}).items():
+            rows = slice(None) if index is None else index
+            old = self.payload[key][rows]
+            mask = better.reshape((-1,) + (1,) * (value.dim() - 1))
+            self.payload[key][rows] = torch.where(mask, value.detach().to(old.dtype), old)
+        return better
+
+    def subset(self, index: torch.Tensor) -> PayloadTracker:
+        sub = PayloadTracker(self.x_adv[index], self.loss[index], self.success[index])
+        sub.payload = {k: v[index].clone() for k, v in self.payload.items()}
+        if self.threat_index is not None:
+            sub.threat_index = self.threat_index[index].clone()
+        return sub
+
+    def merge(self, other: BestTracker, index: torch.Tensor) -> None:
+        super().merge(other, index)
+        for k, v in getattr(other, "payload", {}).items():
+            self.payload[k][index] = v

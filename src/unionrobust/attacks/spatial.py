@@ -26,6 +26,7 @@ from unionrobust.rng import SPATIAL_DRAW_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation, rotate_translate
 
+
 @dataclass
 class SpatialResult(AttackResult):
     """An :class:`AttackResult` plus ``params`` (B, 3): (degrees, tx, ty) of each ``x_adv``."""

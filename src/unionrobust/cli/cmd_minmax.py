@@ -5,16 +5,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
+from unionrobust.attacks.domains import ModelEnsemble, TransformDomains, UniversalGroups
+from unionrobust.attacks.transforms import make_transforms
 from unionrobust.cli.cmd_eval import (
     add_model_data_arguments,
-    batches,
     int_arg,
     load_model_and_data,
     write_report,
 )
-from unionrobust.errors import UnionRobustError
+from unionrobust.data import as_tensors, get_dataset
+from unionrobust.errors import UnionRobustError, check_number, unknown_name
+from unionrobust.evaluation.engine import resolve_device
+from unionrobust.evaluation.minmax import (
+    DEFAULT_WEIGHTINGS,
+    minmax_report,
+    minmax_table,
+    run_minmax,
+)
+from unionrobust.models import build_model, load_weights, model_names
+from unionrobust.reporting.plots import plot_weights
+from unionrobust.reporting.tables import format_table
+from unionrobust.threats import parse
 
 HELP = "min-max attack over several models, inputs (universal) or transformations"
 DESCRIPTION = """\
@@ -87,19 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fixed-weights", metavar="W1,W2,...", help="also run with these static weights"
     )
     add_attack_arguments(a)
-
-
-def _float(value, flag: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UnionRobustError(f"{flag} must be a number, got {value!r}") from None
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _ensemble(args, x):
-    from unionrobust.errors import unknown_name
-    from unionrobust.models import build_model, load_weights, model_names
-
     if not args.ensemble:
         raise UnionRobustError('ensemble mode needs --ensemble "NAME=WEIGHTS, NAME=WEIGHTS"')
     models, labels = [], []
@@ -118,8 +120,6 @@ def _ensemble(args, x):
 
 
 def load_data(args):
-    from unionrobust.data import as_tensors, get_dataset
-
     n = None if args.n is None else int_arg(args.n, "--n", 1)
     x, y = as_tensors(get_dataset(args.data, split=args.split, root=args.root), n)
     if x.shape[0] == 0:
@@ -129,10 +129,6 @@ def load_data(args):
 
 def build_domains(args):
     """(domains, x, y, device) for the chosen mode."""
-    from unionrobust.attacks.minmax import ModelEnsemble, TransformDomains, UniversalGroups
-    from unionrobust.attacks.transforms import make_transforms
-    from unionrobust.evaluation.engine import resolve_device
-
     if args.mode == "ensemble":
         if args.model or args.model_module:
             raise UnionRobustError("ensemble mode takes --ensemble, not --model/--model-module")
@@ -147,82 +143,37 @@ def build_domains(args):
         if usable == 0:
             raise UnionRobustError(f"need at least --group-size={k} examples")
         return UniversalGroups(model, k), x[:usable], y[:usable], device
-    ts = make_transforms(args.transforms, random=args.random, p=_float(args.p, "--p"))
+    ts = make_transforms(args.transforms, random=args.random, p=check_number("--p", args.p))
     return TransformDomains(model, ts), x, y, device
 
 
-def merge(results):
-    """Concatenate per-batch results (rows) into one."""
-    from unionrobust.attacks.minmax import MinMaxResult
-
-    rows = torch.tensor([r.fooled.shape[0] for r in results], dtype=torch.float64)
-    hist = torch.stack([r.fooled_history.double().cpu() for r in results])
-    return MinMaxResult(
-        x_adv=torch.cat([r.x_adv.cpu() for r in results]),
-        delta=torch.cat([r.delta.cpu() for r in results]),
-        fooled=torch.cat([r.fooled.cpu() for r in results]),
-        loss=torch.cat([r.loss.cpu() for r in results]),
-        weights=torch.cat([r.weights.cpu() for r in results]),
-        trajectory=torch.cat([r.trajectory.cpu() for r in results], dim=1),
-        fooled_history=(hist * rows.reshape(-1, 1, 1)).sum(0) / rows.sum(),
-        labels=results[0].labels,
-        kind=results[0].kind,
-    )
-
-
-def run_batched(attack, domains, x, y, device, batch: int):
-    from unionrobust.attacks.minmax import UniversalGroups
-
-    if isinstance(domains, UniversalGroups):
-        batch = max(domains.group, batch - batch % domains.group)
-    return merge([attack(domains, xb, yb, ids) for _, xb, yb, ids in batches(x, y, batch, device)])
-
-
-def lift(new: float, base: float) -> str:
-    return "-" if base == 0 else f"{100 * (new - base) / base:+.2f}%"
-
-
 def run(args: argparse.Namespace) -> int:
-    from unionrobust.attacks.minmax import DomainMinMax, plot_weights
-    from unionrobust.reporting.tables import format_table
-    from unionrobust.threats import parse
-
     domains, x, y, device = build_domains(args)
     threat = parse(args.threat)
-    common = dict(
+    options = dict(
         steps=int_arg(args.steps, "--steps", 1),
-        alpha=None if args.alpha is None else _float(args.alpha, "--alpha"),
-        w_lr=_float(args.w_lr, "--w-lr"),
-        gamma=_float(args.gamma, "--gamma"),
+        alpha=None if args.alpha is None else check_number("--alpha", args.alpha),
+        w_lr=check_number("--w-lr", args.w_lr),
+        gamma=check_number("--gamma", args.gamma),
         loss=args.loss,
-        kappa=_float(args.kappa, "--kappa"),
+        kappa=check_number("--kappa", args.kappa),
         start=args.start,
         seed=int_arg(args.seed, "--seed"),
     )
-    runs = {"avg": "uniform", "minmax": "minmax"}
+    weightings: dict = dict(DEFAULT_WEIGHTINGS)
     if args.fixed_weights:
-        runs["fixed"] = [_float(v, "--fixed-weights") for v in args.fixed_weights.split(",")]
+        weightings["fixed"] = [
+            check_number("--fixed-weights", v) for v in args.fixed_weights.split(",")
+        ]
     batch = int_arg(args.batch_size, "--batch-size", 1)
-    results = {}
-    for label, weights in runs.items():
-        attack = DomainMinMax(threat, weights=weights, **common)
-        results[label] = run_batched(attack, domains, x, y, device, batch)
-    key = "asr_all" if domains.kind == "models" else "asr_gp"
-    base = results["avg"].metrics()[key]
-    headers = ["opt"] + [f"acc_{lab}" for lab in domains.labels] + ["asr_avg", key, "lift"]
-    rows = []
-    for label, res in results.items():
-        m = res.metrics()
-        accs = [f"{100 - m[f'asr_{lab}']:.2f}" for lab in domains.labels]
-        rows.append([label, *accs, f"{m['asr_avg']:.2f}", f"{m[key]:.2f}", lift(m[key], base)])
-    rows[0][-1] = "-"
+    progress = not args.no_progress
+    results = run_minmax(domains, x, y, threat, weightings, batch, device, progress, **options)
     print(
         f"{args.mode} min-max attack, {threat.spec}, {x.shape[0]} inputs, "
-        f"{common['steps']} steps (metrics in %)"
+        f"{options['steps']} steps (metrics in %)"
     )
-    print(format_table(headers, rows))
-    mm = results["minmax"]
-    mean_w = mm.weights.double().mean(0).tolist()
+    print(format_table(*minmax_table(results)))
+    mean_w = results["minmax"].weights.double().mean(0).tolist()
     print(
         "mean final weights: "
         + ", ".join(f"{lab}={w:.3f}" for lab, w in zip(domains.labels, mean_w, strict=True))
@@ -233,18 +184,13 @@ def run(args: argparse.Namespace) -> int:
         report = {
             "mode": args.mode,
             "threat": threat.spec,
-            "domains": domains.labels,
-            "settings": {k: v for k, v in common.items()},
+            "settings": options,
             "n_inputs": int(x.shape[0]),
-            "metrics": {label: res.metrics() for label, res in results.items()},
-            "mean_weight_trajectory": mm.trajectory.double().mean(1).tolist(),
-            "fooled_history": {
-                label: res.fooled_history.double().tolist() for label, res in results.items()
-            },
+            **minmax_report(results),
         }
         write_report(out, report)
         try:
-            plot_weights(mm, out / "weights.png", title=f"{args.mode}: {threat.spec}")
+            plot_weights(results["minmax"], out / "weights.png", f"{args.mode}: {threat.spec}")
         except UnionRobustError as err:
             print(f"(no plot: {err})")
         print(f"wrote {out / 'report.json'}")

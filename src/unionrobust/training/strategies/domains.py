@@ -32,11 +32,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from unionrobust.attacks.minmax import TRANSFORM_COUNTER, DomainMinMax, TransformDomains
+from unionrobust.attacks.domains import TransformDomains
+from unionrobust.attacks.minmax import DomainMinMax
 from unionrobust.attacks.pgd import check_start
 from unionrobust.attacks.transforms import make_transforms
 from unionrobust.errors import UnionRobustError, check_int, check_positive
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import TRANSFORM_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation
 from unionrobust.training.strategies.base import (

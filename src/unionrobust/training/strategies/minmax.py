@@ -16,6 +16,13 @@ the gradient carries the factor w_i, so a member whose weight reaches 0 stops mo
 iteration converges for β·γ < 2; its fixed point is w = Proj_P(1/K + F/γ), which tends to the
 uniform average as γ → ∞ and to the arg-max member (MAX) as γ → 0.
 
+The loop is the weighted-ascent core shared with the min-max attack
+(:mod:`unionrobust.attacks.weighted`): target ``"worst"`` (problem 15, φ = +f: the weight moves
+to the member with the HIGHEST loss, where the attack's problem 4 moves it to the domain hardest
+to fool) and AMPGD's simultaneous order (Algorithm 2 step 4: w_r and δ_r from the previous
+iterate). The adversarial inputs are the LAST iterate (AMPGD keeps no best point); with one
+member the inputs are exactly the last iterate of the min-max attack on that model (and of PGD).
+
 The outer loss is Σ_i w_i L(f(x + δ_i), y) (+ λ·h(θ) with DPAR, second-order through the
 model's input gradients), in one train-mode forward over the K·B inputs. All K members are
 scored in one eval-mode forward + backward over K·B per step. Stats ``w_<norm>``: the mean
@@ -27,12 +34,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import frozen_model
-from unionrobust.attacks.pgd import INIT_COUNTER, random_start
+from unionrobust.attacks.base import frozen_model, misclassified
+from unionrobust.attacks.pgd import clip01, random_start
+from unionrobust.attacks.weighted import Evaluation, WeightRule, weighted_ascent
 from unionrobust.errors import UnionRobustError, check_int, check_number
-from unionrobust.geometry import project_simplex
 from unionrobust.losses import cross_entropy, trades_kl
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import INIT_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel, Union
 from unionrobust.training.strategies.adversarial import AdversarialStrategy
 from unionrobust.training.strategies.base import StrategyOutput, scaled_threat
@@ -56,8 +63,8 @@ class MinMax(AdversarialStrategy):
         if isinstance(steps, list | tuple | dict):
             raise UnionRobustError("minmax: steps is one number (AMPGD's R) for all members")
         steps = check_int("steps", steps, 1)
-        self.gamma = check_number("gamma", gamma, 0.0, float("inf"))
-        self.w_lr = check_number("w_lr", w_lr, 0.0, float("inf"))
+        self.rule = WeightRule(w_lr, gamma, "worst")
+        self.gamma, self.w_lr = self.rule.gamma, self.rule.w_lr
         self.dpar = check_number("dpar", dpar, 0.0, float("inf"))
         super().__init__(threats, steps=steps, **options)
         if any(k != "pgd" for k in self.kinds):
@@ -66,7 +73,7 @@ class MinMax(AdversarialStrategy):
     def attacked_members(self) -> list[int]:
         return []  # AMPGD below replaces the per-member attacks
 
-    def _member_loss(self, logits, y_rep, clean_rep):
+    def member_loss(self, logits, y_rep, clean_rep):
         if clean_rep is not None:
             return trades_kl(logits, clean_rep)
         return cross_entropy(logits, y_rep)
@@ -79,46 +86,29 @@ class MinMax(AdversarialStrategy):
         example_ids: torch.Tensor | None,
         seed: int,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The inner maximisation: (adversarial inputs per member, domain weights (B, K))."""
+        """The inner maximisation: (adversarial inputs per member, domain weights (B, K)), by
+        the weighted-ascent core with target "worst" (problem 15) in AMPGD's order."""
         threats = [scaled_threat(m, self.scale) for m in self.threats]
         k, b = len(threats), x.shape[0]
-        alphas = [self.member_alpha(i) for i in range(k)]
         rand = KeyedRandom.for_batch(seed, b, x.device, example_ids)
-        y_rep = y.repeat(k)
-        uniform = 1.0 / k
         with frozen_model(model):
             clean_rep = None
             if self.objective.kl_attack:
                 with torch.no_grad():
                     clean_rep = model(x).float().repeat(k, 1)
+            problem = _Members(self, model, threats, x, y, rand, clean_rep)
             if random_start(self.start, 0):
-                deltas = [
+                starts = [
                     t.random_init(x, rand, INIT_COUNTER + 4 * i) for i, t in enumerate(threats)
                 ]
             else:
-                deltas = [torch.zeros_like(x) for _ in threats]
-            w = torch.full((b, k), uniform, device=x.device, dtype=x.dtype)
-            for r in range(self.steps[0]):
-                flat = torch.cat([(x + d).clamp(0.0, 1.0) for d in deltas])
-                flat = flat.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    f = self._member_loss(model(flat).float(), y_rep, clean_rep).reshape(k, b)
-                    objective = (w.T * f).sum()
-                    if self.dpar > 0:
-                        (g,) = torch.autograd.grad(f.sum(), flat, create_graph=True)
-                        h = diversity_logdet(g.reshape(k, b, -1))
-                        objective = objective + self.dpar * h.sum()
-                    (grad,) = torch.autograd.grad(objective, flat)
-                grads = grad.reshape(k, *x.shape)
-                fvals = f.detach().T.to(w.dtype)  # (B, K)
-                w_next = project_simplex(w + self.w_lr * (fvals - self.gamma * (w - uniform)))
-                moves = enumerate(zip(threats, deltas, grads, alphas, strict=True))
-                deltas = [
-                    t.project(d + t.step(g_, a, d, x, rand, r * k + i), x)
-                    for i, (t, d, g_, a) in moves
-                ]
-                w = w_next
-        return [(x + d).clamp(0.0, 1.0).detach() for d in deltas], w.detach()
+                starts = [torch.zeros_like(x) for _ in threats]
+            w = torch.full((b, k), 1.0 / k, device=x.device, dtype=x.dtype)
+            deltas, w, _ = weighted_ascent(
+                problem, torch.stack(starts), w, self.steps[0], self.rule, "simultaneous",
+                final=False,
+            )  # fmt: skip
+        return [clip01(x, d).detach() for d in deltas], w.detach()
 
     def _step(
         self,
@@ -133,3 +123,39 @@ class MinMax(AdversarialStrategy):
         mean_w = w.mean(dim=0).tolist()
         stats = {f"w_{lab}": float(v) for lab, v in zip(self.labels, mean_w, strict=True)}
         return StrategyOutput(loss, logits, stats)
+
+
+class _Members:
+    """AMPGD's ascent problem: member i moves its own δ_i (stacked (K, B, ...)); all K members
+    are scored in one eval-mode forward + backward over K·B inputs (+ DPAR's λ∇h)."""
+
+    def __init__(self, strategy: MinMax, model, threats, x, y, rand, clean_rep) -> None:
+        self.s, self.model, self.threats = strategy, model, threats
+        self.alphas = [strategy.member_alpha(i) for i in range(len(threats))]
+        self.x, self.rand, self.clean_rep = x, rand, clean_rep
+        self.y_rep = y.repeat(len(threats))
+
+    def evaluate(self, delta: torch.Tensor, t: int, grad: bool) -> Evaluation:
+        k, b = delta.shape[0], delta.shape[1]
+        flat = clip01(self.x.repeat(k, *([1] * (self.x.dim() - 1))), delta.flatten(0, 1))
+        flat = flat.detach().requires_grad_(True)
+        extra = None
+        with torch.enable_grad():
+            logits = self.model(flat).float()
+            f = self.s.member_loss(logits, self.y_rep, self.clean_rep).reshape(k, b)
+            if self.s.dpar > 0:
+                (g,) = torch.autograd.grad(f.sum(), flat, create_graph=True)
+                h = diversity_logdet(g.reshape(k, b, -1))
+                (gh,) = torch.autograd.grad(self.s.dpar * h.sum(), flat)
+                extra = gh.reshape(delta.shape)
+            else:
+                (g,) = torch.autograd.grad(f.sum(), flat)
+        fooled = misclassified(logits.detach(), self.y_rep).reshape(k, b).T
+        return Evaluation(f.detach().T, fooled, g.detach().reshape(delta.shape), extra)
+
+    def move(self, delta: torch.Tensor, direction: torch.Tensor, t: int) -> torch.Tensor:
+        x, rand, k = self.x, self.rand, delta.shape[0]
+        moves = enumerate(zip(self.threats, delta, direction, self.alphas, strict=True))
+        return torch.stack(
+            [th.project(d + th.step(g, a, d, x, rand, t * k + i), x) for i, (th, d, g, a) in moves]
+        )

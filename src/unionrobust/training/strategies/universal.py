@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from unionrobust.attacks.base import frozen_model
-from unionrobust.attacks.minmax import PerturbationSpace
+from unionrobust.attacks.domains import PerturbationSpace
 from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.losses import cross_entropy
 from unionrobust.rng import KeyedRandom
