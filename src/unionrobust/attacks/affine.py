@@ -34,7 +34,7 @@ from unionrobust.attacks.base import (
     loss_and_grad,
     misclassified,
 )
-from unionrobust.attacks.best import BestTracker
+from unionrobust.attacks.best import PayloadTracker
 from unionrobust.attacks.pgd import (
     PGD,
     check_start,
@@ -79,10 +79,13 @@ class _Affine(Attack):
 
     def _run(self, model, x, y, rand, clean_logits) -> AffineResult:
         b = x.shape[0]
-        tracker = BestTracker(x, self.loss_fn(clean_logits, y), misclassified(clean_logits, y))
-        beta_of = torch.full((b,), float("nan"), dtype=torch.float64, device=x.device)
-        p1 = torch.zeros(b, *self._part1_shape(x), device=x.device, dtype=self._p1_dtype(x))
-        p2 = torch.zeros_like(x)
+        payload = {
+            "beta": torch.full((b,), float("nan"), dtype=torch.float64, device=x.device),
+            "p1": torch.zeros(b, *self._part1_shape(x), device=x.device, dtype=self._p1_dtype(x)),
+            "p2": torch.zeros_like(x),
+        }
+        clean_loss = self.loss_fn(clean_logits, y)
+        tracker = PayloadTracker(x, clean_loss, misclassified(clean_logits, y), payload)
         if self.draw:
             pick = rand.randint(BETA_COUNTER, 0, len(self.betas) - 1)
         for i, beta in enumerate(self.betas):
@@ -95,12 +98,13 @@ class _Affine(Attack):
             if idx.numel() == 0:
                 continue
             res = self._one_beta(model, x[idx], y[idx], rand.subset(idx), beta)
-            better = tracker.update(res.x_adv, res.loss, res.success, index=idx)
-            rows = idx[better]
-            beta_of[rows] = beta
-            p1[rows] = res.parts[0][better].to(p1.dtype)
-            p2[rows] = res.parts[1][better]
-        return AffineResult(tracker.x_adv, tracker.success, tracker.loss, None, beta_of, (p1, p2))
+            found = {"beta": torch.full_like(res.loss, beta, dtype=torch.float64)}
+            found.update(p1=res.parts[0], p2=res.parts[1])
+            tracker.update(res.x_adv, res.loss, res.success, index=idx, payload=found)
+        pl = tracker.payload
+        return AffineResult(
+            tracker.x_adv, tracker.success, tracker.loss, None, pl["beta"], (pl["p1"], pl["p2"])
+        )
 
     def _part1_shape(self, x):
         return x.shape[1:]
@@ -166,15 +170,11 @@ class AffineLp(_Affine):
         if random_start(self.start, 0):
             for n, i in enumerate(present):
                 parts[i] = threats[i].random_init(base(i), rand, INIT_COUNTER + n)
-        tracker = BestTracker(x, torch.full_like(y, -torch.inf, dtype=x.dtype), y < 0)
-        best_parts = [parts[0].clone(), parts[1].clone()]
+        none = torch.full_like(y, -torch.inf, dtype=x.dtype)
+        tracker = PayloadTracker(x, none, y < 0, {"r1": parts[0], "r2": parts[1]})
 
         def track(x_adv, loss, succ):
-            better = tracker.update(x_adv, loss, succ)
-            for i in (0, 1):
-                best_parts[i] = torch.where(
-                    better.reshape(-1, *([1] * (x.dim() - 1))), parts[i], best_parts[i]
-                )
+            tracker.update(x_adv, loss, succ, payload={"r1": parts[0], "r2": parts[1]})
 
         for t in range(self.steps):
             x_adv = clip01(x, parts[0] + parts[1])
@@ -188,9 +188,8 @@ class AffineLp(_Affine):
         x_adv = clip01(x, parts[0] + parts[1])
         logits = forward(model, x_adv, self.amp)
         track(x_adv, self.loss_fn(logits, y), misclassified(logits, y))
-        return AffineResult(
-            tracker.x_adv, tracker.success, tracker.loss, None, None, tuple(best_parts)
-        )
+        best_parts = (tracker.payload["r1"], tracker.payload["r2"])
+        return AffineResult(tracker.x_adv, tracker.success, tracker.loss, None, None, best_parts)
 
     def __repr__(self) -> str:
         t1, t2 = self.threat.members
@@ -248,9 +247,11 @@ class AffineSpatial(_Affine):
             return AffineResult(res.x_adv, res.success, res.loss, None, None, parts)
         draws = 1 if rt_b is None else self.k
         clean = forward(model, x, self.amp)  # start from the clean point, as WorstOfK
-        tracker = BestTracker(x, self.loss_fn(clean, y), misclassified(clean, y))
-        params = torch.zeros(x.shape[0], 3, dtype=torch.float64, device=x.device)
-        noise = torch.zeros_like(x)
+        payload = {
+            "params": torch.zeros(x.shape[0], 3, dtype=torch.float64, device=x.device),
+            "noise": torch.zeros_like(x),
+        }
+        tracker = PayloadTracker(x, self.loss_fn(clean, y), misclassified(clean, y), payload)
         for j in range(draws):
             idx = (~tracker.success).nonzero().squeeze(1) if self.shrink else None
             if idx is not None and idx.numel() == 0:
@@ -280,13 +281,10 @@ class AffineSpatial(_Affine):
             else:
                 logits = forward(model, xt, self.amp)
                 xa, loss, succ = xt, self.loss_fn(logits, ys), misclassified(logits, ys)
-            better = tracker.update(xa, loss, succ, index=idx)
-            rows = idx[better]
-            params[rows] = theta[better].to(params.dtype)
-            noise[rows] = (xa - xt)[better]
-        return AffineResult(
-            tracker.x_adv, tracker.success, tracker.loss, None, None, (params, noise)
-        )
+            found = {"params": theta, "noise": xa - xt}
+            tracker.update(xa, loss, succ, index=idx, payload=found)
+        parts = (tracker.payload["params"], tracker.payload["noise"])
+        return AffineResult(tracker.x_adv, tracker.success, tracker.loss, None, None, parts)
 
     def __repr__(self) -> str:
         lp, rt = self.threat.members

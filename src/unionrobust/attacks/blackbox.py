@@ -34,7 +34,8 @@ import math
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified
+from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified, run_restarts
+from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
 from unionrobust.attacks.pgd import single_threat
 from unionrobust.errors import UnionRobustError, check_int, check_positive
@@ -266,23 +267,16 @@ class Square(Attack):
             raise UnionRobustError(
                 f"Square attacks images (B, C, H, W), got shape {tuple(x.shape)}"
             )
-        best = x.clone()
-        margin = -cw_margin(clean_logits, y)  # z_y − max_{j≠y} z_j: minimised
-        for r in range(self.restarts):
-            todo = margin > 0
-            if r > 0:
-                idx = todo.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                xa, m = self._once(model, x[idx], y[idx], rand.subset(idx), r)
-                better = m < margin[idx]
-                best[idx] = torch.where(_rows(better, xa), xa, best[idx])
-                margin[idx] = torch.where(better, m, margin[idx])
-                continue
-            xa, m = self._once(model, x, y, rand, r)
-            better = m < margin
-            best = torch.where(_rows(better, x), xa, best)
-            margin = torch.where(better, m, margin)
+        # the margin m = z_y − max_{j≠y} z_j is minimised: loss −m, success m < 0 (the
+        # tracker's rule "success first, then the higher loss" is "the lower margin")
+        margin = -cw_margin(clean_logits, y)
+        tracker = BestTracker(x, -margin, margin < 0)
+
+        def once(xs, ys, rs, t, r):
+            xa, m = self._once(model, xs, ys, rs, r)
+            t.update(xa, -m, m < 0)
+
+        best = run_restarts(self.restarts, x, y, rand, tracker, once).x_adv
         logits = forward(model, best, self.amp)
         return AttackResult(best, misclassified(logits, y), cw_margin(logits, y))
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified
+from unionrobust.attacks.best import PayloadTracker
 from unionrobust.errors import UnionRobustError, check_int
 from unionrobust.losses import get_loss
 from unionrobust.rng import SPATIAL_DRAW_COUNTER, KeyedRandom
@@ -68,14 +69,14 @@ class _Search(Attack):
 
     def _run(self, model, x, y, rand, clean_logits) -> SpatialResult:
         b = x.shape[0]
-        best_x = x.clone()
-        best_loss = self.loss_fn(clean_logits, y)
-        best_succ = misclassified(clean_logits, y)
-        best_p = torch.zeros(b, 3, device=x.device, dtype=torch.float64)
+        params = torch.zeros(b, 3, device=x.device, dtype=torch.float64)
+        tracker = PayloadTracker(
+            x, self.loss_fn(clean_logits, y), misclassified(clean_logits, y), {"params": params}
+        )
         cands = self.candidates(rand, b, x.device)
         per_chunk = max(1, self.max_batch // max(b, 1))
         for s in range(0, len(cands), per_chunk):
-            rows = (~best_succ).nonzero().squeeze(1) if self.shrink else None
+            rows = (~tracker.success).nonzero().squeeze(1) if self.shrink else None
             if rows is not None and rows.numel() == 0:
                 break
             idx = torch.arange(b, device=x.device) if rows is None else rows
@@ -86,23 +87,14 @@ class _Search(Attack):
             xt = rotate_translate(xs, pts).clamp_(0.0, 1.0)
             logits = forward(model, xt, self.amp)
             ys = y[idx].repeat(len(chunk))
-            loss = self.loss_fn(logits, ys).reshape(len(chunk), n)
-            succ = misclassified(logits, ys).reshape(len(chunk), n)
-            # best candidate of the chunk per row: success first, then loss
-            key = torch.where(succ, loss, torch.full_like(loss, -torch.inf))
-            key = torch.where(succ.any(dim=0, keepdim=True), key, loss)
-            j = key.argmax(dim=0)
-            cols = torch.arange(n, device=x.device)
-            c_loss, c_succ = loss[j, cols], succ[j, cols]
-            old_loss, old_succ = best_loss[idx], best_succ[idx]
-            better = (c_succ & ~old_succ) | ((c_succ == old_succ) & (c_loss > old_loss))
-            sel = j * n + cols
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            best_x[idx] = torch.where(better.reshape(shape), xt[sel], best_x[idx])
-            best_p[idx] = torch.where(better.reshape(-1, 1), pts[sel].double(), best_p[idx])
-            best_loss[idx] = torch.where(better, c_loss, old_loss)
-            best_succ[idx] = old_succ | c_succ
-        return SpatialResult(best_x, best_succ, best_loss, None, best_p)
+            loss, succ = self.loss_fn(logits, ys), misclassified(logits, ys)
+            for j in range(len(chunk)):  # in order: ties keep the earlier point
+                part = slice(j * n, (j + 1) * n)
+                payload = {"params": pts[part].double()}
+                tracker.update(xt[part], loss[part], succ[part], index=idx, payload=payload)
+        return SpatialResult(
+            tracker.x_adv, tracker.success, tracker.loss, None, tracker.payload["params"]
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.threat!r}, shrink={self.shrink})"
