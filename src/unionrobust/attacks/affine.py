@@ -42,7 +42,7 @@ from unionrobust.attacks.pgd import (
     random_start,
 )
 from unionrobust.attacks.spatial import WorstOfK
-from unionrobust.errors import UnionRobustError, check_int, check_number
+from unionrobust.errors import UnionRobustError, check_int, check_number, check_positive
 from unionrobust.losses import get_loss
 from unionrobust.rng import BETA_COUNTER, INIT_COUNTER, SPATIAL_DRAW_COUNTER, KeyedRandom
 from unionrobust.threats import Linf, ThreatModel, Union
@@ -147,7 +147,7 @@ class AffineLp(_Affine):
         alphas = alpha if isinstance(alpha, Sequence) else (alpha, alpha)
         if len(alphas) != 2:
             raise UnionRobustError(f"alpha needs one value or two, got {alpha!r}")
-        self.alphas = tuple(None if a is None else float(a) for a in alphas)
+        self.alphas = tuple(None if a is None else check_positive("alpha", a) for a in alphas)
         self.start = check_start(start)
 
     def _one_beta(self, model, x, y, rand, beta):
@@ -226,7 +226,7 @@ class AffineSpatial(_Affine):
         super().__init__(Union([linf, rt]), betas, draw, shrink, loss, kappa, seed, amp)
         self.k = check_int("k", k, 1)
         self.steps = check_int("steps", steps, 1)
-        self.alpha = None if alpha is None else float(alpha)
+        self.alpha = None if alpha is None else check_positive("alpha", alpha)
         self.start = check_start(start)
         self.kappa = kappa
 

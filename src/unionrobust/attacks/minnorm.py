@@ -49,7 +49,13 @@ from unionrobust.attacks.base import (
     upcast,
 )
 from unionrobust.attacks.pgd import single_threat
-from unionrobust.errors import UnionRobustError, check_int, check_positive
+from unionrobust.errors import (
+    UnionRobustError,
+    check_finite,
+    check_int,
+    check_number,
+    check_positive,
+)
 from unionrobust.losses import cross_entropy, cw_margin
 from unionrobust.rng import INIT_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel
@@ -320,9 +326,7 @@ class DeepFool(MinNormAttack):
     ) -> None:
         super().__init__(threat, refine_steps=refine_steps, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
-        if not float(overshoot) >= 0:
-            raise UnionRobustError(f"overshoot must be >= 0, got {overshoot!r}")
-        self.overshoot = float(overshoot)
+        self.overshoot = check_finite("overshoot", overshoot, 0.0)
         self.candidates = None if candidates is None else check_int("candidates", candidates, 2)
 
     def _search(self, model, x, y, rand, clean_logits, tracker) -> None:
@@ -380,12 +384,10 @@ class FAB(MinNormAttack):
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
         self.eta = check_positive("eta", eta)
-        self.beta = float(beta)
-        if not 0 < self.beta < 1:
+        self.beta = check_number("beta", beta, 0.0, 1.0)
+        if self.beta in (0.0, 1.0):
             raise UnionRobustError(f"beta must lie in (0, 1), got {beta!r}")
-        self.alpha_max = float(alpha_max)
-        if not 0 <= self.alpha_max <= 1:
-            raise UnionRobustError(f"alpha_max must lie in [0, 1], got {alpha_max!r}")
+        self.alpha_max = check_number("alpha_max", alpha_max, 0.0, 1.0)
         self.candidates = None if candidates is None else check_int("candidates", candidates, 2)
 
     def _search(self, model, x, y, rand, clean_logits, tracker) -> None:
@@ -446,8 +448,8 @@ class DDN(MinNormAttack):
     ) -> None:
         super().__init__(threat, refine_steps=refine_steps, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
-        self.gamma = float(gamma)
-        if not 0 < self.gamma < 1:
+        self.gamma = check_number("gamma", gamma, 0.0, 1.0)
+        if self.gamma in (0.0, 1.0):
             raise UnionRobustError(f"gamma must lie in (0, 1), got {gamma!r}")
         self.init_norm = check_positive("init_norm", init_norm)
         self.alpha = check_positive("alpha", alpha)

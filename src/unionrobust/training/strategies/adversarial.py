@@ -75,11 +75,6 @@ def per_member(option: str, value, union: Union, default) -> list:
     return [value] * k
 
 
-def check_steps(value, name: str = "steps") -> int:
-    """A positive whole number (steps, restarts)."""
-    return check_int(name, value, 1)
-
-
 class AdversarialStrategy(Strategy):
     """A strategy that attacks some members of its union with one single-threat attack each."""
 
@@ -95,10 +90,10 @@ class AdversarialStrategy(Strategy):
     ) -> None:
         super().__init__(threats, **common)
         union = self.threats
-        self.steps = [check_steps(s) for s in per_member("steps", steps, union, 10)]
+        self.steps = [check_int("steps", s, 1) for s in per_member("steps", steps, union, 10)]
         self.alphas = per_member("alpha", alpha, union, None)
         self.kinds = per_member("attack", attack, union, "pgd")
-        self.restarts = check_steps(restarts, "restarts")
+        self.restarts = check_int("restarts", restarts, 1)
         self.start = check_start(start)
         for m, kind, a in zip(union, self.kinds, self.alphas, strict=True):
             if kind not in ATTACKS:
