@@ -50,3 +50,14 @@ def test_cli_errors_are_one_line(capsys):
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(["affine", "--model", "mlp", "--threats", "linf:0.1", "--n", "2"]) == 2
     assert "exactly two" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--gamma", "nan", "--gamma must be a number"), ("--w-lr", "x", "--w-lr must be a number")],
+)
+def test_minmax_number_options_fail_in_one_line(flag, value, message, capsys):
+    argv = ["minmax", "universal", "--model", "mlp", "--n", "4", "--group-size", "2"]
+    assert main([*argv, flag, value, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -111,6 +111,8 @@ def check_number(name: str, value: object, low: float = -math.inf, high: float =
     """``value`` as a float in [``low``, ``high``] (NaN never passes; ±inf only if a bound is
     infinite and included); bool and non-numbers raise."""
     v = _as_float(name, value, "a number")
+    if math.isnan(v):
+        raise UnionRobustError(f"{name} must be a number, got {value!r}")
     if not low <= v <= high:
         raise UnionRobustError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
     return v

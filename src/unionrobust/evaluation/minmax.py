@@ -61,7 +61,7 @@ def run_minmax(
     out = {}
     for label, weights in (weightings or DEFAULT_WEIGHTINGS).items():
         attack = DomainMinMax(threat, weights=weights, **options)
-        with _bar(int(x.shape[0]), f"minmax {label}", progress) as bar:
+        with _bar(int(x.shape[0]), f"minmax ({label})", progress) as bar:
             out[label] = attack_in_batches(attack, domains, x, y, batch_size, device, bar)
     return out
 
