@@ -17,20 +17,23 @@ point, and a resumed run gives exactly those of an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import frozen_model
-from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
+from unionrobust.errors import UnionRobustError, check_images, check_labels
+from unionrobust.evaluation.checks import clean_verdicts, predicts_wrong
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
+    LOG_NAME,
     VerdictLog,
     config_hash,
     model_fingerprint,
@@ -39,6 +42,7 @@ from unionrobust.evaluation.verdicts import (
     tensor_hash,
     write_outputs,
 )
+from unionrobust.outdir import locked_folder, refuse_existing
 from unionrobust.threats import DEFAULT_TOL, ThreatModel, Union, parse
 
 
@@ -63,10 +67,56 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
     return dev
 
 
+def _is_batch(item: Any) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[1], torch.Tensor)
+        and item[1].dim() == 1
+    )
+
+
+def _is_pair(item: Any) -> bool:
+    """An (image, label) item of a map-style dataset (the label a scalar)."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and not (isinstance(item[1], torch.Tensor) and item[1].dim() > 0)
+    )
+
+
+def _from_batches(batches: Iterable, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate an iterable of ``(x (B, ...), y (B,))`` batches (a DataLoader), stopping
+    once ``n`` examples are in."""
+    xs, ys, total = [], [], 0
+    for item in batches:
+        if not _is_batch(item) or not isinstance(item[0], torch.Tensor):
+            raise UnionRobustError(
+                "an iterable of data must yield batches of (x (B, C, H, W), y (B,)) tensors, "
+                f"got {type(item).__name__}"
+                + (f" of length {len(item)}" if hasattr(item, "__len__") else "")
+            )
+        xb, yb = item
+        if xb.dim() < 2 or xb.shape[0] != yb.shape[0] or (xs and xb.shape[1:] != xs[0].shape[1:]):
+            raise UnionRobustError(
+                f"a batch of x {tuple(xb.shape)} and y {tuple(yb.shape)} does not match the "
+                "others; yield batches of (x (B, C, H, W), y (B,)) with one image size"
+            )
+        xs.append(xb.detach().cpu())
+        ys.append(yb.detach().cpu())
+        total += int(xb.shape[0])
+        if n is not None and total >= int(n):
+            break
+    if not xs:
+        raise UnionRobustError("no examples to evaluate: the data yielded no batch")
+    return torch.cat(xs), torch.cat(ys)
+
+
 def as_tensors(
     data: Any, y: torch.Tensor | None = None, n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) from tensors or a map-style dataset of (image, label) pairs; the first ``n``."""
+    """(x, y) from tensors, a map-style dataset of (image, label) pairs, or any iterable of
+    ``(x, y)`` batches (a ``DataLoader``); the first ``n``, which must exist."""
     if n is not None and int(n) <= 0:
         raise UnionRobustError(f"n must be a positive number of examples, got {n}")
     if isinstance(data, torch.Tensor):
@@ -81,6 +131,12 @@ def as_tensors(
         and y is None
     ):
         x, y = data
+    elif isinstance(data, Iterable) and (
+        not hasattr(data, "__getitem__") or len(data) == 0 or not _is_pair(data[0])
+    ):
+        if y is not None:
+            raise UnionRobustError("pass labels inside the batches, not as y")
+        x, y = _from_batches(data, n)
     elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         if y is not None:
             raise UnionRobustError("pass labels inside the dataset, not as y")
@@ -97,12 +153,17 @@ def as_tensors(
             y = torch.as_tensor([int(b) for _, b in items])
     else:
         raise UnionRobustError(
-            f"data must be a tensor (with y) or a dataset of (image, label), got "
-            f"{type(data).__name__}"
+            f"data must be a tensor (with y), a dataset of (image, label) or an iterable of "
+            f"(x, y) batches such as a DataLoader, got {type(data).__name__}"
         )
     if not isinstance(y, torch.Tensor):
         y = torch.as_tensor(y)
     if n is not None:
+        if x.shape[0] < int(n):
+            raise UnionRobustError(
+                f"n={int(n)} but only {x.shape[0]} examples are available; ask for at most "
+                f"{x.shape[0]} (or all, with n=None)"
+            )
         x, y = x[: int(n)], y[: int(n)]
     check_images(x)
     check_labels(y, x.shape[0])
@@ -123,8 +184,9 @@ def recheck(
 
     Broken iff ``x_adv`` is finite, ``x_adv − x`` lies in the ball of ``threat`` and
     ``x_adv`` in [0, 1] (both up to the threat's float tolerance), and the model misclassifies
-    ``x_adv`` clamped to [0, 1] (so the point judged is a valid image). For a :class:`Union`
-    "inside" means inside some member's ball, and the norm is NaN (no single norm applies).
+    ``x_adv`` clamped to [0, 1] (so the point judged is a valid image) or returns non-finite
+    logits there (a broken output is never robust). For a :class:`Union` "inside" means inside
+    some member's ball, and the norm is NaN (no single norm applies).
     """
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         shape = getattr(x_adv, "shape", None)
@@ -135,9 +197,7 @@ def recheck(
     xa = torch.where(finite_el, xa, x)
     inside = threat.contains(xa - x, x, tol) & finite
     xc = xa.clamp(0.0, 1.0)
-    with frozen_model(model), torch.no_grad():
-        pred = model(xc).argmax(dim=1)
-    broken = inside & (pred != y)
+    broken = inside & predicts_wrong(model, xc, y)
     if isinstance(threat, Union):
         return broken, torch.full(broken.shape, float("nan"), dtype=torch.float64)
     return broken, threat.norm(xc - x).double()
@@ -162,7 +222,35 @@ def _bar(total: int, desc: str, enabled: bool):
         bar.close()
 
 
+def _owning_out_dir(run: Callable[..., EvaluationReport]) -> Callable[..., EvaluationReport]:
+    """Run ``run`` holding its ``out_dir``'s lock, after refusing a folder that already holds
+    a run unless ``resume`` or ``overwrite`` is given (both checked before any work)."""
+    signature = inspect.signature(run)
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> EvaluationReport:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out_dir, resume = bound.arguments["out_dir"], bound.arguments["resume"]
+        if resume and bound.arguments["overwrite"]:
+            raise UnionRobustError(
+                "give resume=True (--resume) or overwrite=True (--overwrite), not both"
+            )
+        with locked_folder(out_dir):
+            if not resume and not bound.arguments["overwrite"]:
+                refuse_existing(
+                    out_dir,
+                    (LOG_NAME, "report.json"),
+                    "continue it with --resume (resume=True), replace it with --overwrite "
+                    "(overwrite=True), or choose another output folder",
+                )
+            return run(*args, **kwargs)
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------- engine
+@_owning_out_dir
 def evaluate(
     model: nn.Module,
     x_or_dataset: Any,
@@ -181,14 +269,18 @@ def evaluate(
     example_ids: torch.Tensor | None = None,
     meta: dict[str, Any] | None = None,
     diagnostics: bool = True,
+    overwrite: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``model`` against the union ``threats`` with ``suite``; see the module doc.
 
-    ``x_or_dataset``: images in [0, 1] with labels ``y``, or a dataset of (image, label);
-    ``n``: evaluate the first n examples. ``suite``: a name, a list of attack names or a
-    :class:`Suite`. ``out_dir``: log verdicts as they come and write report.json +
-    verdicts.csv at the end; ``resume``: continue the log in ``out_dir`` (same configuration
-    required, else an error). ``device``: None = the model's, "auto" = CUDA if available.
+    ``x_or_dataset``: images in [0, 1] with labels ``y``, a dataset of (image, label), or an
+    iterable of (x, y) batches (a ``DataLoader``); ``n``: evaluate the first n examples.
+    ``suite``: a name, a list of attack names or a :class:`Suite`. ``out_dir``: log verdicts
+    as they come and write report.json + verdicts.csv at the end, holding the folder's lock
+    (:mod:`unionrobust.outdir`); ``resume``: continue the log in ``out_dir`` (same
+    configuration required, else an error); a folder that already holds a run needs
+    ``resume`` or ``overwrite``. Non-finite logits: see :mod:`unionrobust.evaluation.checks`
+    (``report.nonfinite`` counts them). ``device``: None = the model's, "auto" = CUDA if available.
     ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
     benchmarks). ``example_ids``: global ids of the examples (default 0..n−1), which key the
     attacks' randomness. ``meta``: JSON-able facts about the run (model name, data spec) kept
@@ -253,33 +345,32 @@ def evaluate(
         return rec
 
     diag: dict[str, Any] = {}
-    if diagnostics:
-        from unionrobust.evaluation.diagnostics import run_diagnostics
-
-        diag = run_diagnostics(model, x, y, union)
-
     try:
-        # ---- clean pass
+        # ---- clean pass (non-finite logits: not correct, and an error for a whole batch)
         t0 = time.perf_counter()
         clean_correct = torch.zeros(count, dtype=torch.bool)
+        nonfinite = 0
         with _bar(count, "clean", progress) as bar:
             for k, idx in enumerate(_chunks(torch.arange(count), batch_size)):
                 rec = replay(("clean", -1, k), ids[idx])
                 if rec is not None:
                     correct = torch.tensor(rec["correct"], dtype=torch.bool)
+                    bad = int(rec.get("nonfinite", 0))
                 else:
                     xb, yb = x_on(idx)
-                    with frozen_model(model), torch.no_grad():
-                        logits = model(xb)
-                    classes = check_logits(logits, xb.shape[0])
-                    check_labels(yb, xb.shape[0], classes)
-                    correct = (logits.argmax(dim=1) == yb).cpu()
+                    correct_dev, bad_dev = clean_verdicts(model, xb, yb)
+                    correct, bad = correct_dev.cpu(), int(bad_dev.sum())
                     if log is not None:
-                        log.write_clean(k, ids[idx], correct)
+                        log.write_clean(k, ids[idx], correct, bad)
                 clean_correct[idx] = correct
+                nonfinite += bad
                 if bar is not None:
                     bar.update(idx.numel())
         t_clean = time.perf_counter() - t0
+        if diagnostics:  # after the clean pass, which reports a broken model in one line
+            from unionrobust.evaluation.diagnostics import run_diagnostics
+
+            diag = run_diagnostics(model, x, y, union)
 
         # ---- attacks, as a cascade
         n_entries = len(entries)
@@ -353,6 +444,7 @@ def evaluate(
         config=config,
         config_hash=config_hash(config),
         cascade=bool(cascade),
+        nonfinite=nonfinite,
     )
     if diagnostics:
         from unionrobust.evaluation.diagnostics import flags_of, gradient_masking
