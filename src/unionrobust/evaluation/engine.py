@@ -67,6 +67,17 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
     return dev
 
 
+def device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """:func:`resolve_device`, refusing a device the model is not on."""
+    dev = resolve_device(device, model)
+    model_dev = resolve_device(None, model)
+    if (model_dev.type, model_dev.index or 0) != (dev.type, dev.index or 0):
+        raise UnionRobustError(
+            f"the model is on {model_dev} but device={dev}; move it with model.to('{dev}')"
+        )
+    return dev
+
+
 def _is_batch(item: Any) -> bool:
     return (
         isinstance(item, (tuple, list))
@@ -222,6 +233,21 @@ def _bar(total: int, desc: str, enabled: bool):
         bar.close()
 
 
+def check_out_dir(out_dir: str | os.PathLike | None, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace an earlier run in ``out_dir`` unless ``resume`` or ``overwrite``."""
+    if resume and overwrite:
+        raise UnionRobustError(
+            "give resume=True (--resume) or overwrite=True (--overwrite), not both"
+        )
+    if not resume and not overwrite:
+        refuse_existing(
+            out_dir,
+            (LOG_NAME, "report.json"),
+            "continue it with --resume (resume=True), replace it with --overwrite "
+            "(overwrite=True), or choose another output folder",
+        )
+
+
 def _owning_out_dir(run: Callable[..., EvaluationReport]) -> Callable[..., EvaluationReport]:
     """Run ``run`` holding its ``out_dir``'s lock, after refusing a folder that already holds
     a run unless ``resume`` or ``overwrite`` is given (both checked before any work)."""
@@ -232,18 +258,8 @@ def _owning_out_dir(run: Callable[..., EvaluationReport]) -> Callable[..., Evalu
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         out_dir, resume = bound.arguments["out_dir"], bound.arguments["resume"]
-        if resume and bound.arguments["overwrite"]:
-            raise UnionRobustError(
-                "give resume=True (--resume) or overwrite=True (--overwrite), not both"
-            )
         with locked_folder(out_dir):
-            if not resume and not bound.arguments["overwrite"]:
-                refuse_existing(
-                    out_dir,
-                    (LOG_NAME, "report.json"),
-                    "continue it with --resume (resume=True), replace it with --overwrite "
-                    "(overwrite=True), or choose another output folder",
-                )
+            check_out_dir(out_dir, resume, bound.arguments["overwrite"])
             return run(*args, **kwargs)
 
     return wrapper
@@ -295,18 +311,13 @@ def evaluate(
         raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UnionRobustError(f"seed must be an integer, got {seed!r}")
-    dev = resolve_device(device, model)
+    dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
     count = x.shape[0]
     ids = torch.arange(count) if example_ids is None else torch.as_tensor(example_ids).long()
     if ids.shape != (count,) or torch.unique(ids).numel() != count:
         raise UnionRobustError(f"example_ids must be {count} distinct integers")
     ids = ids.cpu()
-    model_dev = resolve_device(None, model)
-    if (model_dev.type, model_dev.index or 0) != (dev.type, dev.index or 0):
-        raise UnionRobustError(
-            f"the model is on {model_dev} but device={dev}; move it with model.to('{dev}')"
-        )
 
     entries = the_suite.entries
     config = {
