@@ -13,7 +13,7 @@ import torch
 
 from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.engine import resolve_device
+from unionrobust.evaluation.inputs import resolve_device
 from unionrobust.evaluation.verdicts import write_json
 from unionrobust.models import get_model
 from unionrobust.models.loader import check_model_request

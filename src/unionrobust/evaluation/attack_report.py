@@ -25,7 +25,8 @@ from unionrobust.attacks.base import Attack
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.checks import clean_verdicts
-from unionrobust.evaluation.engine import _bar, _chunks, as_tensors, device_for, recheck
+from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.inputs import as_tensors, chunks, device_for, progress_bar
 from unionrobust.evaluation.metrics import proportion
 from unionrobust.evaluation.verdicts import write_json
 from unionrobust.outdir import writing
@@ -150,8 +151,8 @@ def attack_report(
     which = torch.full((count,), -1, dtype=torch.int64)
     rejected = nonfinite = 0
     t0 = time.perf_counter()
-    with _bar(count, name, progress) as bar:
-        for idx in _chunks(torch.arange(count), batch_size):
+    with progress_bar(count, name, progress) as bar:
+        for idx in chunks(torch.arange(count), batch_size):
             xb, yb, ids = x[idx].to(dev), y[idx].to(dev), idx.to(dev)
             correct, bad = clean_verdicts(model, xb, yb)
             result = atk(model, xb, yb, example_ids=ids)
