@@ -379,3 +379,16 @@ def test_model_and_data_loaders_are_library_functions(tmp_path):
     assert torch.equal(again(x[:2]), model.eval()(x[:2]))
     src = _module_file(tmp_path, "def build():\n    return nn.Linear(2, 2)\n")
     assert isinstance(ur.get_model(module=f"{src}:build"), nn.Linear)
+
+
+def test_locked_folder_is_reentrant_in_one_process_only_through_locked_folder(tmp_path):
+    from unionrobust.outdir import locked_folder
+
+    out = tmp_path / "run"
+    with locked_folder(out) as outer:
+        with locked_folder(tmp_path / "." / "run") as inner:
+            assert inner is outer and outer.held
+        assert outer.held  # the nested exit did not release it
+        with pytest.raises(UnionRobustError, match="in use"):
+            FolderLock(out).acquire()
+    FolderLock(out).acquire().release()
