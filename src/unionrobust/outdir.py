@@ -58,7 +58,9 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         if self.folder.exists() and not self.folder.is_dir():
-            raise UnionRobustError(f"output folder {str(self.folder)!r} is an existing file")
+            raise UnionRobustError(
+                f"output folder {str(self.folder)!r} is an existing file; give a folder to --out"
+            )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
