@@ -168,11 +168,13 @@ def test_a_corrupt_line_inside_the_log_is_an_error(reference, problem, tmp_path)
         run(problem, tmp_path, resume=True)
 
 
-def test_without_resume_a_fresh_log_replaces_the_old_one(reference, problem, tmp_path):
+def test_with_overwrite_a_fresh_log_replaces_the_old_one(reference, problem, tmp_path):
     ref, ref_out = reference
     (tmp_path / LOG_NAME).write_bytes((ref_out / LOG_NAME).read_bytes())
+    with pytest.raises(UnionRobustError, match="--overwrite"):  # issue 11: never silently
+        run(problem, tmp_path)
     counter = CallCounter()
-    same_verdicts(run(problem, tmp_path, counter), ref)
+    same_verdicts(run(problem, tmp_path, counter, overwrite=True), ref)
     assert counter.calls == sum((a + BATCH - 1) // BATCH for a in ref.attacked)
 
 

@@ -278,16 +278,19 @@ def test_weight_step_sign_is_the_papers_problem():
 
 
 def test_two_member_training_weights_follow_the_attack_core():
-    """K = 2 members with identical balls: the training's weights equal the core's eq. 14 on
-    the same losses (uniform here, as both members see the same δ), and its inputs are the
-    K = 1 attack's last iterate for both members (zero start: no random draws differ)."""
+    """K = 2 ℓ∞ members (a union lists each ball once): sign steps do not depend on the
+    weights, so each member's input is the K = 1 attack's last iterate for its own ball (zero
+    start: no random draws differ), and the weights (eq. 14, target "worst") favour the larger
+    ball, whose loss is higher."""
     model = small_net(2)
     x, y = data(6)
-    strat = make_strategy("minmax", "linf:0.1, linf:0.1", steps=4, start="zero", gamma=1.0)
+    strat = make_strategy("minmax", "linf:0.1, linf:0.05", steps=4, start="zero", gamma=1.0)
     advs, w = strat.ampgd(model, x, y, None, seed=3)
-    res = DomainMinMax(
-        parse("linf:0.1")[0], steps=4, alpha=strat.member_alpha(0), loss="ce", seed=3,
-        target="worst", order="simultaneous",
-    )(ModelEnsemble([model]), x, y)  # fmt: skip
-    assert torch.equal(advs[0], res.last) and torch.equal(advs[1], res.last)
-    assert torch.allclose(w, torch.full_like(w, 0.5))
+    for i, spec in enumerate(("linf:0.1", "linf:0.05")):
+        res = DomainMinMax(
+            parse(spec)[0], steps=4, alpha=strat.member_alpha(i), loss="ce", seed=3,
+            target="worst", order="simultaneous",
+        )(ModelEnsemble([model]), x, y)  # fmt: skip
+        assert torch.equal(advs[i], res.last)
+    assert torch.allclose(w.sum(dim=1), torch.ones(w.shape[0], dtype=w.dtype))
+    assert bool((w[:, 0] > w[:, 1]).all())

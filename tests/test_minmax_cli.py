@@ -57,7 +57,7 @@ def test_cli_errors_are_one_line(capsys):
     [("--gamma", "nan", "--gamma must be a number"), ("--w-lr", "x", "--w-lr must be a number")],
 )
 def test_minmax_number_options_fail_in_one_line(flag, value, message, capsys):
-    argv = ["minmax", "universal", "--model", "mlp", "--n", "4", "--group-size", "2"]
+    argv = ["minmax", "universal", "--model", "mlp", "--n", "4", "--group-size", "2", "--untrained"]
     assert main([*argv, flag, value, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

@@ -5,10 +5,10 @@ The names most users need are importable from here; each layer's package has the
 
 from unionrobust._version import __version__
 from unionrobust.attacks import APGD, FGSM, MIM, MSD, PGD, SLIDE, AttackResult, WorstOf, make_attack
-from unionrobust.data import get_dataset, load_embedded_mnist
+from unionrobust.data import get_dataset, load_data, load_embedded_mnist
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation import EvaluationReport, evaluate
-from unionrobust.models import build_model, load_model, load_weights, save_weights
+from unionrobust.evaluation import AttackReport, EvaluationReport, attack_report, evaluate
+from unionrobust.models import build_model, get_model, load_model, load_weights, save_weights
 from unionrobust.threats import L0, L1, L2, Linf, ThreatModel, Union, parse
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MSD",
     "PGD",
     "SLIDE",
+    "AttackReport",
     "AttackResult",
     "EvaluationReport",
     "Linf",
@@ -29,9 +30,12 @@ __all__ = [
     "UnionRobustError",
     "WorstOf",
     "__version__",
+    "attack_report",
     "build_model",
     "evaluate",
     "get_dataset",
+    "get_model",
+    "load_data",
     "load_embedded_mnist",
     "load_model",
     "load_weights",

@@ -58,7 +58,9 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         if self.folder.exists() and not self.folder.is_dir():
-            raise UnionRobustError(f"output folder {str(self.folder)!r} is an existing file")
+            raise UnionRobustError(
+                f"output folder {str(self.folder)!r} is an existing file; give a folder to --out"
+            )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -95,14 +97,53 @@ class FolderLock:
         self.release()
 
 
+#: folders this process holds through :func:`locked_folder`, by real path
+_HELD: dict[str, FolderLock] = {}
+
+
 @contextlib.contextmanager
 def locked_folder(folder: str | os.PathLike | None) -> Iterator[FolderLock | None]:
-    """Hold ``folder``'s lock for the ``with`` block; ``None`` locks nothing."""
+    """Hold ``folder``'s lock for the ``with`` block; ``None`` locks nothing.
+
+    Re-entrant within a process: a nested ``locked_folder`` of a folder this process already
+    holds this way yields the same lock (a command holds its ``--out`` across library calls
+    that lock it too, e.g. ``evaluate(out_dir=...)``)."""
     if folder is None:
         yield None
         return
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        yield _HELD[key]
+        return
     lock = FolderLock(folder).acquire()
+    _HELD[key] = lock
     try:
         yield lock
     finally:
+        del _HELD[key]
         lock.release()
+
+
+def refuse_existing(folder: str | os.PathLike | None, names: tuple[str, ...], fix: str) -> None:
+    """Raise if ``folder`` already holds one of ``names`` (an earlier run's results, which
+    this run would replace); ``fix`` says how to go on, e.g. "use --overwrite"."""
+    if folder is None:
+        return
+    found = [n for n in names if (Path(folder) / n).exists()]
+    if found:
+        raise UnionRobustError(
+            f"output folder {str(folder)!r} already holds a run ({', '.join(found)}); {fix}"
+        )
+
+
+@contextlib.contextmanager
+def writing(folder: str | os.PathLike, then: str = "") -> Iterator[None]:
+    """Turn an ``OSError`` while writing into ``folder`` (a full disk, a read-only file system)
+    into a one-line error; ``then`` says how to continue. Files written earlier stay."""
+    try:
+        yield
+    except OSError as exc:
+        hint = f"; {then}" if then else ""
+        raise UnionRobustError(
+            f"cannot write to {str(folder)!r}: {exc.strerror or exc}{hint}"
+        ) from None

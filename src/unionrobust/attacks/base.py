@@ -106,7 +106,9 @@ def forward(model: nn.Module, x_adv: torch.Tensor, amp: bool = False) -> torch.T
 
 
 def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(dim=1) != y
+    """Bool (B,): the prediction is wrong, or the logits are non-finite (a broken output is
+    never robust: ``argmax`` of a NaN row is 0)."""
+    return (logits.argmax(dim=1) != y) | ~torch.isfinite(logits).all(dim=1)
 
 
 def run_restarts(

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
-from unionrobust.cli.cmd_eval import (
+from unionrobust.attacks.registry import attack_names
+from unionrobust.cli.common import (
     DEFAULT_THREATS,
     add_model_data_arguments,
-    batches,
     int_arg,
     load_model_and_data,
-    write_report,
 )
 from unionrobust.errors import unknown_name
+from unionrobust.evaluation.attack_report import (
+    ADVERSARIAL_NAME,
+    AttackReport,
+    attack_report,
+    union_attack,
+    write_attack_outputs,
+)
+from unionrobust.outdir import locked_folder, refuse_existing
+from unionrobust.threats import parse
 
 HELP = "run one attack against a union of threat models and save the adversarial examples"
 DESCRIPTION = """\
@@ -28,7 +34,8 @@ over the union). Every adversarial example is re-checked (inside a ball of the u
 
 Prints the attack's success rate on correctly classified points and the robust accuracy. With
 --out DIR it writes report.json and adversarial.safetensors (x_adv, y, success, threat_index:
-the member of the union whose ball holds each x_adv, -1 where x_adv = x).
+the member of the union whose ball holds each x_adv, -1 where x_adv = x). The output folder is
+checked (and locked) before the attack starts; one that already holds a run needs --overwrite.
 
 For an honest robustness number use 'unionrobust eval' (several attacks per threat model)."""
 EPILOG = """\
@@ -57,134 +64,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--steps", metavar="T", help="iterations per restart (attack default if unset)")
     a.add_argument("--restarts", metavar="R", help="restarts (attack default if unset)")
     a.add_argument("--out", metavar="DIR", help="write report.json and adversarial.safetensors")
+    a.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _names() -> list[str]:
-    from unionrobust.attacks.registry import attack_names
-
-    return attack_names()
-
-
-def build_attack(name: str, threats, steps: int | None, restarts: int | None, seed: int):
-    """The registry's attack over the union: MSD directly, any other attack once per member,
-    combined per example by ``WorstOf``."""
-    from unionrobust.attacks.registry import make_attack
-
-    kw: dict[str, int] = {"seed": seed}
-    if steps is not None:
-        kw["steps"] = steps
-    if restarts is not None:
-        kw["restarts"] = restarts
-    if name not in _names():
-        raise unknown_name("attack", name, _names())
-    return make_attack(name, threats, **kw)
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from unionrobust._version import __version__
-    from unionrobust.evaluation.engine import recheck
-    from unionrobust.evaluation.metrics import proportion
-    from unionrobust.threats import parse
-
     if args.attack == "list":
-        print("\n".join(_names()))
+        print("\n".join(attack_names()))
         return 0
     threats = parse(args.threats)
+    if args.attack not in attack_names():
+        raise unknown_name("attack", args.attack, attack_names())
     steps = None if args.steps is None else int_arg(args.steps, "--steps", 1)
     restarts = None if args.restarts is None else int_arg(args.restarts, "--restarts", 1)
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
     seed = int_arg(args.seed, "--seed", 0)
-    attack = build_attack(args.attack, threats, steps, restarts, seed)
-    model, x, y, device, meta = load_model_and_data(args)
-
-    count = x.shape[0]
-    x_adv = torch.empty_like(x)
-    clean_ok = torch.zeros(count, dtype=torch.bool)
-    success = torch.zeros(count, dtype=torch.bool)
-    rejected = torch.zeros(count, dtype=torch.bool)
-    which = torch.full((count,), -1, dtype=torch.int64)
-    t0 = time.perf_counter()
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=count, desc=args.attack, unit="ex", leave=False)
-    for start, xb, yb, ids in batches(x, y, batch_size, device):
-        sl = slice(start, start + xb.shape[0])
-        with torch.no_grad():
-            clean_ok[sl] = (model(xb).argmax(1) == yb).cpu()
-        result = attack(model, xb, yb, example_ids=ids)
-        broken, _ = recheck(model, threats, xb, yb, result.x_adv)
-        claimed = result.success.bool()
-        ok = broken | ~claimed  # refuse claimed successes that fail the re-check
-        xa = torch.where(ok.reshape(-1, *[1] * (xb.dim() - 1)), result.x_adv.clamp(0, 1), xb)
-        x_adv[sl] = xa.cpu()
-        success[sl] = broken.cpu()
-        rejected[sl] = (~ok).cpu()
-        if result.threat_index is not None:
-            which[sl] = torch.where(broken, result.threat_index, -1).cpu()
-        if bar is not None:
-            bar.update(sl.stop - sl.start)
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - t0
-
-    robust = clean_ok & ~success
-    acc, acc_ci = proportion(robust)
-    clean, clean_ci = proportion(clean_ok)
-    rate = float(success[clean_ok].double().mean()) if clean_ok.any() else float("nan")
-    per_threat = {m.spec: int(((which == i) & clean_ok).sum()) for i, m in enumerate(threats)}
-    report = {
-        "attack": args.attack,
-        "threats": [m.spec for m in threats],
-        "steps": steps,
-        "restarts": restarts,
-        "seed": seed,
-        "n_examples": count,
-        "clean_accuracy": clean,
-        "clean_accuracy_ci95": list(clean_ci),
-        "robust_accuracy": acc,
-        "robust_accuracy_ci95": list(acc_ci),
-        "success_rate": rate,
-        "successes_by_threat": per_threat,
-        "rejected": int(rejected.sum()),
-        "seconds": seconds,
-        "meta": meta,
-        "version": __version__,
-        "library_version": __version__,
-    }
-    print(f"attack {args.attack} on {threats.spec} | {count} examples | seed {seed}")
-    print(f"clean accuracy   {100 * clean:.1f}%")
-    print(
-        f"success rate     {100 * rate:.1f}% of correctly classified points "
-        f"({int((success & clean_ok).sum())}/{int(clean_ok.sum())})"
-    )
-    print(
-        f"robust accuracy  {100 * acc:.1f}%  95% CI [{100 * acc_ci[0]:.1f}, {100 * acc_ci[1]:.1f}]"
-    )
-    if len(threats) > 1:
-        print("successes by threat: " + ", ".join(f"{k} {v}" for k, v in per_threat.items()))
-    if report["rejected"]:
-        print(f"rejected by the re-check: {report['rejected']}")
-    if args.out:
-        out = Path(args.out)
-        write_report(out, report)
-        _save_adversarial(
-            out / "adversarial.safetensors",
-            {"x_adv": x_adv, "y": y, "success": success, "threat_index": which},
+    union_attack(args.attack, threats, steps, restarts, seed)  # bad options fail before loading
+    with locked_folder(args.out):  # every output path is checked before the attack runs
+        if not args.overwrite:
+            refuse_existing(
+                args.out,
+                ("report.json", ADVERSARIAL_NAME),
+                "replace it with --overwrite or choose another --out",
+            )
+        model, x, y, device, meta = load_model_and_data(args, require_weights=True)
+        report = attack_report(
+            model,
+            x,
+            y,
+            args.attack,
+            threats,
+            steps=steps,
+            restarts=restarts,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            progress=not args.no_progress,
+            meta=meta,
         )
-        print(f"wrote {out / 'report.json'} and {out / 'adversarial.safetensors'}")
+        print(format_attack(report))
+        if args.out:
+            json_path, adv_path = write_attack_outputs(report, args.out)
+            print(f"wrote {json_path} and {adv_path}")
     return 0
 
 
-def _save_adversarial(path: Path, tensors: dict) -> None:
-    """Atomic safetensors write (temp file in the same folder + os.replace)."""
-    from safetensors.torch import save_file
-
-    from unionrobust.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+def format_attack(report: AttackReport) -> str:
+    """The screen summary of an attack report."""
+    d = report.to_dict()
+    ok = report.clean_correct
+    lo, hi = d["robust_accuracy_ci95"]
+    lines = [
+        f"attack {report.attack} on {', '.join(report.threats)} | {d['n_examples']} examples "
+        f"| seed {report.seed}",
+        f"clean accuracy   {100 * d['clean_accuracy']:.1f}%",
+        f"success rate     {100 * d['success_rate']:.1f}% of correctly classified points "
+        f"({int((report.success & ok).sum())}/{int(ok.sum())})",
+        f"robust accuracy  {100 * d['robust_accuracy']:.1f}%  95% CI [{100 * lo:.1f}, "
+        f"{100 * hi:.1f}]",
+    ]
+    if len(report.threats) > 1:
+        by = d["successes_by_threat"]
+        lines.append("successes by threat: " + ", ".join(f"{k} {v}" for k, v in by.items()))
+    if report.rejected:
+        lines.append(f"rejected by the re-check: {report.rejected}")
+    if report.nonfinite:
+        lines.append(f"non-finite logits (counted as misclassified): {report.nonfinite}")
+    return "\n".join(lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from unionrobust.attacks.domains import ModelEnsemble, TransformDomains, UniversalGroups
 from unionrobust.attacks.transforms import make_transforms
-from unionrobust.cli.cmd_eval import (
+from unionrobust.cli.common import (
     add_model_data_arguments,
     int_arg,
     load_model_and_data,

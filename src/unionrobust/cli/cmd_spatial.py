@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from unionrobust.cli.cmd_eval import (
+from unionrobust.cli.common import (
     add_model_data_arguments,
     batches,
     int_arg,

@@ -3,6 +3,7 @@
 from unionrobust.data.arrays import ImageArrayDataset, as_tensors, loader, subset
 from unionrobust.data.datasets import DATASETS, dataset_names, get_dataset
 from unionrobust.data.embedded import load_embedded_mnist
+from unionrobust.data.load import load_data
 
 __all__ = [
     "DATASETS",
@@ -10,6 +11,7 @@ __all__ = [
     "as_tensors",
     "dataset_names",
     "get_dataset",
+    "load_data",
     "load_embedded_mnist",
     "loader",
     "subset",

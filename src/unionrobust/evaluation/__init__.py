@@ -1,5 +1,6 @@
 """Evaluation: suites, the cascade engine, per-example verdicts on disk and metrics."""
 
+from unionrobust.evaluation.attack_report import AttackReport, attack_report
 from unionrobust.evaluation.corruptions import corruption_accuracy
 from unionrobust.evaluation.curves import RobustnessCurve, robustness_curve, union_curve
 from unionrobust.evaluation.diagnostics import gradient_masking, run_diagnostics
@@ -9,10 +10,12 @@ from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, SuiteEntry, get_suite, suite_names
 
 __all__ = [
+    "AttackReport",
     "EvaluationReport",
     "RobustnessCurve",
     "Suite",
     "SuiteEntry",
+    "attack_report",
     "corruption_accuracy",
     "evaluate",
     "get_suite",

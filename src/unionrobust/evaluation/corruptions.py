@@ -19,7 +19,7 @@ from torch import nn
 
 from unionrobust.attacks.base import frozen_model
 from unionrobust.errors import UnionRobustError, unknown_name
-from unionrobust.evaluation.engine import resolve_device
+from unionrobust.evaluation.inputs import resolve_device
 
 
 def _folder(root: str | os.PathLike | None) -> Path:

@@ -30,7 +30,8 @@ from torch import nn
 
 from unionrobust.attacks.base import frozen_model
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.engine import as_tensors, recheck, resolve_device
+from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.inputs import as_tensors, resolve_device
 from unionrobust.threats import ThreatModel, Union, parse
 
 AttackSpec = str | Callable[[ThreatModel, int], Any]

@@ -16,21 +16,25 @@ point, and a resumed run gives exactly those of an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import inspect
 import os
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import frozen_model
-from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
+from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.checks import clean_verdicts, predicts_wrong
+from unionrobust.evaluation.inputs import as_tensors, device_for, resolve_device
+from unionrobust.evaluation.inputs import chunks as _chunks
+from unionrobust.evaluation.inputs import progress_bar as _bar
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
+    LOG_NAME,
     VerdictLog,
     config_hash,
     model_fingerprint,
@@ -39,78 +43,13 @@ from unionrobust.evaluation.verdicts import (
     tensor_hash,
     write_outputs,
 )
+from unionrobust.outdir import locked_folder, refuse_existing
 from unionrobust.threats import DEFAULT_TOL, ThreatModel, Union, parse
+
+__all__ = ["as_tensors", "check_out_dir", "evaluate", "recheck", "resolve_device"]
 
 
 # --------------------------------------------------------------------------- helpers
-def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
-    """``None``: the model's device; ``"auto"``: CUDA when available, else CPU."""
-    model_dev = next(
-        (t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu")
-    )
-    if device is None:
-        return model_dev
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UnionRobustError(
-            f"unknown device {device!r}; use cpu, cuda, cuda:N or auto"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnionRobustError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def as_tensors(
-    data: Any, y: torch.Tensor | None = None, n: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) from tensors or a map-style dataset of (image, label) pairs; the first ``n``."""
-    if n is not None and int(n) <= 0:
-        raise UnionRobustError(f"n must be a positive number of examples, got {n}")
-    if isinstance(data, torch.Tensor):
-        if y is None:
-            raise UnionRobustError("labels y are required when x is a tensor")
-        x = data
-    elif (
-        isinstance(data, tuple)
-        and len(data) == 2
-        and isinstance(data[0], torch.Tensor)
-        and data[0].dim() >= 2
-        and y is None
-    ):
-        x, y = data
-    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
-        if y is not None:
-            raise UnionRobustError("pass labels inside the dataset, not as y")
-        try:
-            from unionrobust.data import as_tensors as data_as_tensors
-        except ImportError:
-            data_as_tensors = None
-        if data_as_tensors is not None:
-            x, y = data_as_tensors(data, n)
-        else:
-            count = len(data) if n is None else min(int(n), len(data))
-            items = [data[i] for i in range(count)]
-            x = torch.stack([torch.as_tensor(a) for a, _ in items])
-            y = torch.as_tensor([int(b) for _, b in items])
-    else:
-        raise UnionRobustError(
-            f"data must be a tensor (with y) or a dataset of (image, label), got "
-            f"{type(data).__name__}"
-        )
-    if not isinstance(y, torch.Tensor):
-        y = torch.as_tensor(y)
-    if n is not None:
-        x, y = x[: int(n)], y[: int(n)]
-    check_images(x)
-    check_labels(y, x.shape[0])
-    if x.shape[0] == 0:
-        raise UnionRobustError("no examples to evaluate")
-    return x, y.to(torch.int64)
-
-
 def recheck(
     model: nn.Module,
     threat: ThreatModel | Union,
@@ -123,8 +62,9 @@ def recheck(
 
     Broken iff ``x_adv`` is finite, ``x_adv − x`` lies in the ball of ``threat`` and
     ``x_adv`` in [0, 1] (both up to the threat's float tolerance), and the model misclassifies
-    ``x_adv`` clamped to [0, 1] (so the point judged is a valid image). For a :class:`Union`
-    "inside" means inside some member's ball, and the norm is NaN (no single norm applies).
+    ``x_adv`` clamped to [0, 1] (so the point judged is a valid image) or returns non-finite
+    logits there (a broken output is never robust). For a :class:`Union` "inside" means inside
+    some member's ball, and the norm is NaN (no single norm applies).
     """
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         shape = getattr(x_adv, "shape", None)
@@ -135,34 +75,46 @@ def recheck(
     xa = torch.where(finite_el, xa, x)
     inside = threat.contains(xa - x, x, tol) & finite
     xc = xa.clamp(0.0, 1.0)
-    with frozen_model(model), torch.no_grad():
-        pred = model(xc).argmax(dim=1)
-    broken = inside & (pred != y)
+    broken = inside & predicts_wrong(model, xc, y)
     if isinstance(threat, Union):
         return broken, torch.full(broken.shape, float("nan"), dtype=torch.float64)
     return broken, threat.norm(xc - x).double()
 
 
-def _chunks(index: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, index.numel(), size):
-        yield index[start : start + size]
+def check_out_dir(out_dir: str | os.PathLike | None, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace an earlier run in ``out_dir`` unless ``resume`` or ``overwrite``."""
+    if resume and overwrite:
+        raise UnionRobustError(
+            "give resume=True (--resume) or overwrite=True (--overwrite), not both"
+        )
+    if not resume and not overwrite:
+        refuse_existing(
+            out_dir,
+            (LOG_NAME, "report.json"),
+            "continue it with --resume (resume=True), replace it with --overwrite "
+            "(overwrite=True), or choose another output folder",
+        )
 
 
-@contextlib.contextmanager
-def _bar(total: int, desc: str, enabled: bool):
-    if not enabled or total == 0:
-        yield None
-        return
-    from tqdm.auto import tqdm
+def _owning_out_dir(run: Callable[..., EvaluationReport]) -> Callable[..., EvaluationReport]:
+    """Run ``run`` holding its ``out_dir``'s lock, after refusing a folder that already holds
+    a run unless ``resume`` or ``overwrite`` is given (both checked before any work)."""
+    signature = inspect.signature(run)
 
-    bar = tqdm(total=total, desc=desc, unit="ex", leave=False, file=sys.stderr, dynamic_ncols=True)
-    try:
-        yield bar
-    finally:
-        bar.close()
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> EvaluationReport:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out_dir, resume = bound.arguments["out_dir"], bound.arguments["resume"]
+        with locked_folder(out_dir):
+            check_out_dir(out_dir, resume, bound.arguments["overwrite"])
+            return run(*args, **kwargs)
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------- engine
+@_owning_out_dir
 def evaluate(
     model: nn.Module,
     x_or_dataset: Any,
@@ -181,14 +133,18 @@ def evaluate(
     example_ids: torch.Tensor | None = None,
     meta: dict[str, Any] | None = None,
     diagnostics: bool = True,
+    overwrite: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``model`` against the union ``threats`` with ``suite``; see the module doc.
 
-    ``x_or_dataset``: images in [0, 1] with labels ``y``, or a dataset of (image, label);
-    ``n``: evaluate the first n examples. ``suite``: a name, a list of attack names or a
-    :class:`Suite`. ``out_dir``: log verdicts as they come and write report.json +
-    verdicts.csv at the end; ``resume``: continue the log in ``out_dir`` (same configuration
-    required, else an error). ``device``: None = the model's, "auto" = CUDA if available.
+    ``x_or_dataset``: images in [0, 1] with labels ``y``, a dataset of (image, label), or an
+    iterable of (x, y) batches (a ``DataLoader``); ``n``: evaluate the first n examples.
+    ``suite``: a name, a list of attack names or a :class:`Suite`. ``out_dir``: log verdicts
+    as they come and write report.json + verdicts.csv at the end, holding the folder's lock
+    (:mod:`unionrobust.outdir`); ``resume``: continue the log in ``out_dir`` (same
+    configuration required, else an error); a folder that already holds a run needs
+    ``resume`` or ``overwrite``. Non-finite logits: see :mod:`unionrobust.evaluation.checks`
+    (``report.nonfinite`` counts them). ``device``: None = the model's, "auto" = CUDA if available.
     ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
     benchmarks). ``example_ids``: global ids of the examples (default 0..n−1), which key the
     attacks' randomness. ``meta``: JSON-able facts about the run (model name, data spec) kept
@@ -203,18 +159,13 @@ def evaluate(
         raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UnionRobustError(f"seed must be an integer, got {seed!r}")
-    dev = resolve_device(device, model)
+    dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
     count = x.shape[0]
     ids = torch.arange(count) if example_ids is None else torch.as_tensor(example_ids).long()
     if ids.shape != (count,) or torch.unique(ids).numel() != count:
         raise UnionRobustError(f"example_ids must be {count} distinct integers")
     ids = ids.cpu()
-    model_dev = resolve_device(None, model)
-    if (model_dev.type, model_dev.index or 0) != (dev.type, dev.index or 0):
-        raise UnionRobustError(
-            f"the model is on {model_dev} but device={dev}; move it with model.to('{dev}')"
-        )
 
     entries = the_suite.entries
     config = {
@@ -253,33 +204,32 @@ def evaluate(
         return rec
 
     diag: dict[str, Any] = {}
-    if diagnostics:
-        from unionrobust.evaluation.diagnostics import run_diagnostics
-
-        diag = run_diagnostics(model, x, y, union)
-
     try:
-        # ---- clean pass
+        # ---- clean pass (non-finite logits: not correct, and an error for a whole batch)
         t0 = time.perf_counter()
         clean_correct = torch.zeros(count, dtype=torch.bool)
+        nonfinite = 0
         with _bar(count, "clean", progress) as bar:
             for k, idx in enumerate(_chunks(torch.arange(count), batch_size)):
                 rec = replay(("clean", -1, k), ids[idx])
                 if rec is not None:
                     correct = torch.tensor(rec["correct"], dtype=torch.bool)
+                    bad = int(rec.get("nonfinite", 0))
                 else:
                     xb, yb = x_on(idx)
-                    with frozen_model(model), torch.no_grad():
-                        logits = model(xb)
-                    classes = check_logits(logits, xb.shape[0])
-                    check_labels(yb, xb.shape[0], classes)
-                    correct = (logits.argmax(dim=1) == yb).cpu()
+                    correct_dev, bad_dev = clean_verdicts(model, xb, yb)
+                    correct, bad = correct_dev.cpu(), int(bad_dev.sum())
                     if log is not None:
-                        log.write_clean(k, ids[idx], correct)
+                        log.write_clean(k, ids[idx], correct, bad)
                 clean_correct[idx] = correct
+                nonfinite += bad
                 if bar is not None:
                     bar.update(idx.numel())
         t_clean = time.perf_counter() - t0
+        if diagnostics:  # after the clean pass, which reports a broken model in one line
+            from unionrobust.evaluation.diagnostics import run_diagnostics
+
+            diag = run_diagnostics(model, x, y, union)
 
         # ---- attacks, as a cascade
         n_entries = len(entries)
@@ -353,6 +303,7 @@ def evaluate(
         config=config,
         config_hash=config_hash(config),
         cascade=bool(cascade),
+        nonfinite=nonfinite,
     )
     if diagnostics:
         from unionrobust.evaluation.diagnostics import flags_of, gradient_masking

@@ -47,6 +47,8 @@ class EvaluationReport:
     version: str = __version__
     #: :func:`unionrobust.evaluation.diagnostics.run_diagnostics` output (empty if not run)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: examples whose clean logits were non-finite (counted as not correct)
+    nonfinite: int = 0
 
     # ------------------------------------------------------------------ per-example verdicts
     @property
@@ -158,6 +160,7 @@ class EvaluationReport:
             "config_hash": self.config_hash,
             "meta": self.config.get("meta", {}),
             "diagnostics": self.diagnostics,
+            "nonfinite_logits": self.nonfinite,
         }
 
     def verdict_rows(self) -> list[dict[str, Any]]:

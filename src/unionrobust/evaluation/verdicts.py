@@ -5,7 +5,8 @@ Layout of ``<out_dir>/verdicts.jsonl``:
 - line 1, the header: ``{"type": "header", "format": 1, "config_hash": ..., "config": {...}}``
   (threats, suite entries, seed, batch size, example ids, data and model fingerprints);
 - then one record per finished chunk, in the order the engine runs them:
-  ``{"type": "clean", "chunk": k, "ids": [...], "correct": [...]}`` for the clean pass and
+  ``{"type": "clean", "chunk": k, "ids": [...], "correct": [...], "nonfinite": m}`` for the
+  clean pass (``m`` rows with non-finite logits, counted as not correct) and
   ``{"type": "attack", "entry": e, "chunk": k, "ids": [...], "broken": [...], "norms": [...],
   "rejected": r, "seconds": s}`` for attack entry ``e``.
 
@@ -32,9 +33,17 @@ from torch import nn
 
 from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
+from unionrobust.outdir import writing
 
 LOG_NAME = "verdicts.jsonl"
 LOG_FORMAT = 1
+#: keys every record of a type must hold (a clean record may also hold "nonfinite")
+RECORD_KEYS = {
+    "clean": ("chunk", "ids", "correct"),
+    "attack": ("entry", "chunk", "ids", "broken", "norms", "rejected", "seconds"),
+}
+#: how to go on after a failed write: the log keeps every finished chunk
+AFTER_WRITE_ERROR = "free space, then continue with --resume (resume=True); finished work is kept"
 
 
 def tensor_hash(tensors: Iterable[torch.Tensor]) -> str:
@@ -93,33 +102,39 @@ class VerdictLog:
             if old_header is None:
                 records = []
             else:
+                check_records(path, records)
                 if old_header.get("config_hash") != digest:
                     raise UnionRobustError(
                         f"cannot resume: {path} was written by a different evaluation "
                         f"({_config_diff(old_header.get('config', {}), config)}); use another "
                         "output folder or run without resume"
                     )
-                with open(path, "r+b") as f:  # drop a truncated last line, if any
-                    f.truncate(good_bytes)
+                with writing(out, AFTER_WRITE_ERROR), open(path, "r+b") as f:
+                    f.truncate(good_bytes)  # drop a truncated last line, if any
                 return cls(path), records
-        atomic_write_text(path, json.dumps(header, allow_nan=False) + "\n")
+        with writing(out):
+            atomic_write_text(path, json.dumps(header, allow_nan=False) + "\n")
         return cls(path), records
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably (flush + fsync)."""
         line = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
+        folder = self.path.parent
+        with writing(folder, AFTER_WRITE_ERROR), open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
-    def write_clean(self, chunk: int, ids: torch.Tensor, correct: torch.Tensor) -> None:
+    def write_clean(
+        self, chunk: int, ids: torch.Tensor, correct: torch.Tensor, nonfinite: int = 0
+    ) -> None:
         self.append(
             {
                 "type": "clean",
                 "chunk": chunk,
                 "ids": ids.tolist(),
                 "correct": [int(c) for c in correct.tolist()],
+                "nonfinite": int(nonfinite),
             }
         )
 
@@ -182,6 +197,24 @@ def read_log(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[
     return header, parsed[1:], good
 
 
+def check_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Raise one line if a record has an unknown type or lacks a key (a damaged log)."""
+    for i, rec in enumerate(records):
+        where = f"cannot resume: {path} line {i + 2}"
+        keys = RECORD_KEYS.get(rec.get("type")) if isinstance(rec, dict) else None
+        if keys is None:
+            raise UnionRobustError(
+                f"{where} is not a clean or attack record; start again with --overwrite "
+                "(overwrite=True) or use another output folder"
+            )
+        missing = [k for k in keys if k not in rec]
+        if missing:
+            raise UnionRobustError(
+                f"{where} (a {rec['type']} record) is missing {', '.join(map(repr, missing))}; "
+                "the log is damaged: start again with --overwrite (overwrite=True)"
+            )
+
+
 def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "differs in: " + ", ".join(keys) if keys else "different format"
@@ -217,10 +250,11 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
 def write_outputs(report: Any, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """report.json (``report.to_dict()``) and verdicts.csv (``report.verdict_rows()``)."""
     out = Path(out_dir)
-    return (
-        write_json(out / "report.json", report.to_dict()),
-        write_csv(out / "verdicts.csv", report.verdict_rows()),
-    )
+    with writing(out, AFTER_WRITE_ERROR):
+        return (
+            write_json(out / "report.json", report.to_dict()),
+            write_csv(out / "verdicts.csv", report.verdict_rows()),
+        )
 
 
 def _nan_to_none(obj: Any) -> Any:

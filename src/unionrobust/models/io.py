@@ -82,13 +82,24 @@ def _looks_like_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read and unwrap the tensors of a weights file (safetensors or torch, no pickle code)."""
+def weights_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it names an existing file; a one-line error otherwise."""
     p = Path(path)
     if not p.exists():
         raise UnionRobustError(f"weights file {str(p)!r} not found")
+    if p.is_dir():
+        raise UnionRobustError(
+            f"weights path {str(p)!r} is a directory, not a file; give the weights file in it "
+            "(.safetensors, or a torch state dict .pt/.pth)"
+        )
     if not p.is_file():
         raise UnionRobustError(f"weights path {str(p)!r} is not a file")
+    return p
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read and unwrap the tensors of a weights file (safetensors or torch, no pickle code)."""
+    p = weights_path(path)
     if p.suffix == ".safetensors" or _looks_like_safetensors(p):
         from safetensors.torch import load_file
 

@@ -118,6 +118,12 @@ class Union:
                 raise UnionRobustError(f"a union holds threat models, got {type(m).__name__}")
         if not flat:
             raise UnionRobustError("a union needs at least one threat model")
+        specs = [m.spec for m in flat]
+        dup = next((s for i, s in enumerate(specs) if s in specs[:i]), None)
+        if dup is not None:  # report keys are specs: a repeat would silently collapse
+            raise UnionRobustError(
+                f"duplicate threat {dup!r} in the union {', '.join(specs)!r}; list each once"
+            )
         self.members: tuple[ThreatModel, ...] = tuple(flat)
 
     def __or__(self, other: ThreatModel | Union) -> Union:

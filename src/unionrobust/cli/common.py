@@ -1,0 +1,142 @@
+"""What the commands that run a model on data share: their arguments and how they resolve
+(through :func:`unionrobust.models.get_model` and :func:`unionrobust.data.load_data`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unionrobust.data import load_data
+from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.inputs import resolve_device
+from unionrobust.evaluation.verdicts import write_json
+from unionrobust.models import get_model
+from unionrobust.models.loader import check_model_request
+
+DEFAULT_THREATS = "linf:0.3, l2:2, l1:10"
+
+
+def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model/--model-module/--weights/--untrained, --data/--root/--split/--n, --batch-size,
+    --seed, --device: the arguments every command that runs a model on data shares."""
+    m = parser.add_argument_group("model")
+    m.add_argument(
+        "--model",
+        metavar="NAME",
+        help="architecture from the model zoo (e.g. mnist-cnn, lenet, small-cnn, "
+        "preact-resnet18); see 'unionrobust eval --model list'",
+    )
+    m.add_argument(
+        "--model-module",
+        metavar="FILE.py:FACTORY",
+        help="your own model: a Python file and a function in it that returns a torch "
+        "nn.Module mapping [0,1] images to logits (the file is executed)",
+    )
+    m.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="weights to load (.safetensors, or a torch state dict read with weights_only=True)",
+    )
+    m.add_argument(
+        "--untrained",
+        action="store_true",
+        help="use a zoo model's random initialisation on purpose (else --weights is required)",
+    )
+    d = parser.add_argument_group("data")
+    d.add_argument(
+        "--data",
+        default="mnist-embedded",
+        metavar="SPEC",
+        help="dataset: mnist-embedded (built in, no download), mnist, cifar10, "
+        "cifar10c:CORRUPTION:SEVERITY, imagefolder (default: %(default)s)",
+    )
+    d.add_argument("--root", metavar="DIR", help="folder holding the dataset files")
+    d.add_argument("--split", default="test", help="train or test (default: %(default)s)")
+    d.add_argument(
+        "--n", metavar="N", help="use the first N examples of the split (default: all; more "
+        "than the split holds is an error)"
+    )  # fmt: skip
+    r = parser.add_argument_group("run")
+    r.add_argument(
+        "--batch-size", default="250", metavar="B", help="examples per batch (default: 250)"
+    )
+    r.add_argument("--seed", default="0", help="seed of the attacks' randomness (default: 0)")
+    r.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)"
+    )
+
+
+def int_arg(value: Any, flag: str, low: int | None = None) -> int:
+    """Parse an integer option; one-line error otherwise."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise UnionRobustError(f"{flag} must be a whole number, got {value!r}") from None
+    if low is not None and number < low:
+        what = "positive" if low == 1 else f">= {low}"
+        raise UnionRobustError(f"{flag} must be {what}, got {number}")
+    return number
+
+
+def load_model_and_data(args: argparse.Namespace, require_weights: bool = False):
+    """(model on its device, x, y, device, meta) from the shared arguments.
+
+    A zoo model without --weights is refused when ``require_weights`` (eval, attack), else
+    used with a warning on stderr."""
+    n = None if args.n is None else int_arg(args.n, "--n", 1)
+    untrained = bool(args.untrained)
+    if args.model and args.weights is None and not untrained and not require_weights:
+        print(
+            f"WARNING: no --weights: {args.model} is untrained (pass --untrained to confirm)",
+            file=sys.stderr,
+        )
+        untrained = True
+    x, y, num_classes = load_data(args.data, args.split, args.root, n)
+    check_model_request(args.model, args.weights, module=args.model_module, untrained=untrained)
+    model = get_model(
+        args.model,
+        args.weights,
+        module=args.model_module,
+        untrained=untrained,
+        **(
+            {}
+            if args.model_module
+            else {
+                "num_classes": num_classes,
+                "in_channels": int(x.shape[1]),
+                "input_size": tuple(int(s) for s in x.shape[2:]),
+            }
+        ),
+    )
+    device = resolve_device(args.device, model)
+    model = model.to(device).eval()
+    meta = {
+        "model": args.model or args.model_module,
+        # the file's name only: the weights themselves are fingerprinted by the engine, and a
+        # moved file must not block --resume
+        "weights": Path(args.weights).name if args.weights else None,
+        "data": args.data,
+        "split": args.split,
+    }
+    return model, x, y, device, meta
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` atomically as ``OUT_DIR/report.json`` (folder created); return the path."""
+    return write_json(Path(out_dir) / "report.json", report)
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, xb, yb, ids)`` over consecutive batches moved to ``device``; ``ids`` are the
+    examples' positions in ``x`` (attack example ids: results do not depend on batching)."""
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        yield start, xb, yb, torch.arange(start, start + xb.shape[0], device=device)

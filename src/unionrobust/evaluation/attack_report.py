@@ -1,0 +1,197 @@
+"""One attack against a union, on a dataset: the adversarial examples and how often they break
+the model (``unionrobust attack``; for an honest robustness number use :func:`evaluate`).
+
+Same checks as the engine: the clean pass refuses a model with non-finite logits on a whole
+batch and counts isolated non-finite rows as not correct; every adversarial example is
+re-checked (:func:`~unionrobust.evaluation.engine.recheck`) before it counts, and a claimed
+success that fails the re-check is replaced by the clean input and counted as rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from unionrobust._version import __version__
+from unionrobust.atomic import atomic_path
+from unionrobust.attacks.base import Attack
+from unionrobust.attacks.registry import make_attack
+from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.checks import clean_verdicts
+from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.inputs import as_tensors, chunks, device_for, progress_bar
+from unionrobust.evaluation.metrics import proportion
+from unionrobust.evaluation.verdicts import write_json
+from unionrobust.outdir import writing
+from unionrobust.threats import ThreatModel, Union, parse
+
+ADVERSARIAL_NAME = "adversarial.safetensors"
+
+
+@dataclass
+class AttackReport:
+    """Per example: ``clean_correct``, ``success`` (a re-checked adversarial example was found),
+    ``x_adv`` (the clean input where none was), ``threat_index`` (the member of the union whose
+    ball holds ``x_adv``, -1 where ``x_adv = x``). Robust = clean correct and not broken."""
+
+    attack: str
+    threats: list[str]
+    seed: int
+    x_adv: torch.Tensor
+    labels: torch.Tensor
+    clean_correct: torch.Tensor
+    success: torch.Tensor
+    threat_index: torch.Tensor
+    rejected: int
+    nonfinite: int
+    seconds: float
+    steps: int | None = None
+    restarts: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust(self) -> torch.Tensor:
+        return self.clean_correct & ~self.success
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary (report.json of ``unionrobust attack``)."""
+        acc, acc_ci = proportion(self.robust)
+        clean, clean_ci = proportion(self.clean_correct)
+        ok = self.clean_correct
+        rate = float(self.success[ok].double().mean()) if ok.any() else float("nan")
+        return {
+            "attack": self.attack,
+            "threats": list(self.threats),
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "seed": self.seed,
+            "n_examples": int(self.labels.numel()),
+            "clean_accuracy": clean,
+            "clean_accuracy_ci95": list(clean_ci),
+            "robust_accuracy": acc,
+            "robust_accuracy_ci95": list(acc_ci),
+            "success_rate": rate,
+            "successes_by_threat": {
+                s: int(((self.threat_index == i) & ok).sum()) for i, s in enumerate(self.threats)
+            },
+            "rejected": self.rejected,
+            "nonfinite_logits": self.nonfinite,
+            "seconds": self.seconds,
+            "meta": self.meta,
+            "version": __version__,
+            "library_version": __version__,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-example tensors saved in adversarial.safetensors."""
+        return {
+            "x_adv": self.x_adv,
+            "y": self.labels,
+            "success": self.success,
+            "threat_index": self.threat_index,
+        }
+
+
+def union_attack(
+    name: str,
+    threats: str | ThreatModel | Union,
+    steps: int | None,
+    restarts: int | None,
+    seed: int,
+) -> Attack:
+    """Registry attack ``name`` over the union (MSD directly, any other once per member,
+    combined per example by ``WorstOf``); ``steps``/``restarts`` None: the attack's default."""
+    kw: dict[str, int] = {"seed": seed}
+    if steps is not None:
+        kw["steps"] = steps
+    if restarts is not None:
+        kw["restarts"] = restarts
+    return make_attack(name, parse(threats), **kw)
+
+
+def attack_report(
+    model: nn.Module,
+    x_or_dataset: Any,
+    y: torch.Tensor | None = None,
+    attack: str | Attack = "pgd",
+    threats: str | ThreatModel | Union = "linf:0.3, l2:2, l1:10",
+    *,
+    steps: int | None = None,
+    restarts: int | None = None,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    n: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> AttackReport:
+    """Run ``attack`` (a registry name, built over the union with ``steps``/``restarts``/
+    ``seed`` — MSD searches all balls at once, any other attack runs per member, worst case
+    kept — or an :class:`Attack`) on every example; data as for :func:`evaluate`."""
+    union = parse(threats)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(attack, str):
+        name, atk = attack, union_attack(attack, union, steps, restarts, seed)
+    else:
+        name, atk = type(attack).__name__, attack
+    dev = device_for(model, device)
+    x, y = as_tensors(x_or_dataset, y, n)
+    count = x.shape[0]
+    x_adv = x.clone()
+    clean_ok = torch.zeros(count, dtype=torch.bool)
+    success = torch.zeros(count, dtype=torch.bool)
+    which = torch.full((count,), -1, dtype=torch.int64)
+    rejected = nonfinite = 0
+    t0 = time.perf_counter()
+    with progress_bar(count, name, progress) as bar:
+        for idx in chunks(torch.arange(count), batch_size):
+            xb, yb, ids = x[idx].to(dev), y[idx].to(dev), idx.to(dev)
+            correct, bad = clean_verdicts(model, xb, yb)
+            result = atk(model, xb, yb, example_ids=ids)
+            broken, _ = recheck(model, union, xb, yb, result.x_adv)
+            claimed = result.success.to(broken.device).bool()
+            keep = broken | ~claimed  # refuse claimed successes that fail the re-check
+            xa = torch.where(keep.reshape(-1, *[1] * (xb.dim() - 1)), result.x_adv.clamp(0, 1), xb)
+            x_adv[idx] = xa.cpu()
+            clean_ok[idx] = correct.cpu()
+            success[idx] = broken.cpu()
+            rejected += int((~keep).sum())
+            nonfinite += int(bad.sum())
+            if result.threat_index is not None:
+                which[idx] = torch.where(broken, result.threat_index, -1).cpu()
+            if bar is not None:
+                bar.update(idx.numel())
+    return AttackReport(
+        attack=name,
+        threats=[m.spec for m in union],
+        seed=int(seed),
+        x_adv=x_adv,
+        labels=y.cpu(),
+        clean_correct=clean_ok,
+        success=success,
+        threat_index=which,
+        rejected=rejected,
+        nonfinite=nonfinite,
+        seconds=time.perf_counter() - t0,
+        steps=steps,
+        restarts=restarts,
+        meta=dict(meta or {}),
+    )
+
+
+def write_attack_outputs(report: AttackReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """report.json and adversarial.safetensors in ``out_dir``, each written atomically."""
+    out = Path(out_dir)
+    with writing(out):
+        path = out / ADVERSARIAL_NAME
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in report.tensors().items()}, tmp)
+        return write_json(out / "report.json", report.to_dict()), path

@@ -1,0 +1,66 @@
+"""Checks on what a model returns, shared by every evaluation pass (engine, attack report).
+
+A model whose forward raises, returns something other than a (B, classes) tensor, or returns
+non-finite logits is broken, not robust: ``argmax`` of a NaN row is 0, so without these checks a
+NaN model would be "correct" and "robust" on every digit of class 0. Policy: a batch in which
+every row of the clean logits is non-finite is an error; an isolated non-finite row counts as
+not correct (and is counted); a non-finite row at an adversarial point counts as broken.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unionrobust.attacks.base import frozen_model, misclassified
+from unionrobust.errors import UnionRobustError, check_labels, check_logits
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the frozen ``model`` at ``x`` (no graph), shape-checked; any failure of the
+    forward pass is a one-line :class:`UnionRobustError`."""
+    try:
+        with frozen_model(model), torch.no_grad():
+            logits = model(x)
+    except UnionRobustError:
+        raise
+    except Exception as err:  # the user's model: report its error in one line
+        raise UnionRobustError(
+            f"the model's forward failed on a batch of shape {tuple(x.shape)} "
+            f"({_first_line(err)}); check its input channels/size and its code"
+        ) from None
+    check_logits(logits, x.shape[0])
+    return logits
+
+
+def finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Bool (B,): every logit of the row is finite."""
+    return torch.isfinite(logits).all(dim=1)
+
+
+def clean_verdicts(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct (B,), non-finite (B,)) of the clean pass on one batch, on ``x``'s device.
+
+    Raises when every row is non-finite (a broken model); a non-finite row is never correct.
+    """
+    logits = model_logits(model, x)
+    check_labels(y, x.shape[0], int(logits.shape[1]))
+    finite = finite_rows(logits)
+    if not bool(finite.any()):
+        raise UnionRobustError(
+            f"the model returned non-finite logits (NaN or inf) for all {x.shape[0]} examples of "
+            "a batch; it is broken (check its weights, e.g. a diverged training), not robust"
+        )
+    return (logits.argmax(dim=1) == y) & finite, ~finite
+
+
+def predicts_wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bool (B,): ``model`` misclassifies ``x`` or returns non-finite logits for it."""
+    return misclassified(model_logits(model, x), y)
