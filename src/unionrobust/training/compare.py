@@ -23,7 +23,10 @@ import torch
 
 from unionrobust.atomic import atomic_savefig, atomic_write_text
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.suites import get_suite
+from unionrobust.outdir import locked_folder
 from unionrobust.training.config import builtin_configs, load_config
+from unionrobust.training.lifetime import stop_workers, worker_init
 
 DEFAULT_STRATEGIES = ("pinf", "max", "avg", "msd", "eat")
 BASE = "mnist-small"
@@ -179,13 +182,39 @@ def compare(
     """
     if seeds < 1:
         raise UnionRobustError(f"seeds must be >= 1, got {seeds}")
+    if n_test < 1:
+        raise UnionRobustError(f"the number of test points (--n) must be >= 1, got {n_test}")
+    if jobs is not None and jobs < 1:
+        raise UnionRobustError(f"jobs must be >= 1 (omit it for one per CPU core), got {jobs}")
     if not strategies:
         raise UnionRobustError("give at least one strategy")
     from unionrobust.training.trainer import build_strategy
 
-    for strategy in strategies:  # fail on a bad name or option before training anything
-        build_strategy(config_for(strategy, overrides, base))
-    out = Path(out)
+    for strategy in strategies:  # fail on a bad name, option or suite before training anything
+        cfg = config_for(strategy, overrides, base)
+        build_strategy(cfg)
+        get_suite(suite, cfg.threats)
+    with locked_folder(out):  # one run owns the output folder
+        return _train_and_compare(
+            strategies, Path(out), seeds=seeds, n_test=n_test, suite=suite,
+            overrides=overrides, base=base, progress=progress, jobs=jobs, echo=echo,
+        )  # fmt: skip
+
+
+def _train_and_compare(
+    strategies: Sequence[str],
+    out: Path,
+    *,
+    seeds: int,
+    n_test: int,
+    suite: str,
+    overrides: Sequence[str],
+    base: str,
+    progress: bool,
+    jobs: int | None,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """:func:`compare` after its checks, holding the output folder's lock."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     todo = [
@@ -201,7 +230,7 @@ def compare(
         for strategy in strategies
         for seed in range(seeds)
     ]
-    jobs = default_jobs(len(todo)) if jobs is None else max(1, int(jobs))
+    jobs = default_jobs(len(todo)) if jobs is None else int(jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     for job in todo:
         job["threads"] = threads
@@ -230,11 +259,20 @@ def compare(
 
         order = sorted(todo, key=lambda j: -COST.get(j["strategy"], 1.0))
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        # workers ignore Ctrl-C and die with this process; on any stop (Ctrl-C, an error) they
+        # get SIGTERM at once, save a checkpoint and exit (a rerun resumes them)
+        pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)
+        )
+        try:
             futures = [pool.submit(_run_one, job) for job in order]
             for fut in as_completed(futures):
                 runs.append(fut.result())
                 done(runs[-1])
+        except BaseException:
+            stop_workers(pool)
+            raise
+        pool.shutdown()
     key = {(j["strategy"], j["seed"]): i for i, j in enumerate(todo)}
     runs.sort(key=lambda r: key[(r["strategy"], r["seed"])])
     threats = runs[0]["threats"]

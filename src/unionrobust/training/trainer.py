@@ -23,11 +23,12 @@ continues bit-exactly on the CPU (the consumed batches of the epoch are skipped)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.outdir import FolderLock
 from unionrobust.threats import parse
 from unionrobust.training import checkpoint as ckpt
 from unionrobust.training.config import Config, dump_config
@@ -57,6 +59,7 @@ from unionrobust.training.distributed import (
     shard,
     wrap_model,
 )
+from unionrobust.training.lifetime import deferred_signals, redeliver
 from unionrobust.training.schedules import make_schedule
 
 OPTIMIZERS = ("adam", "sgd")
@@ -208,6 +211,28 @@ def _diff_key(old: Any, new: Any, prefix: str = "") -> str | None:
     return None if old == new or key in _RESUME_FREE else key
 
 
+def read_train_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl``; a torn LAST line (a kill mid-write) is dropped,
+    a bad line anywhere else is an error."""
+    lines = path.read_text("utf-8", errors="replace").splitlines() if path.is_file() else []
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int):
+                raise ValueError("not an epoch record")
+        except ValueError:
+            if all(not rest.strip() for rest in lines[i + 1 :]):
+                break
+            raise ckpt.CheckpointError(
+                f"{str(path)!r}: line {i + 1} is corrupt; cannot resume"
+            ) from None
+        records.append(rec)
+    return records
+
+
 # ------------------------------------------------------------------------------- trainer
 
 
@@ -235,25 +260,33 @@ class Trainer:
         callbacks: Sequence[Any] = (),
         ctx: DistContext | None = None,
     ) -> None:
-        self.cfg = config
+        self.cfg = config.validate()  # a Python caller may have changed it after loading
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = resume
         self.callbacks = list(callbacks)
-        self.ctx = ctx if ctx is not None else init_distributed(config.training.device)
-        self.device = self.ctx.device
-        t = config.training
-        if config.eval.select not in SELECT:
-            raise unknown_name("eval.select", config.eval.select, SELECT)
-        if config.eval.source not in ("holdout", "test"):
-            raise unknown_name("eval.source", config.eval.source, ("holdout", "test"))
-        if not 0.0 <= t.adv_fraction <= 1.0:
-            raise UnionRobustError(f"training.adv_fraction must be in [0, 1], got {t.adv_fraction}")
-        if not 0.0 <= config.data.extra_fraction < 1.0:
-            raise UnionRobustError("data.extra_fraction must be in [0, 1)")
-        if t.epochs < 1 or config.data.batch_size < 1:
-            raise UnionRobustError("training.epochs and data.batch_size must be >= 1")
         if resume and self.out_dir is None:
             raise UnionRobustError("resume needs an output folder")
+        self.ctx = ctx if ctx is not None else init_distributed(config.training.device)
+        self.device = self.ctx.device
+        # one run owns the output folder (checked and locked before any work)
+        self._lock = FolderLock(self.out_dir) if self.out_dir and self.ctx.is_main else None
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._setup(model, strategy, train_data, eval_data, extra_data)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output folder (done by :meth:`fit`; idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _setup(
+        self, model: Any, strategy: Any, train_data: Any, eval_data: Any, extra_data: Any
+    ) -> None:
+        config, resume, t = self.cfg, self.resume, self.cfg.training
         self.threats = parse(config.threats)
         self.strategy = strategy if strategy is not None else build_strategy(config)
 
@@ -286,8 +319,6 @@ class Trainer:
             self.extra_source = load_extra(config.data.extra)
         shape = train.sample_shape()
         aug = config.data.augment
-        if aug not in ("auto", "none", "crop-flip", "crop", "flip"):
-            raise unknown_name("data.augment", aug, ("auto", "crop", "crop-flip", "flip", "none"))
         if aug == "auto":
             aug = "crop-flip" if shape[0] == 3 else "none"
         self.augment = aug
@@ -323,6 +354,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._epoch_acc = {"loss": 0.0, "correct": 0.0, "n": 0.0, "time": 0.0}
         self._stats = _StatsMean()
+        self.skipped = 0  # batches dropped for a non-finite loss (training.nonfinite = skip)
+        self._stop: int | None = None  # a SIGINT/SIGTERM received during fit
         self.ckpt_dir = self.out_dir / "checkpoints" if self.out_dir else None
         if self.extra_source is not None and not self.extra_source.labelled:
             self._pseudo_label()
@@ -334,8 +367,9 @@ class Trainer:
                 raise UnionRobustError(
                     f"{str(self.out_dir)!r} already holds a run; use --resume or a new --out"
                 )
-            ckpt.atomic_write_text(self.out_dir / "config.yaml", dump_config(config))
-            ckpt.atomic_write_text(self.out_dir / "log.jsonl", "")
+            with self._writing("config.yaml"):
+                ckpt.atomic_write_text(self.out_dir / "config.yaml", dump_config(config))
+                ckpt.atomic_write_text(self.out_dir / "log.jsonl", "")
 
     # --------------------------------------------------------------------- setup helpers
 
@@ -356,8 +390,8 @@ class Trainer:
             self.model.train(was)
             y = torch.cat(ys)
             if path is not None and self.ctx.is_main:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_write_bytes(path, ckpt.state_bytes(y))
+                with self._writing("extra_labels.pt"):
+                    ckpt.atomic_write_bytes(path, ckpt.state_bytes(y))
         self.extra_source = self.extra_source.with_labels(y)
 
     def _state(self) -> dict[str, Any]:
@@ -371,6 +405,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "strategy": strat,
             "best": json.dumps(self.best),
+            "skipped": self.skipped,
             "epoch_acc": dict(self._epoch_acc),
             "stats": json.dumps({"sums": self._stats.sums, "counts": self._stats.counts}),
             "config": json.dumps(self.cfg.to_dict()),
@@ -379,11 +414,24 @@ class Trainer:
     def save(self, tag: str = "last") -> None:
         """Write checkpoint ``tag`` (rank 0 only; the others wait)."""
         if self.ckpt_dir is not None and self.ctx.is_main:
-            ckpt.save_checkpoint(
-                self.ckpt_dir, tag, self.model.state_dict(), self._state(),
-                epoch=self.epoch, step=self.global_step,
-            )  # fmt: skip
+            with self._writing(f"checkpoint {tag!r}"):
+                ckpt.save_checkpoint(
+                    self.ckpt_dir, tag, self.model.state_dict(), self._state(),
+                    epoch=self.epoch, step=self.global_step,
+                )  # fmt: skip
         barrier(self.ctx)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write (full disk, permissions) into a one-line error; the writers are
+        atomic, so the previous checkpoint and files stay intact."""
+        try:
+            yield
+        except OSError as exc:
+            raise UnionRobustError(
+                f"cannot write {what} in {str(self.out_dir)!r}: {exc.strerror or exc}; free "
+                "space (or fix permissions) and continue with --resume"
+            ) from None
 
     def _load_resume(self) -> None:
         weights, state, _ = ckpt.load_checkpoint(self.ckpt_dir, "last")
@@ -409,17 +457,17 @@ class Trainer:
         self.step_in_epoch = int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
         self.best = json.loads(state["best"])
+        self.skipped = int(state.get("skipped", 0))
         self._epoch_acc = {k: float(v) for k, v in state["epoch_acc"].items()}
         st = json.loads(state["stats"])
         self._stats.sums, self._stats.counts = st["sums"], st["counts"]
         ckpt.set_rng_state(state["rng"])
         # the log keeps only the epochs the checkpoint has seen
         log = self.out_dir / "log.jsonl"
-        lines = log.read_text("utf-8").splitlines() if log.is_file() else []
-        keep = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] < self.epoch]
-        self.history = [json.loads(ln) for ln in keep]
+        self.history = [r for r in read_train_log(log) if r["epoch"] < self.epoch]
         if self.ctx.is_main:
-            ckpt.atomic_write_text(log, "".join(ln + "\n" for ln in keep))
+            with self._writing("log.jsonl"):
+                ckpt.atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # --------------------------------------------------------------------- one step
 
@@ -477,6 +525,7 @@ class Trainer:
         lr = float(self.schedule(epoch + i / spe))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self._last_lr = lr
         if t.warmup_epochs > 0 and hasattr(self.strategy, "set_scale"):
             self.strategy.set_scale(min(1.0, (self.global_step + 1) / (t.warmup_epochs * spe)))
         elif hasattr(self.strategy, "set_scale"):
@@ -506,13 +555,54 @@ class Trainer:
         loss = total * (self.ctx.world / n_global)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if not self._finite_step(total, epoch, lr):
+            return
         self.scaler.step(self.optimizer)
         self.scaler.update()
         acc = self._epoch_acc
         acc["loss"] += float(total.detach())
         acc["correct"] += correct
         acc["n"] += float(x.shape[0])
-        self._last_lr = lr
+
+    def _finite_step(self, total: torch.Tensor, epoch: int, lr: float) -> bool:
+        """False (batch dropped) or an error when the loss or a gradient is not finite.
+
+        Checked after ``backward`` so that under DDP every rank sees the same averaged
+        gradients (and the flag is summed over ranks): all ranks skip or stop together.
+        """
+        bad = ~torch.isfinite(total.detach())
+        if not self.amp:  # under AMP the GradScaler already skips inf/NaN gradients
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                bad = bad | ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if self.ctx.distributed:
+            bad = all_sum(bad.double().reshape(1), self.ctx)[0] > 0
+        if not bool(bad):
+            return True
+        t = self.cfg.training
+        if t.nonfinite == "error":
+            raise UnionRobustError(
+                f"training diverged in epoch {epoch} at step {self.global_step + 1}: the loss or "
+                f"its gradient is not finite (lr {lr:g}); lower optimizer.lr, or set "
+                "training.nonfinite=skip to drop such batches"
+            )
+        self.skipped += 1
+        if self.skipped > t.max_skipped:
+            raise UnionRobustError(
+                f"training diverged: {self.skipped} batches with a non-finite loss skipped "
+                f"(more than training.max_skipped = {t.max_skipped}); lower optimizer.lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        return False
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """A model with non-finite weights is never evaluated, saved or selected as best."""
+        values = [v for v in self.model.state_dict().values() if v.is_floating_point()]
+        if values and not bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
+            raise UnionRobustError(
+                f"training diverged in epoch {epoch}: the weights are not finite (the last "
+                "finite checkpoint is kept); lower optimizer.lr"
+            )
 
     # --------------------------------------------------------------------- evaluation
 
@@ -545,13 +635,15 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.out_dir is None or not self.ctx.is_main:
             return
-        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+        log = self.out_dir / "log.jsonl"
+        with self._writing("log.jsonl"), open(log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         e = self.cfg.eval
+        self._check_finite_weights(epoch)
         sums = all_sum(
             torch.tensor(
                 [self._epoch_acc[k] for k in ("loss", "correct", "n")], dtype=torch.float64
@@ -577,11 +669,18 @@ class Trainer:
             if score is not None and (self.best is None or score > self.best["score"]):
                 self.best = {"epoch": epoch, "score": score, "metric": e.select}
                 record["best"] = True
+        if self.skipped:
+            record["skipped_batches"] = self.skipped
         record["strategy_stats"] = self._stats.result()
         return record
 
     def fit(self) -> TrainResult:
-        """Train to ``training.epochs`` (continuing from the checkpoint when resuming)."""
+        """Train to ``training.epochs`` (continuing from the checkpoint when resuming).
+
+        SIGINT/SIGTERM during the loop (single process, main thread, with an output folder)
+        finish the current step, save the ``last`` checkpoint and then act as usual
+        (KeyboardInterrupt / termination): ``--resume`` continues exactly from there.
+        """
         t = self.cfg.training
         start = time.perf_counter()
         bar = None
@@ -594,53 +693,72 @@ class Trainer:
             )  # fmt: skip
         self._last_lr = float(self.schedule(self.epoch))
         try:
-            while self.epoch < t.epochs:
-                epoch = self.epoch
-                self._order = epoch_order(t.seed, epoch, len(self.train_source))
-                if self.step_in_epoch == 0:
-                    self._epoch_acc = {"loss": 0.0, "correct": 0.0, "n": 0.0, "time": 0.0}
-                    self._stats = _StatsMean()
-                    if hasattr(self.strategy, "on_epoch_start"):
-                        self.strategy.on_epoch_start(epoch)
-                for i in range(self.step_in_epoch, self.steps_per_epoch):
-                    t0 = time.perf_counter()
-                    self._train_step(epoch, i)
-                    self._epoch_acc["time"] += time.perf_counter() - t0
-                    self.global_step += 1
-                    self.step_in_epoch = i + 1
-                    if bar is not None:
-                        acc = self._epoch_acc
-                        bar.update(1)
-                        bar.set_postfix(
-                            epoch=epoch, loss=f"{acc['loss'] / max(acc['n'], 1):.3f}",
-                            acc=f"{acc['correct'] / max(acc['n'], 1):.3f}",
-                        )  # fmt: skip
-                    every = t.checkpoint_every
-                    if every and self.global_step % every == 0 and i + 1 < self.steps_per_epoch:
-                        self.save("last")
-                    for cb in self.callbacks:
-                        if hasattr(cb, "on_step_end"):
-                            cb.on_step_end(self, epoch, i, self.global_step)
-                record = self._end_epoch(epoch)
-                self.history.append(record)
-                self._log(record)
-                self.epoch = epoch + 1
-                self.step_in_epoch = 0
-                if record.get("best"):
-                    self._save_best()
-                self.save("last")
-                for cb in self.callbacks:
-                    if hasattr(cb, "on_epoch_end"):
-                        cb.on_epoch_end(self, record)
+            with self._signals():
+                while self.epoch < t.epochs and self._stop is None:
+                    self._run_epoch(bar)
+            if self._stop is not None:
+                redeliver(self._stop)
+            files = self._finish()
         finally:
             if bar is not None:
                 bar.close()
-        files = self._finish()
+            self.close()
         return TrainResult(
             model=self.model, history=self.history, best=self.best, out_dir=self.out_dir,
             epochs=self.epoch, steps=self.global_step, seconds=time.perf_counter() - start,
             files=files,
         )  # fmt: skip
+
+    def _signals(self) -> contextlib.AbstractContextManager:
+        """Record SIGINT/SIGTERM in ``self._stop`` while training (see :meth:`fit`)."""
+        if self.out_dir is None or self.ctx.distributed:
+            return contextlib.nullcontext()
+        return deferred_signals(lambda signum: setattr(self, "_stop", signum))
+
+    def _run_epoch(self, bar: Any) -> None:
+        """The remaining steps of epoch ``self.epoch``, then its evaluation, log and checkpoint."""
+        t = self.cfg.training
+        epoch = self.epoch
+        self._order = epoch_order(t.seed, epoch, len(self.train_source))
+        if self.step_in_epoch == 0:
+            self._epoch_acc = {"loss": 0.0, "correct": 0.0, "n": 0.0, "time": 0.0}
+            self._stats = _StatsMean()
+            if hasattr(self.strategy, "on_epoch_start"):
+                self.strategy.on_epoch_start(epoch)
+        for i in range(self.step_in_epoch, self.steps_per_epoch):
+            t0 = time.perf_counter()
+            self._train_step(epoch, i)
+            self._epoch_acc["time"] += time.perf_counter() - t0
+            self.global_step += 1
+            self.step_in_epoch = i + 1
+            if bar is not None:
+                acc = self._epoch_acc
+                bar.update(1)
+                bar.set_postfix(
+                    epoch=epoch, loss=f"{acc['loss'] / max(acc['n'], 1):.3f}",
+                    acc=f"{acc['correct'] / max(acc['n'], 1):.3f}",
+                )  # fmt: skip
+            every = t.checkpoint_every
+            mid = i + 1 < self.steps_per_epoch
+            if every and self.global_step % every == 0 and mid:
+                self.save("last")
+            for cb in self.callbacks:
+                if hasattr(cb, "on_step_end"):
+                    cb.on_step_end(self, epoch, i, self.global_step)
+            if self._stop is not None and mid:
+                self.save("last")
+                return
+        record = self._end_epoch(epoch)
+        self.history.append(record)
+        self._log(record)
+        self.epoch = epoch + 1
+        self.step_in_epoch = 0
+        if record.get("best"):
+            self._save_best()
+        self.save("last")
+        for cb in self.callbacks:
+            if hasattr(cb, "on_epoch_end"):
+                cb.on_epoch_end(self, record)
 
     def _save_best(self) -> None:
         if self.out_dir is None:
@@ -648,7 +766,8 @@ class Trainer:
         if self.ctx.is_main:
             from unionrobust.models import save_weights
 
-            save_weights(self.model.state_dict(), self.out_dir / "best.safetensors")
+            with self._writing("best.safetensors"):
+                save_weights(self.model.state_dict(), self.out_dir / "best.safetensors")
         self.save("best")
 
     def _finish(self) -> dict[str, str]:
@@ -665,7 +784,6 @@ class Trainer:
         if self.ctx.is_main:
             from unionrobust.models import save_weights
 
-            save_weights(self.model.state_dict(), self.out_dir / "last.safetensors")
             summary = {
                 "strategy": self.cfg.strategy_name,
                 "epochs": self.epoch,
@@ -674,7 +792,9 @@ class Trainer:
                 "final": self.history[-1] if self.history else None,
                 "files": files,
             }
-            ckpt.atomic_write_text(self.out_dir / "result.json", json.dumps(summary, indent=1))
+            with self._writing("last.safetensors and result.json"):
+                save_weights(self.model.state_dict(), self.out_dir / "last.safetensors")
+                ckpt.atomic_write_text(self.out_dir / "result.json", json.dumps(summary, indent=1))
         barrier(self.ctx)
         return files
 
