@@ -140,17 +140,21 @@ def _alive(pid: int) -> bool:
 
 def _start_compare(out: Path) -> tuple[subprocess.Popen, list[int]]:
     """``compare`` with 2 workers on long trainings; returns once both are training."""
-    long = ["--set", "training.epochs=50", *TINY_TRAINING, "--set", "eval.n=0",
+    long = ["--set", "training.epochs=100000", *TINY_TRAINING, "--set", "eval.n=0",
             "--set", "training.checkpoint_every=1"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "unionrobust.cli.main", "compare", "--strategies", "pinf,avg",
          "--jobs", "2", "--n", "10", "--out", str(out), *long],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    for name in ("pinf-seed0", "avg-seed0"):
-        _wait_for(out / "runs" / name / "checkpoints" / "last.json", proc)
-    workers = [p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]
-    assert len(workers) == 2, [_cmdline(p) for p in _children(proc.pid)]
+    try:
+        for name in ("pinf-seed0", "avg-seed0"):
+            _wait_for(out / "runs" / name / "checkpoints" / "last.json", proc)
+        workers = [p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]
+        assert len(workers) == 2, [_cmdline(p) for p in _children(proc.pid)]
+    except BaseException:
+        _kill([*_children(proc.pid), proc.pid])
+        raise
     return proc, workers
 
 
@@ -168,27 +172,32 @@ def _wait_dead(pids: list[int], seconds: float = 120) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
+def _kill(pids: list[int]) -> None:
+    """SIGKILL whatever a failed test left running (never leave a trainer behind)."""
+    for p in pids:
+        if _alive(p):
+            os.kill(p, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_compare_ctrl_c_stops_the_workers_at_once(tmp_path):
-    out = tmp_path / "cmp"
-    proc, workers = _start_compare(out)
-    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the parent; it stops the workers
-    _, err = proc.communicate(timeout=120)  # 50 epochs would take many minutes
-    assert proc.returncode == 130, err.decode()
-    assert "interrupted" in err.decode()
-    left = _wait_dead(workers)
-    for p in left:
-        os.kill(p, signal.SIGKILL)
-    assert not left
+    proc, workers = _start_compare(tmp_path / "cmp")
+    try:
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the parent; it stops the workers
+        _, err = proc.communicate(timeout=120)  # 100000 epochs would take days
+        assert proc.returncode == 130, err.decode()
+        assert "interrupted" in err.decode()
+        assert not _wait_dead(workers)
+    finally:
+        _kill([proc.pid, *workers])
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_compare_workers_die_with_a_killed_parent(tmp_path):
-    out = tmp_path / "cmp"
-    proc, workers = _start_compare(out)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    left = _wait_dead(workers)
-    for p in left:
-        os.kill(p, signal.SIGKILL)
-    assert not left  # no orphans training on
+    proc, workers = _start_compare(tmp_path / "cmp")
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not _wait_dead(workers)  # no orphans training on
+    finally:
+        _kill([proc.pid, *workers])
