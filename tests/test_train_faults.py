@@ -259,3 +259,20 @@ def test_resume_tolerates_a_torn_last_log_line(tmp_path, capsys):
     log.write_text('{"epoch": 0, "st\n' + first + "\n")  # corrupt in the middle: an error
     code = main(["train", "--out", str(out), "--resume", "--no-progress"])
     assert "line 1 is corrupt" in one_line_error(capsys, code)
+
+
+def test_a_run_saved_before_new_config_keys_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    cfg = natural(training={"epochs": 1})
+    train(cfg, out, model=tiny_mlp(), train_data=tiny_data(40))
+    weights, state, pointer = ckpt.load_checkpoint(out / "checkpoints", "last")
+    saved = json.loads(state["config"])
+    del saved["training"]["nonfinite"], saved["training"]["max_skipped"]  # an older version
+    state["config"] = json.dumps(saved)
+    ckpt.save_checkpoint(out / "checkpoints", "last", weights, state,
+                         epoch=pointer["epoch"], step=pointer["step"])  # fmt: skip
+    result = train(cfg, out, resume=True, model=tiny_mlp(), train_data=tiny_data(40))
+    assert result.epochs == 1
+    changed = natural(training={"epochs": 1, "nonfinite": "skip"})
+    with pytest.raises(UnionRobustError, match=r"'training\.nonfinite' differs"):
+        train(changed, out, resume=True, model=tiny_mlp(), train_data=tiny_data(40))

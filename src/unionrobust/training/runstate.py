@@ -10,6 +10,7 @@ continues exactly where the checkpoint was taken.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from unionrobust.errors import UnionRobustError
 from unionrobust.training import checkpoint as ckpt
-from unionrobust.training.config import Config
+from unionrobust.training.config import Config, config_from_dict
 
 #: config keys that may change between a run and its resumption
 RESUME_FREE = {"training.progress", "training.device", "eval.batch_size", "description"}
@@ -160,7 +162,10 @@ class RunState:
         the global RNGs); the history is the log's records of the epochs it has seen."""
         directory = out_dir / "checkpoints"
         weights, state, _ = ckpt.load_checkpoint(directory, "last")
-        diff = diff_key(json.loads(state["config"]), cfg.to_dict())
+        saved = json.loads(state["config"])
+        with contextlib.suppress(UnionRobustError):  # keys added since then take their defaults
+            saved = config_from_dict(saved).to_dict()
+        diff = diff_key(saved, cfg.to_dict())
         if diff:
             raise ckpt.CheckpointError(
                 f"cannot resume {str(out_dir)!r}: config key {diff!r} differs from the "
