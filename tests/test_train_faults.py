@@ -7,6 +7,9 @@ import errno
 import json
 import os
 import pickle
+import sys
+import types
+from typing import ClassVar
 
 import pytest
 import torch
@@ -276,3 +279,43 @@ def test_a_run_saved_before_new_config_keys_still_resumes(tmp_path):
     changed = natural(training={"epochs": 1, "nonfinite": "skip"})
     with pytest.raises(UnionRobustError, match=r"'training\.nonfinite' differs"):
         train(changed, out, resume=True, model=tiny_mlp(), train_data=tiny_data(40))
+
+
+class FakeWriter:
+    """Stands in for ``torch.utils.tensorboard.SummaryWriter`` (records every call)."""
+
+    made: ClassVar[list[FakeWriter]] = []
+
+    def __init__(self, log_dir):
+        self.log_dir, self.scalars, self.closed = log_dir, [], False
+        FakeWriter.made.append(self)
+
+    def add_scalar(self, tag, value, global_step):
+        self.scalars.append((tag, value, global_step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_gets_each_epoch_when_installed(tmp_path, monkeypatch):
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    FakeWriter.made.clear()
+    out = tmp_path / "run"
+    result = train(tiny_config(), out, model=tiny_mlp(), train_data=tiny_data(40))
+    (writer,) = FakeWriter.made
+    assert writer.log_dir == str(out / "tensorboard") and writer.closed
+    got = {(tag, step): value for tag, value, step in writer.scalars}
+    for record in result.history:
+        step = record["step"]
+        assert got[("train_loss", step)] == record["train_loss"]
+        assert got[("union_acc", step)] == record["union_acc"]
+        assert got[("threat/linf:0.1", step)] == record["threat:linf:0.1"]
+        assert got[("strategy/attack_success", step)] == record["strategy_stats"]["attack_success"]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    train(tiny_config(), tmp_path / "plain", model=tiny_mlp(), train_data=tiny_data(40))
+    assert len(FakeWriter.made) == 1 and not (tmp_path / "plain" / "tensorboard").exists()

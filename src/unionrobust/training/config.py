@@ -92,6 +92,8 @@ class TrainingConfig:
     nonfinite: str = "error"
     #: with ``nonfinite: skip``, the run still stops after this many skipped batches
     max_skipped: int = 10
+    #: also log each epoch to TensorBoard (DIR/tensorboard) when it is installed
+    tensorboard: bool = True
 
 
 @dataclass

@@ -25,7 +25,10 @@ from unionrobust.training import checkpoint as ckpt
 from unionrobust.training.config import Config, config_from_dict
 
 #: config keys that may change between a run and its resumption
-RESUME_FREE = {"training.progress", "training.device", "eval.batch_size", "description"}
+RESUME_FREE = {
+    "training.progress", "training.device", "training.tensorboard", "eval.batch_size",
+    "description",
+}  # fmt: skip
 
 
 def _flat_stats(stats: dict[str, Any]) -> dict[str, Any]:

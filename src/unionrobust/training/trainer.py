@@ -55,6 +55,7 @@ from unionrobust.training.holdout import holdout_metrics
 from unionrobust.training.lifetime import deferred_signals, redeliver
 from unionrobust.training.runstate import RunState, TrainResult
 from unionrobust.training.schedules import make_schedule
+from unionrobust.training.tblog import open_writer, write_record
 
 
 def can_resume(out_dir: str | os.PathLike) -> bool:
@@ -128,6 +129,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = RunState()
         self._stop: int | None = None  # a SIGINT/SIGTERM received during fit
+        self._tb: Any = None  # TensorBoard writer during fit (tblog.py)
         self.ckpt_dir = self.out_dir / "checkpoints" if self.out_dir else None
         if self.data.needs_labels:
             self._pseudo_label()
@@ -198,6 +200,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.out_dir is None or not self.ctx.is_main:
             return
+        if self._tb is not None:
+            write_record(self._tb, record)
         log = self.out_dir / "log.jsonl"
         with self._writing("log.jsonl"), open(log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -333,6 +337,8 @@ class Trainer:
                 desc=f"train {self.cfg.strategy_name}", unit="step", leave=False,
             )  # fmt: skip
         self._last_lr = float(self.schedule(self.epoch))
+        write_tb = self.out_dir is not None and self.ctx.is_main and t.tensorboard
+        self._tb = open_writer(self.out_dir / "tensorboard") if write_tb else None
         try:
             with self._signals():
                 while self.epoch < t.epochs and self._stop is None:
@@ -343,6 +349,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._tb is not None:
+                self._tb.close()
             self.close()
         return TrainResult(
             model=self.model, history=self.history, best=self.best, out_dir=self.out_dir,
