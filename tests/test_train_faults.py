@@ -157,8 +157,9 @@ def test_a_section_is_never_replaced_by_a_scalar(tmp_path, capsys, progress):
     code = main(["train", "--config", "mnist-small", "--set", "training=5", *progress,
                  "--out", str(tmp_path / "r")])  # fmt: skip
     assert "'training' is a config section" in one_line_error(capsys, code)
-    with pytest.raises(UnionRobustError, match="section"):
-        load_config("mnist-small", ["model.options=3"])
+    for bad in ("model.options=3", "training=null", "eval="):
+        with pytest.raises(UnionRobustError, match="is a config section"):
+            load_config("mnist-small", [bad])
     cfg = load_config("mnist-small", ["strategy={name: max}", "model.options.in_channels=1"])
     assert cfg.strategy == {"name": "max"} and cfg.model.options == {"in_channels": 1}
 

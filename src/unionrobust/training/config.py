@@ -289,7 +289,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for text in overrides:
         parts, value = parse_override(text)
         key = ".".join(parts)
-        if value is not None and not isinstance(value, dict) and _is_section(parts):
+        if not isinstance(value, dict) and _is_section(parts):
             raise UnionRobustError(
                 f"--set {text!r}: {key!r} is a config section, not a value; set one of its "
                 f"keys instead, e.g. --set {key}.KEY=VALUE"
