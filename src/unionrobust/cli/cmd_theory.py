@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     task = SyntheticTask(d=args.dim, alpha=args.alpha, p0=args.p0)
     if args.samples < 1:
         raise UnionRobustError(f"--samples must be >= 1, got {args.samples}")
+    if args.seed < 0:
+        raise UnionRobustError(f"--seed must be >= 0, got {args.seed}")
     result = theorem1_experiment(task, args.mix, args.samples, args.seed, args.radius_scale)
     res = result.as_dict()
     print(json.dumps(res, indent=2) if args.json else render(res))

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,10 @@ import torch
 
 from unionrobust.atomic import atomic_savefig, atomic_write_text
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.suites import get_suite
+from unionrobust.outdir import locked_folder
 from unionrobust.training.config import builtin_configs, load_config
+from unionrobust.training.lifetime import stop_workers, worker_init
 
 DEFAULT_STRATEGIES = ("pinf", "max", "avg", "msd", "eat")
 BASE = "mnist-small"
@@ -96,16 +101,16 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (strategy, seed) and evaluate its best checkpoint on the test points."""
     from unionrobust.evaluation import evaluate
     from unionrobust.models import load_weights
+    from unionrobust.training.build import build_model_from, load_split
     from unionrobust.training.data import Source
-    from unionrobust.training.trainer import Trainer, build_model_from, load_split
+    from unionrobust.training.trainer import Trainer, can_resume
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     cpu0 = time.process_time()
     cfg = config_for(job["strategy"], job["overrides"], job["base"])
     run_dir = Path(job["run_dir"])
-    resume = (run_dir / "checkpoints" / "last.json").is_file()
-    trainer = Trainer(cfg, run_dir, resume=resume)
+    trainer = Trainer(cfg, run_dir, resume=can_resume(run_dir))
     result = trainer.fit()
     model = build_model_from(cfg)
     weights = run_dir / ("best.safetensors" if result.best else "last.safetensors")
@@ -158,6 +163,37 @@ def default_jobs(n_runs: int) -> int:
     return max(1, min(n_runs, os.cpu_count() or 1))
 
 
+def _run_all(
+    todo: list[dict[str, Any]], jobs: int, done: Callable[[dict[str, Any]], None]
+) -> list[dict[str, Any]]:
+    """:func:`_run_one` for every job, ``jobs`` at once in worker processes (longest first).
+
+    Workers ignore Ctrl-C and die with this process; on any stop (Ctrl-C, an error) they get
+    SIGTERM at once, save a checkpoint and exit (a rerun with the same folder resumes them).
+    """
+    runs: list[dict[str, Any]] = []
+    if jobs == 1:
+        for job in todo:
+            runs.append(_run_one(job))
+            done(runs[-1])
+        return runs
+    order = sorted(todo, key=lambda j: -COST.get(j["strategy"], 1.0))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=worker_init, initargs=(os.getpid(),),
+    )  # fmt: skip
+    try:
+        futures = [pool.submit(_run_one, job) for job in order]
+        for fut in as_completed(futures):
+            runs.append(fut.result())
+            done(runs[-1])
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown()
+    return runs
+
+
 def compare(
     strategies: Sequence[str] = DEFAULT_STRATEGIES,
     out: str | os.PathLike = "runs/compare",
@@ -179,13 +215,39 @@ def compare(
     """
     if seeds < 1:
         raise UnionRobustError(f"seeds must be >= 1, got {seeds}")
+    if n_test < 1:
+        raise UnionRobustError(f"the number of test points (--n) must be >= 1, got {n_test}")
+    if jobs is not None and jobs < 1:
+        raise UnionRobustError(f"jobs must be >= 1 (omit it for one per CPU core), got {jobs}")
     if not strategies:
         raise UnionRobustError("give at least one strategy")
-    from unionrobust.training.trainer import build_strategy
+    from unionrobust.training.build import build_strategy
 
-    for strategy in strategies:  # fail on a bad name or option before training anything
-        build_strategy(config_for(strategy, overrides, base))
-    out = Path(out)
+    for strategy in strategies:  # fail on a bad name, option or suite before training anything
+        cfg = config_for(strategy, overrides, base)
+        build_strategy(cfg)
+        get_suite(suite, cfg.threats)
+    with locked_folder(out):  # one run owns the output folder
+        return _train_and_compare(
+            strategies, Path(out), seeds=seeds, n_test=n_test, suite=suite,
+            overrides=overrides, base=base, progress=progress, jobs=jobs, echo=echo,
+        )  # fmt: skip
+
+
+def _train_and_compare(
+    strategies: Sequence[str],
+    out: Path,
+    *,
+    seeds: int,
+    n_test: int,
+    suite: str,
+    overrides: Sequence[str],
+    base: str,
+    progress: bool,
+    jobs: int | None,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """:func:`compare` after its checks, holding the output folder's lock."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     todo = [
@@ -201,7 +263,7 @@ def compare(
         for strategy in strategies
         for seed in range(seeds)
     ]
-    jobs = default_jobs(len(todo)) if jobs is None else max(1, int(jobs))
+    jobs = default_jobs(len(todo)) if jobs is None else int(jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     for job in todo:
         job["threads"] = threads
@@ -219,22 +281,7 @@ def compare(
             f"{run['time_per_epoch']:.1f} s/epoch"
         )
 
-    runs: list[dict[str, Any]] = []
-    if jobs == 1:
-        for job in todo:
-            runs.append(_run_one(job))
-            done(runs[-1])
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        order = sorted(todo, key=lambda j: -COST.get(j["strategy"], 1.0))
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_one, job) for job in order]
-            for fut in as_completed(futures):
-                runs.append(fut.result())
-                done(runs[-1])
+    runs = _run_all(todo, jobs, done)
     key = {(j["strategy"], j["seed"]): i for i, j in enumerate(todo)}
     runs.sort(key=lambda r: key[(r["strategy"], r["seed"])])
     threats = runs[0]["threats"]

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from unionrobust.errors import UnionRobustError
+from unionrobust.training.checks import validate_config
 
 
 @dataclass
@@ -87,6 +88,12 @@ class TrainingConfig:
     progress: bool = True
     #: convert BatchNorm to SyncBatchNorm under DDP
     sync_bn: bool = False
+    #: a non-finite loss or gradient: "error" stops the run, "skip" drops the batch (no step)
+    nonfinite: str = "error"
+    #: with ``nonfinite: skip``, the run still stops after this many skipped batches
+    max_skipped: int = 10
+    #: also log each epoch to TensorBoard (DIR/tensorboard) when it is installed
+    tensorboard: bool = True
 
 
 @dataclass
@@ -118,6 +125,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        """Check every value the trainer would pass on, so a config that loads also trains."""
+        validate_config(self)
+        return self
 
     @property
     def strategy_name(self) -> str:
@@ -200,7 +212,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg = _build(Config, data or {}, "")
     if "name" not in cfg.strategy:
         cfg.strategy = {"name": "natural", **cfg.strategy}
-    return cfg
+    return cfg.validate()
 
 
 def builtin_configs() -> list[str]:
@@ -255,14 +267,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _is_section(parts: list[str]) -> bool:
+    """Whether the config key ``parts`` is a section (a dataclass or a mapping such as
+    ``strategy`` or ``model.options``), following the :class:`Config` schema."""
+    hint: Any = Config
+    for p in parts:
+        if not dataclasses.is_dataclass(hint):
+            return False
+        hint = typing.get_type_hints(hint).get(p)
+        if hint is None:
+            return False
+    return dataclasses.is_dataclass(hint) or hint is dict or typing.get_origin(hint) is dict
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides to a raw mapping (validated later by :func:`config_from_dict`)."""
+    """Apply ``--set`` overrides to a raw mapping (validated later by :func:`config_from_dict`).
+
+    A section is never replaced by a scalar (``--set training=5`` is an error, whatever follows).
+    """
     out = dict(data)
     for text in overrides:
         parts, value = parse_override(text)
+        key = ".".join(parts)
+        if not isinstance(value, dict) and _is_section(parts):
+            raise UnionRobustError(
+                f"--set {text!r}: {key!r} is a config section, not a value; set one of its "
+                f"keys instead, e.g. --set {key}.KEY=VALUE"
+            )
         node = out
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             child = node.get(p)
+            if child is not None and not isinstance(child, dict):
+                raise UnionRobustError(
+                    f"--set {text!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section"
+                )
             child = dict(child) if isinstance(child, dict) else {}
             node[p] = child
             node = child

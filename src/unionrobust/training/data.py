@@ -8,6 +8,7 @@ uninterrupted single-process run.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,11 @@ def load_extra(path: str) -> Source:
                 raise ValueError("expected a dict with 'x' (and optionally 'y')")
             x, y = torch.as_tensor(obj["x"]), obj.get("y")
             y = None if y is None else torch.as_tensor(y)
+    except pickle.UnpicklingError:  # weights_only refused it: it would run code when loaded
+        raise UnionRobustError(
+            f"cannot read extra data {path!r}: not a plain tensor file (pickled objects are "
+            "never loaded); save a dict of tensors with torch.save or an .npz with x and y"
+        ) from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnionRobustError(f"cannot read extra data {path!r}: {first}") from None
