@@ -68,7 +68,31 @@ def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         metavar="NAME",
         help="architecture from the model zoo (e.g. mnist-cnn, lenet, small-cnn, "
-        "preact-resnet18); see 'unionrobust eval --model list'",
+        "preact-resnet18; see 'unionrobust eval --model list'), or robustbench:NAME for a "
+        "RobustBench model read from --model-dir (needs unionrobust[robustbench])",
+    )
+    m.add_argument(
+        "--model-dir",
+        default="models",
+        metavar="DIR",
+        help="RobustBench models: folder in RobustBench's layout "
+        "DIR/<dataset>/<threat-model>/<NAME>.pt (default: %(default)s)",
+    )
+    m.add_argument(
+        "--dataset",
+        default="cifar10",
+        help="RobustBench models: the leaderboard dataset, cifar10, cifar100 or imagenet "
+        "(default: %(default)s)",
+    )
+    m.add_argument(
+        "--threat-model",
+        default="Linf",
+        help="RobustBench models: the leaderboard, Linf, L2 or corruptions (default: %(default)s)",
+    )
+    m.add_argument(
+        "--download",
+        action="store_true",
+        help="RobustBench models: download the weights if they are not in --model-dir",
     )
     m.add_argument(
         "--model-module",
@@ -148,12 +172,14 @@ def load_model_and_data(args: argparse.Namespace):
 
     from unionrobust.data import as_tensors, get_dataset
     from unionrobust.evaluation.engine import resolve_device
-    from unionrobust.models import build_model, load_weights, model_names
+    from unionrobust.models import build_model, load_model, load_weights, model_names
+    from unionrobust.models.robustbench import is_robustbench_name
 
     n = None if args.n is None else int_arg(args.n, "--n", 1)
     if bool(args.model) == bool(args.model_module):
         raise UnionRobustError("give exactly one of --model NAME or --model-module FILE.py:FACTORY")
-    if args.model is not None and args.model not in model_names():
+    robustbench = is_robustbench_name(args.model)
+    if args.model is not None and not robustbench and args.model not in model_names():
         from unionrobust.errors import unknown_name
 
         raise unknown_name("model", args.model, model_names())
@@ -163,7 +189,16 @@ def load_model_and_data(args: argparse.Namespace):
     x, y = as_tensors(dataset, n)
     if x.shape[0] == 0:
         raise UnionRobustError(f"dataset {args.data!r} ({args.split}) is empty")
-    if args.model_module:
+    if robustbench:
+        model = load_model(
+            args.model,
+            args.weights,
+            dataset=args.dataset,
+            threat_model=args.threat_model,
+            model_dir=args.model_dir,
+            download=args.download,
+        )
+    elif args.model_module:
         model = load_user_module(args.model_module)
         if args.weights:
             load_weights(model, args.weights)
