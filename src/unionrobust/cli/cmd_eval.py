@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "DIR (<corruption>.npy + labels.npy; the first --n images of each)",
     )
     e.add_argument(
+        "--mrb-grid",
+        metavar="NAME",
+        help="also run MultiRobustBench's strength grid NAME (cifar10: 20 strengths each of "
+        "linf up to 0.1, l2 up to 2.5, l1 up to 30) with --suite, and report its accuracies, "
+        "stability and, with --mrb-reference, the competitiveness ratio",
+    )
+    e.add_argument(
+        "--mrb-every",
+        default="1",
+        metavar="K",
+        help="keep every K-th strength of --mrb-grid (ending at the largest; default: all)",
+    )
+    e.add_argument(
+        "--mrb-reference",
+        metavar="FILE",
+        help="JSON/YAML of reference accuracies (percent) in MultiRobustBench's layout "
+        "{NoAttack: a, AutoLinfAttack: {eps: a, ...}, ...} for the competitiveness ratio",
+    )
+    e.add_argument(
         "--curve-attack",
         default="pgd",
         metavar="NAME",
@@ -325,6 +345,15 @@ def run(args: argparse.Namespace) -> int:
             raise unknown_name("attack", args.curve_attack, attack_names())
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
     seed = int_arg(args.seed, "--seed", 0)
+    mrb_grid = mrb_reference = None
+    if args.mrb_grid is not None:
+        from unionrobust.evaluation import multirobust
+
+        mrb_grid = multirobust.mrb_grid(args.mrb_grid, int_arg(args.mrb_every, "--mrb-every", 1))
+        if args.mrb_reference:
+            mrb_reference = multirobust.load_reference(args.mrb_reference)
+    elif args.mrb_reference:
+        raise UnionRobustError("--mrb-reference needs --mrb-grid NAME (e.g. cifar10)")
     model, x, y, device, meta = load_model_and_data(args)
     report = evaluate(
         model,
@@ -362,12 +391,26 @@ def run(args: argparse.Namespace) -> int:
         n = None if args.n is None else int_arg(args.n, "--n", 1)
         corruptions = corruption_accuracy(model, args.cifar10c, n=n, batch_size=batch_size)
         print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(corruptions))
+    mrb = None
+    if mrb_grid is not None:
+        from unionrobust.evaluation.multirobust import multirobust_evaluation
+        from unionrobust.reporting.markdown import format_multirobust
+
+        mrb = multirobust_evaluation(
+            model, x, y, mrb_grid, mrb_reference, suite=args.suite, batch_size=batch_size,
+            seed=seed, device=device, progress=not args.no_progress,
+        )  # fmt: skip
+        print("\nMultiRobustBench grid (accuracy in %)\n\n" + "\n\n".join(format_multirobust(mrb)))
     if args.out:
         from unionrobust.reporting.html import write_reports
 
+        if mrb is not None:  # report.json (written by evaluate) gains the grid's numbers
+            path = Path(args.out) / "report.json"
+            write_report(args.out, {**json.loads(path.read_text()), "multirobustbench": mrb})
         written = write_reports(
-            args.out, report, model=model, curves=curves, corruptions=corruptions
-        )
+            args.out, report, model=model, curves=curves, corruptions=corruptions,
+            multirobust=mrb,
+        )  # fmt: skip
         names = ["report.json", "verdicts.csv", *written]
         print(f"\nwrote {', '.join(str(Path(args.out) / n) for n in names)}")
     return 0

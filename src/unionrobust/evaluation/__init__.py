@@ -5,6 +5,7 @@ from unionrobust.evaluation.curves import RobustnessCurve, robustness_curve, uni
 from unionrobust.evaluation.diagnostics import gradient_masking, run_diagnostics
 from unionrobust.evaluation.engine import evaluate, recheck
 from unionrobust.evaluation.metrics import wilson_interval
+from unionrobust.evaluation.multirobust import competitiveness_ratio, multirobust_evaluation
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, SuiteEntry, get_suite, suite_names
 
@@ -13,10 +14,12 @@ __all__ = [
     "RobustnessCurve",
     "Suite",
     "SuiteEntry",
+    "competitiveness_ratio",
     "corruption_accuracy",
     "evaluate",
     "get_suite",
     "gradient_masking",
+    "multirobust_evaluation",
     "recheck",
     "robustness_curve",
     "run_diagnostics",

@@ -113,16 +113,21 @@ def write_reports(
     curves: list[Any] | None = None,
     corruptions: dict[str, Any] | None = None,
     diagnostics: dict[str, Any] | None = None,
+    multirobust: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG pictures into ``out_dir`` atomically.
 
     ``model``: draws the first-layer filters; ``curves``: RobustnessCurve objects (or dicts);
     ``corruptions``: a :func:`~unionrobust.evaluation.corruptions.corruption_accuracy` result;
-    ``diagnostics`` defaults to ``report.diagnostics``. Returns the paths written by name.
+    ``diagnostics`` defaults to ``report.diagnostics``; ``multirobust``: a
+    :func:`~unionrobust.evaluation.multirobust.multirobust_evaluation` result. Returns the
+    paths written by name.
     """
     out = Path(out_dir)
     pictures, notes = report_pictures(model, curves)
-    sections = report_sections(report, diagnostics, curves, corruptions, pictures, notes)
+    sections = report_sections(
+        report, diagnostics, curves, corruptions, pictures, notes, multirobust=multirobust
+    )
     written: dict[str, Path] = {}
     for name, data in pictures.items():
         if data is not None:
