@@ -34,6 +34,7 @@ from torch import nn
 
 from unionrobust.errors import UnionRobustError, check_finite, check_int, unknown_name
 from unionrobust.evaluation.engine import evaluate
+from unionrobust.evaluation.metrics import wilson_interval
 
 CLEAN = "NoAttack"
 #: MultiRobustBench's grids (start, end, step) of the families we run, with our threat name
@@ -105,8 +106,9 @@ def evaluate_grid(
 ) -> dict[str, Any]:
     """Accuracies (percent) of ``model`` over the grid, in MultiRobustBench's layout.
 
-    Returns ``{"accuracies": {"NoAttack": a, family: {eps_key: a}}, "union": [{"eps": {family:
-    ε}, "accuracy": a}], "grid": {...}, "suite", "n_examples"}``.
+    Returns ``{"accuracies": {"NoAttack": a, family: {eps_key: a}}, "ci95": the same layout with
+    95% Wilson intervals [lo, hi], "union": [{"eps": {family: ε}, "accuracy": a, "ci95": [lo,
+    hi]}], "grid": {...}, "suite", "n_examples"}``.
     """
     the_grid = mrb_grid(grid) if isinstance(grid, str) else {k: list(v) for k, v in grid.items()}
     steps = _check_grid(the_grid)
@@ -130,18 +132,27 @@ def evaluate_grid(
     def pct(mask: torch.Tensor) -> float:
         return 100.0 * int(mask.sum()) / n
 
+    def ci(mask: torch.Tensor) -> list[float]:
+        return [100.0 * b for b in wilson_interval(int(mask.sum()), n)]
+
     accs: dict[str, Any] = {CLEAN: pct(clean)}
+    cis: dict[str, Any] = {CLEAN: ci(clean)}
     for f in families:
         accs[f] = {eps_key(e): pct(r) for e, r in zip(the_grid[f], robust[f], strict=True)}
-    union = [
-        {
-            "eps": {f: float(the_grid[f][i]) for f in families},
-            "accuracy": pct(torch.stack([robust[f][i] for f in families]).all(dim=0)),
-        }
-        for i in range(steps)
-    ]
+        cis[f] = {eps_key(e): ci(r) for e, r in zip(the_grid[f], robust[f], strict=True)}
+    union = []
+    for i in range(steps):
+        both = torch.stack([robust[f][i] for f in families]).all(dim=0)
+        union.append(
+            {
+                "eps": {f: float(the_grid[f][i]) for f in families},
+                "accuracy": pct(both),
+                "ci95": ci(both),
+            }
+        )
     return {
         "accuracies": accs,
+        "ci95": cis,
         "union": union,
         "grid": {f: [float(e) for e in v] for f, v in the_grid.items()},
         "suite": suite if isinstance(suite, str) else str(suite),

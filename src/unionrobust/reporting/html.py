@@ -21,6 +21,7 @@ from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.reporting.markdown import (
     CURVES_PNG,
     FILTERS_PNG,
+    MRB_PNG,
     Section,
     render_markdown,
     report_sections,
@@ -87,11 +88,12 @@ def render_html(
 
 
 def report_pictures(
-    model: nn.Module | None, curves: list[Any] | None
+    model: nn.Module | None, curves: list[Any] | None, multirobust: dict[str, Any] | None = None
 ) -> tuple[dict[str, bytes | None], dict[str, str]]:
-    """(pictures, notes): the first-layer filter grid of ``model`` and the curves plot."""
+    """(pictures, notes): the first-layer filter grid of ``model``, the curves plot and the
+    MultiRobustBench grid plot."""
     from unionrobust.evaluation.diagnostics import filter_grid_png
-    from unionrobust.reporting.plots import MATPLOTLIB_NOTE, curves_png
+    from unionrobust.reporting.plots import MATPLOTLIB_NOTE, curves_png, multirobust_png
 
     pictures: dict[str, bytes | None] = {}
     notes: dict[str, str] = {}
@@ -103,6 +105,10 @@ def report_pictures(
         pictures[CURVES_PNG] = curves_png(curves)
         if pictures[CURVES_PNG] is None:
             notes[CURVES_PNG] = MATPLOTLIB_NOTE
+    if multirobust:
+        pictures[MRB_PNG] = multirobust_png(multirobust)
+        if pictures[MRB_PNG] is None:
+            notes[MRB_PNG] = MATPLOTLIB_NOTE
     return pictures, notes
 
 
@@ -124,7 +130,7 @@ def write_reports(
     paths written by name.
     """
     out = Path(out_dir)
-    pictures, notes = report_pictures(model, curves)
+    pictures, notes = report_pictures(model, curves, multirobust)
     sections = report_sections(
         report, diagnostics, curves, corruptions, pictures, notes, multirobust=multirobust
     )

@@ -20,6 +20,7 @@ from unionrobust.reporting.tables import format_breakdown, format_summary, forma
 #: picture names used by the reports (and file names next to report.md)
 FILTERS_PNG = "filters.png"
 CURVES_PNG = "curves.png"
+MRB_PNG = "mrb.png"
 
 
 @dataclass
@@ -103,7 +104,12 @@ def format_diagnostics(diag: dict[str, Any]) -> str:
 def format_curve(curve: Any) -> str:
     c = curve if isinstance(curve, dict) else curve.to_dict()
     rows = [[f"{e:.4g}", _pct(a)] for e, a in zip(c["eps"], c["accuracy"], strict=True)]
-    return format_table([c.get("x_label", "epsilon"), f"accuracy ({c['label']})"], rows)
+    head = [c.get("x_label", "epsilon"), f"accuracy ({c['label']})"]
+    if "ci95" in c:
+        head.append("95% CI")
+        for row, (lo, hi) in zip(rows, c["ci95"], strict=True):
+            row.append(f"[{100 * lo:.1f}, {100 * hi:.1f}]")
+    return format_table(head, rows)
 
 
 def format_corruptions(result: dict[str, Any]) -> str:
@@ -207,6 +213,7 @@ def report_sections(
         c = Section("Robustness curves")
         for curve in curves:
             c.table(format_curve(curve))
+        c.text("Bands and intervals: 95% Wilson score.")
         _picture(c, CURVES_PNG, pictures, notes)
         out.append(c)
     if corruptions:
@@ -219,6 +226,7 @@ def report_sections(
         m = Section("MultiRobustBench grid")
         for table in format_multirobust(multirobust):
             m.table(table)
+        _picture(m, MRB_PNG, pictures, notes)
         m.text(
             f"Suite {multirobust['suite']}, {multirobust['n_examples']} examples; "
             f"{multirobust['monotone']}. CR (Dai et al. 2023): accuracy / reference accuracy "
