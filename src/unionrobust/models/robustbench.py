@@ -41,9 +41,10 @@ def robustbench_zoo() -> Zoo:
     try:
         from robustbench.model_zoo import model_dicts
     except ImportError as exc:  # the optional extra is not installed (or broken)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnionRobustError(
             f"RobustBench models need the robustbench package ({INSTALL_HINT}); "
-            f"importing it failed: {exc}"
+            f"importing it failed: {reason}"
         ) from None
     return {
         getattr(ds, "value", str(ds)): {
