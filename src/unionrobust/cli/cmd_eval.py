@@ -43,7 +43,10 @@ examples:
   unionrobust eval --model-module my_net.py:build --weights net.pt --suite quick --n 200
   unionrobust eval --model mnist-cnn --weights w.safetensors --out runs/eval1 --resume
   unionrobust eval --model mnist-cnn --weights w.safetensors --n 200 --curves 0.5,1,1.5 \\
-      --out runs/eval2"""
+      --out runs/eval2
+  unionrobust eval --model robustbench:Carmon2019Unlabeled --model-dir models --data cifar10 \\
+      --root data/cifar-10-batches-bin --n 1000 --threats "linf:8/255" \\
+      --mrb-grid cifar10 --mrb-reference ata.json --out runs/carmon"""
 
 DEFAULT_THREATS = "linf:0.3, l2:2, l1:10"
 DEFAULT_CURVE_SCALES = "0.25,0.5,0.75,1,1.25"
