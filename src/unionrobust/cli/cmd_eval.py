@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -12,16 +13,17 @@ from unionrobust.cli.common import (
     add_model_data_arguments,
     int_arg,
     load_model_and_data,
+    write_report,
 )
 from unionrobust.errors import UnionRobustError, unknown_name
-from unionrobust.evaluation import evaluate, get_suite
+from unionrobust.evaluation import evaluate, get_suite, multirobust
 from unionrobust.evaluation.corruptions import corruption_accuracy
 from unionrobust.evaluation.curves import union_curve
 from unionrobust.evaluation.engine import check_out_dir
 from unionrobust.models import model_names
 from unionrobust.outdir import locked_folder, writing
 from unionrobust.reporting import format_report, write_reports
-from unionrobust.reporting.markdown import format_corruptions, format_curve
+from unionrobust.reporting.markdown import format_corruptions, format_curve, format_multirobust
 from unionrobust.threats import parse
 
 HELP = "evaluate a model's robustness against a union of threat models"
@@ -57,7 +59,10 @@ examples:
   unionrobust eval --model-module my_net.py:build --weights net.pt --suite quick --n 200
   unionrobust eval --model mnist-cnn --weights w.safetensors --out runs/eval1 --resume
   unionrobust eval --model mnist-cnn --weights w.safetensors --n 200 --curves 0.5,1,1.5 \\
-      --out runs/eval2"""
+      --out runs/eval2
+  unionrobust eval --model robustbench:Carmon2019Unlabeled --model-dir models --data cifar10 \\
+      --root data/cifar-10-batches-bin --n 1000 --threats "linf:8/255" \\
+      --mrb-grid cifar10 --mrb-reference ata.json --out runs/carmon"""
 
 DEFAULT_CURVE_SCALES = "0.25,0.5,0.75,1,1.25"
 
@@ -128,6 +133,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "DIR (<corruption>.npy + labels.npy; the first --n images of each)",
     )
     e.add_argument(
+        "--mrb-grid",
+        metavar="NAME",
+        help="also run MultiRobustBench's strength grid NAME (cifar10: 20 strengths each of "
+        "linf up to 0.1, l2 up to 2.5, l1 up to 30) with --suite, and report its accuracies, "
+        "stability and, with --mrb-reference, the competitiveness ratio",
+    )
+    e.add_argument(
+        "--mrb-every",
+        default="1",
+        metavar="K",
+        help="keep every K-th strength of --mrb-grid (ending at the largest; default: all)",
+    )
+    e.add_argument(
+        "--mrb-reference",
+        metavar="FILE",
+        help="JSON/YAML of reference accuracies (percent) in MultiRobustBench's layout "
+        "{NoAttack: a, AutoLinfAttack: {eps: a, ...}, ...} for the competitiveness ratio",
+    )
+    e.add_argument(
         "--curve-attack",
         default="pgd",
         metavar="NAME",
@@ -149,6 +173,13 @@ def run(args: argparse.Namespace) -> int:
         raise unknown_name("attack", args.curve_attack, attack_names())
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
     seed = int_arg(args.seed, "--seed", 0)
+    mrb_grid = mrb_reference = None
+    if args.mrb_grid is not None:
+        mrb_grid = multirobust.mrb_grid(args.mrb_grid, int_arg(args.mrb_every, "--mrb-every", 1))
+        if args.mrb_reference:
+            mrb_reference = multirobust.load_reference(args.mrb_reference)
+    elif args.mrb_reference:
+        raise UnionRobustError("--mrb-reference needs --mrb-grid NAME (e.g. cifar10)")
     with locked_folder(args.out):  # held until the last report file is written
         check_out_dir(args.out, args.resume, args.overwrite)
         model, x, y, device, meta = load_model_and_data(args, require_weights=True)
@@ -189,11 +220,26 @@ def run(args: argparse.Namespace) -> int:
             n = None if args.n is None else int_arg(args.n, "--n", 1)
             corruptions = corruption_accuracy(model, args.cifar10c, n=n, batch_size=batch_size)
             print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(corruptions))
+        mrb = None
+        if mrb_grid is not None:
+            mrb = multirobust.multirobust_evaluation(
+                model, x, y, mrb_grid, mrb_reference, suite=args.suite, batch_size=batch_size,
+                seed=seed, device=device, progress=not args.no_progress,
+            )  # fmt: skip
+            print(
+                "\nMultiRobustBench grid (accuracy in %)\n\n" + "\n\n".join(format_multirobust(mrb))
+            )
         if args.out:
             with writing(args.out):
+                if mrb is not None:  # report.json (written by evaluate) gains the grid's numbers
+                    path = Path(args.out) / "report.json"
+                    write_report(
+                        args.out, {**json.loads(path.read_text()), "multirobustbench": mrb}
+                    )
                 written = write_reports(
-                    args.out, report, model=model, curves=curves, corruptions=corruptions
-                )
+                    args.out, report, model=model, curves=curves, corruptions=corruptions,
+                    multirobust=mrb,
+                )  # fmt: skip
             names = ["report.json", "verdicts.csv", *written]
             print(f"\nwrote {', '.join(str(Path(args.out) / n) for n in names)}")
     return 0

@@ -15,8 +15,9 @@ from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.inputs import resolve_device
 from unionrobust.evaluation.verdicts import write_json
-from unionrobust.models import get_model
+from unionrobust.models import get_model, load_model
 from unionrobust.models.loader import check_model_request
+from unionrobust.models.robustbench import is_robustbench_name
 
 DEFAULT_THREATS = "linf:0.3, l2:2, l1:10"
 
@@ -29,7 +30,31 @@ def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         metavar="NAME",
         help="architecture from the model zoo (e.g. mnist-cnn, lenet, small-cnn, "
-        "preact-resnet18); see 'unionrobust eval --model list'",
+        "preact-resnet18; see 'unionrobust eval --model list'), or robustbench:NAME for a "
+        "RobustBench model read from --model-dir (needs unionrobust[robustbench])",
+    )
+    m.add_argument(
+        "--model-dir",
+        default="models",
+        metavar="DIR",
+        help="RobustBench models: folder in RobustBench's layout "
+        "DIR/<dataset>/<threat-model>/<NAME>.pt (default: %(default)s)",
+    )
+    m.add_argument(
+        "--dataset",
+        default="cifar10",
+        help="RobustBench models: the leaderboard dataset, cifar10, cifar100 or imagenet "
+        "(default: %(default)s)",
+    )
+    m.add_argument(
+        "--threat-model",
+        default="Linf",
+        help="RobustBench models: the leaderboard, Linf, L2 or corruptions (default: %(default)s)",
+    )
+    m.add_argument(
+        "--download",
+        action="store_true",
+        help="RobustBench models: download the weights if they are not in --model-dir",
     )
     m.add_argument(
         "--model-module",
@@ -89,6 +114,8 @@ def load_model_and_data(args: argparse.Namespace, require_weights: bool = False)
     A zoo model without --weights is refused when ``require_weights`` (eval, attack), else
     used with a warning on stderr."""
     n = None if args.n is None else int_arg(args.n, "--n", 1)
+    if is_robustbench_name(args.model):
+        return _robustbench_model_and_data(args, n)
     untrained = bool(args.untrained)
     if args.model and args.weights is None and not untrained and not require_weights:
         print(
@@ -113,6 +140,26 @@ def load_model_and_data(args: argparse.Namespace, require_weights: bool = False)
             }
         ),
     )
+    return _on_device(args, model, x, y)
+
+
+def _robustbench_model_and_data(args: argparse.Namespace, n: int | None):
+    """A RobustBench zoo model read from --model-dir (weights come with it), and the data."""
+    if args.model_module:
+        raise UnionRobustError("give exactly one of --model NAME or --model-module FILE.py:FACTORY")
+    x, y, _ = load_data(args.data, args.split, args.root, n)
+    model = load_model(
+        args.model,
+        args.weights,
+        dataset=args.dataset,
+        threat_model=args.threat_model,
+        model_dir=args.model_dir,
+        download=args.download,
+    )
+    return _on_device(args, model, x, y)
+
+
+def _on_device(args: argparse.Namespace, model: torch.nn.Module, x, y):
     device = resolve_device(args.device, model)
     model = model.to(device).eval()
     meta = {

@@ -6,6 +6,7 @@ from unionrobust.evaluation.curves import RobustnessCurve, robustness_curve, uni
 from unionrobust.evaluation.diagnostics import gradient_masking, run_diagnostics
 from unionrobust.evaluation.engine import evaluate, recheck
 from unionrobust.evaluation.metrics import wilson_interval
+from unionrobust.evaluation.multirobust import competitiveness_ratio, multirobust_evaluation
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, SuiteEntry, get_suite, suite_names
 
@@ -16,10 +17,12 @@ __all__ = [
     "Suite",
     "SuiteEntry",
     "attack_report",
+    "competitiveness_ratio",
     "corruption_accuracy",
     "evaluate",
     "get_suite",
     "gradient_masking",
+    "multirobust_evaluation",
     "recheck",
     "robustness_curve",
     "run_diagnostics",

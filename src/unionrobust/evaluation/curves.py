@@ -32,6 +32,7 @@ from unionrobust.attacks.base import frozen_model
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.engine import recheck
 from unionrobust.evaluation.inputs import as_tensors, resolve_device
+from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.threats import ThreatModel, Union, parse
 
 AttackSpec = str | Callable[[ThreatModel, int], Any]
@@ -49,11 +50,17 @@ class RobustnessCurve:
     attack: str = "pgd"
     x_label: str = "epsilon"
 
+    def intervals(self) -> list[tuple[float, float]]:
+        """95% Wilson interval of the accuracy at each radius."""
+        n = int(self.robust.shape[0])
+        return [wilson_interval(int(k), n) for k in self.robust.sum(dim=0).tolist()]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "eps": list(self.eps),
             "accuracy": list(self.accuracy),
+            "ci95": [list(ci) for ci in self.intervals()],
             "method": self.method,
             "attack": self.attack,
             "x_label": self.x_label,

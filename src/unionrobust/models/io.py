@@ -8,6 +8,7 @@ prefix, RobustBench files) are unwrapped. Every failure is one line naming the f
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import struct
@@ -24,7 +25,7 @@ from unionrobust.models.normalize import NormalizedModel
 from unionrobust.models.registry import build_model
 
 #: keys under which checkpoints commonly nest the state dict, tried in this order
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "last")
 #: prefixes added by wrappers (DataParallel/DDP, torch.compile, our NormalizedModel)
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -251,7 +252,24 @@ def load_model(
     device: str | torch.device | None = None,
     **kwargs,
 ) -> nn.Module:
-    """``build_model(name, **kwargs)``, then load ``weights`` if given; returned in eval mode."""
+    """``build_model(name, **kwargs)``, then load ``weights`` if given; returned in eval mode.
+
+    ``robustbench:<name>`` is a RobustBench zoo model: ``kwargs`` are those of
+    :func:`unionrobust.models.robustbench.load_robustbench_model` (``dataset``, ``threat_model``,
+    ``model_dir``, ``download``, ...), and ``weights`` overrides the model folder's file.
+    """
+    if isinstance(name, str) and name.startswith("robustbench:"):
+        # deferred: models.robustbench builds on this module's load_weights
+        from unionrobust.models.robustbench import load_robustbench_model
+
+        allowed = set(inspect.signature(load_robustbench_model).parameters) - {"name", "weights"}
+        bad = sorted(set(kwargs) - allowed - {"strict", "device"})
+        if bad:
+            raise UnionRobustError(
+                f"RobustBench models do not take argument(s) {', '.join(bad)}; "
+                f"valid: {', '.join(sorted(allowed))}"
+            )
+        return load_robustbench_model(name, weights=weights, strict=strict, device=device, **kwargs)
     model = build_model(name, **kwargs)
     if weights is not None:
         target = model.model if isinstance(model, NormalizedModel) else model

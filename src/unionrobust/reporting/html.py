@@ -21,6 +21,7 @@ from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.reporting.markdown import (
     CURVES_PNG,
     FILTERS_PNG,
+    MRB_PNG,
     Section,
     render_markdown,
     report_sections,
@@ -87,11 +88,12 @@ def render_html(
 
 
 def report_pictures(
-    model: nn.Module | None, curves: list[Any] | None
+    model: nn.Module | None, curves: list[Any] | None, multirobust: dict[str, Any] | None = None
 ) -> tuple[dict[str, bytes | None], dict[str, str]]:
-    """(pictures, notes): the first-layer filter grid of ``model`` and the curves plot."""
+    """(pictures, notes): the first-layer filter grid of ``model``, the curves plot and the
+    MultiRobustBench grid plot."""
     from unionrobust.evaluation.diagnostics import filter_grid_png
-    from unionrobust.reporting.plots import MATPLOTLIB_NOTE, curves_png
+    from unionrobust.reporting.plots import MATPLOTLIB_NOTE, curves_png, multirobust_png
 
     pictures: dict[str, bytes | None] = {}
     notes: dict[str, str] = {}
@@ -103,6 +105,10 @@ def report_pictures(
         pictures[CURVES_PNG] = curves_png(curves)
         if pictures[CURVES_PNG] is None:
             notes[CURVES_PNG] = MATPLOTLIB_NOTE
+    if multirobust:
+        pictures[MRB_PNG] = multirobust_png(multirobust)
+        if pictures[MRB_PNG] is None:
+            notes[MRB_PNG] = MATPLOTLIB_NOTE
     return pictures, notes
 
 
@@ -113,16 +119,21 @@ def write_reports(
     curves: list[Any] | None = None,
     corruptions: dict[str, Any] | None = None,
     diagnostics: dict[str, Any] | None = None,
+    multirobust: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG pictures into ``out_dir`` atomically.
 
     ``model``: draws the first-layer filters; ``curves``: RobustnessCurve objects (or dicts);
     ``corruptions``: a :func:`~unionrobust.evaluation.corruptions.corruption_accuracy` result;
-    ``diagnostics`` defaults to ``report.diagnostics``. Returns the paths written by name.
+    ``diagnostics`` defaults to ``report.diagnostics``; ``multirobust``: a
+    :func:`~unionrobust.evaluation.multirobust.multirobust_evaluation` result. Returns the
+    paths written by name.
     """
     out = Path(out_dir)
-    pictures, notes = report_pictures(model, curves)
-    sections = report_sections(report, diagnostics, curves, corruptions, pictures, notes)
+    pictures, notes = report_pictures(model, curves, multirobust)
+    sections = report_sections(
+        report, diagnostics, curves, corruptions, pictures, notes, multirobust=multirobust
+    )
     written: dict[str, Path] = {}
     for name, data in pictures.items():
         if data is not None:

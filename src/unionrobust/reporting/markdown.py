@@ -3,8 +3,8 @@
 :func:`report_sections` gathers everything once — the summary and per-attack tables of
 :mod:`unionrobust.reporting.tables`, the MSD Tables 3–4 view (accuracy against each attack
 alone, and against all attacks of a threat), diagnostics, robustness curves, CIFAR-10-C
-accuracies and picture slots; :func:`render_markdown` and :mod:`unionrobust.reporting.html`
-render the same sections.
+accuracies, the MultiRobustBench grid and picture slots; :func:`render_markdown` and
+:mod:`unionrobust.reporting.html` render the same sections.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from unionrobust.evaluation.multirobust import eps_key as _eps_key
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.reporting.tables import format_breakdown, format_summary, format_table
 
 #: picture names used by the reports (and file names next to report.md)
 FILTERS_PNG = "filters.png"
 CURVES_PNG = "curves.png"
+MRB_PNG = "mrb.png"
 
 
 @dataclass
@@ -102,7 +104,12 @@ def format_diagnostics(diag: dict[str, Any]) -> str:
 def format_curve(curve: Any) -> str:
     c = curve if isinstance(curve, dict) else curve.to_dict()
     rows = [[f"{e:.4g}", _pct(a)] for e, a in zip(c["eps"], c["accuracy"], strict=True)]
-    return format_table([c.get("x_label", "epsilon"), f"accuracy ({c['label']})"], rows)
+    head = [c.get("x_label", "epsilon"), f"accuracy ({c['label']})"]
+    if "ci95" in c:
+        head.append("95% CI")
+        for row, (lo, hi) in zip(rows, c["ci95"], strict=True):
+            row.append(f"[{100 * lo:.1f}, {100 * hi:.1f}]")
+    return format_table(head, rows)
 
 
 def format_corruptions(result: dict[str, Any]) -> str:
@@ -117,6 +124,36 @@ def format_corruptions(result: dict[str, Any]) -> str:
     return format_table(["corruption", *(f"severity {s}" for s in sev), "mean"], rows)
 
 
+def format_multirobust(result: dict[str, Any]) -> list[str]:
+    """Tables of a :func:`~unionrobust.evaluation.multirobust.multirobust_evaluation` result:
+    accuracy per family and strength (percent) with the union, then CR and stability."""
+    accs, grid = result["accuracies"], result["grid"]
+    families = list(grid)
+    clean = f"{accs['NoAttack']:.1f}%"
+    rows = [["0 (clean)", *(clean for _ in families), clean]]
+    for i, point in enumerate(result["union"]):
+        cells = [f"{grid[f][i]:g}: {accs[f][_eps_key(grid[f][i])]:.1f}%" for f in families]
+        rows.append([str(i + 1), *cells, f"{point['accuracy']:.1f}%"])
+    tables = [format_table(["#", *(f"{f} (eps: acc.)" for f in families), "union"], rows)]
+    stab = result["stability"]
+    cr = result.get("cr")
+    head = ["", *families, "all"]
+    metric_rows = [
+        [
+            "stability: largest drop (points)",
+            *(f"{stab['per_family'][f]:.1f}" for f in families),
+            f"{stab['max_drop']:.1f}",
+        ]
+    ]
+    if cr:
+        for key, name in (("avg", "CR_ind_avg"), ("worst", "CR_ind_worst")):
+            metric_rows.append(
+                [name, *(f"{cr['per_family'][f][key]:.1f}" for f in families), f"{cr[name]:.1f}"]
+            )
+    tables.append(format_table(head, metric_rows))
+    return tables
+
+
 def report_sections(
     report: EvaluationReport,
     diagnostics: dict[str, Any] | None = None,
@@ -124,6 +161,7 @@ def report_sections(
     corruptions: dict[str, Any] | None = None,
     pictures: dict[str, bytes | None] | None = None,
     notes: dict[str, str] | None = None,
+    multirobust: dict[str, Any] | None = None,
 ) -> list[Section]:
     """All sections of a report. ``diagnostics`` defaults to ``report.diagnostics``;
     ``pictures`` maps picture names (FILTERS_PNG, CURVES_PNG) to PNG bytes or None (then
@@ -175,6 +213,7 @@ def report_sections(
         c = Section("Robustness curves")
         for curve in curves:
             c.table(format_curve(curve))
+        c.text("Bands and intervals: 95% Wilson score.")
         _picture(c, CURVES_PNG, pictures, notes)
         out.append(c)
     if corruptions:
@@ -183,6 +222,23 @@ def report_sections(
             .table(format_corruptions(corruptions))
             .text(f"{corruptions['n']} images per corruption and severity.")
         )
+    if multirobust:
+        m = Section("MultiRobustBench grid")
+        for table in format_multirobust(multirobust):
+            m.table(table)
+        _picture(m, MRB_PNG, pictures, notes)
+        m.text(
+            f"Suite {multirobust['suite']}, {multirobust['n_examples']} examples; "
+            f"{multirobust['monotone']}. CR (Dai et al. 2023): accuracy / reference accuracy "
+            "averaged (CR_ind_avg) or minimised (CR_ind_worst) over clean and every strength, "
+            "x 100, over the families run here (the leaderboard's CR also covers the families not "
+            "run); "
+            + ("no reference given (--mrb-reference). " if not multirobust.get("cr") else "")
+            + "Not run: "
+            + ", ".join(multirobust.get("not_run", []))
+            + "."
+        )
+        out.append(m)
     return out
 
 

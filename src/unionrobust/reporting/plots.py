@@ -1,4 +1,5 @@
-"""PNG plots of robustness curves (matplotlib, optional).
+"""PNG plots of robustness curves and MultiRobustBench grids with 95% bands (matplotlib,
+optional).
 
 Without matplotlib the functions return ``None`` and reports show :data:`MATPLOTLIB_NOTE`
 instead of the picture; the tables hold the same numbers. Rendering uses the object-oriented
@@ -33,33 +34,114 @@ def _as_dict(curve: Any) -> dict[str, Any]:
     return curve if isinstance(curve, dict) else curve.to_dict()
 
 
-def curves_png(curves: Sequence[Any], dpi: int = 100) -> bytes | None:
-    """One panel per curve (accuracy vs radius; the union panel vs the scale factor), as PNG
-    bytes; ``None`` without matplotlib or without curves. ``curves``: RobustnessCurve objects
-    or their ``to_dict()``."""
-    items = [_as_dict(c) for c in curves]
-    if not items or not matplotlib_available():
+def curve_band(curve: Any) -> tuple[list[float], list[float], list[float]] | None:
+    """(accuracy, lower, upper) in percent of a curve: its 95% Wilson band (``ci95`` of
+    ``to_dict()``); ``None`` for a dict without intervals."""
+    c = _as_dict(curve)
+    if "ci95" not in c:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    acc = [100 * a for a in c["accuracy"]]
+    return acc, [100 * lo for lo, _ in c["ci95"]], [100 * hi for _, hi in c["ci95"]]
 
-    cols = min(len(items), 4)
-    rows = (len(items) + cols - 1) // cols
-    fig = Figure(figsize=(3.2 * cols, 2.8 * rows), dpi=dpi)
-    FigureCanvasAgg(fig)
-    for i, c in enumerate(items):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.plot(c["eps"], [100 * a for a in c["accuracy"]], marker="o", drawstyle="default")
-        ax.set_title(f"{c['label']} ({c['attack']}, {c['method']})", fontsize=9)
-        ax.set_xlabel(c.get("x_label", "epsilon"), fontsize=8)
-        ax.set_ylabel("accuracy (%)", fontsize=8)
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
+
+def _panel(ax: Any, x: Sequence[float], y: Sequence[float], band: Any, label: str = "") -> None:
+    """A line with markers and, when ``band`` = (lower, upper) is given, its shaded band."""
+    (line,) = ax.plot(x, y, marker="o", markersize=3, label=label or None)
+    if band is not None:
+        ax.fill_between(x, band[0], band[1], alpha=0.2, color=line.get_color(), linewidth=0)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+
+
+def _png(fig: Any) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def curves_figure(curves: Sequence[Any], dpi: int = 100) -> Any:
+    """The matplotlib Figure of :func:`curves_png` (needs matplotlib)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    items = [_as_dict(c) for c in curves]
+    union = items[-1] if items and items[-1]["label"] == "union" else None
+    joint = union is not None and all(len(c["eps"]) == len(union["eps"]) for c in items)
+    panels = len(items) + int(joint)
+    cols = min(panels, 4)
+    rows = (panels + cols - 1) // cols
+    fig = Figure(figsize=(3.2 * cols, 2.8 * rows), dpi=dpi)
+    FigureCanvasAgg(fig)
+    if joint:  # union and every member against the common scale factor, 95% bands
+        ax = fig.add_subplot(rows, cols, 1)
+        for c in items:
+            acc, lo, hi = curve_band(c) or ([100 * a for a in c["accuracy"]], None, None)
+            _panel(ax, union["eps"], acc, None if lo is None else (lo, hi), c["label"])
+        ax.set_title("union and per threat (95% bands)", fontsize=9)
+        ax.set_xlabel(union.get("x_label", "scale"), fontsize=8)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.legend(fontsize=7)
+    for i, c in enumerate(items):
+        ax = fig.add_subplot(rows, cols, i + 1 + int(joint))
+        acc, lo, hi = curve_band(c) or ([100 * a for a in c["accuracy"]], None, None)
+        _panel(ax, c["eps"], acc, None if lo is None else (lo, hi))
+        ax.set_title(f"{c['label']} ({c['attack']}, {c['method']})", fontsize=9)
+        ax.set_xlabel(c.get("x_label", "epsilon"), fontsize=8)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+    return fig
+
+
+def curves_png(curves: Sequence[Any], dpi: int = 100) -> bytes | None:
+    """Accuracy vs radius with 95% Wilson bands: a joint panel of the union and every member
+    against the scale factor (for :func:`~unionrobust.evaluation.curves.union_curve` output),
+    then one panel per curve; PNG bytes, ``None`` without matplotlib or without curves.
+    ``curves``: RobustnessCurve objects or their ``to_dict()``."""
+    if not curves or not matplotlib_available():
+        return None
+    return _png(curves_figure(curves, dpi))
+
+
+def multirobust_figure(result: dict[str, Any], dpi: int = 100) -> Any:
+    """The matplotlib Figure of :func:`multirobust_png` (needs matplotlib)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from unionrobust.evaluation.multirobust import CLEAN, eps_key
+
+    grid, accs, cis = result["grid"], result["accuracies"], result["ci95"]
+    panels = len(grid) + 1
+    fig = Figure(figsize=(3.2 * panels, 2.8), dpi=dpi)
+    FigureCanvasAgg(fig)
+    for i, (family, values) in enumerate(grid.items()):
+        ax = fig.add_subplot(1, panels, i + 1)
+        keys = [eps_key(e) for e in values]
+        x = [0.0, *values]
+        y = [accs[CLEAN], *(accs[family][k] for k in keys)]
+        band = [cis[CLEAN], *(cis[family][k] for k in keys)]
+        _panel(ax, x, y, ([b[0] for b in band], [b[1] for b in band]))
+        ax.set_title(family, fontsize=9)
+        ax.set_xlabel("epsilon", fontsize=8)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+    ax = fig.add_subplot(1, panels, panels)
+    steps = list(range(len(result["union"]) + 1))
+    y = [accs[CLEAN], *(u["accuracy"] for u in result["union"])]
+    band = [cis[CLEAN], *(u["ci95"] for u in result["union"])]
+    _panel(ax, steps, y, ([b[0] for b in band], [b[1] for b in band]))
+    ax.set_title("union of the i-th balls", fontsize=9)
+    ax.set_xlabel("grid step i (0 = clean)", fontsize=8)
+    ax.set_ylabel("accuracy (%)", fontsize=8)
+    return fig
+
+
+def multirobust_png(result: dict[str, Any], dpi: int = 100) -> bytes | None:
+    """MultiRobustBench grid: accuracy vs ε per family and the union per grid step, with 95%
+    Wilson bands (:func:`~unionrobust.evaluation.multirobust.evaluate_grid` result); PNG
+    bytes, ``None`` without matplotlib."""
+    if not matplotlib_available():
+        return None
+    return _png(multirobust_figure(result, dpi))
 
 
 def weights_png(result: Any, title: str = "", dpi: int = 100) -> bytes | None:
