@@ -12,8 +12,14 @@ step. It is worth keeping only if it is as strong:
   point counts as broken for threat p when the returned point lies in p's ball and is
   misclassified) and over the union, on the same ``--n`` test digits, with CPU time.
 
+* ``step``: cost per step (process CPU time, interleaved, (T(long) − T(short)) / (long − short)
+  as in bench_attacks.py) of MSD ÷ its floor t_fb + forward(3B), of one-gradient MSD ÷ t_fb, and
+  of PGD per member ÷ t_fb: Σ_p (PGD_p − t_fb) is the part of MSD's excess that is the members'
+  own steps and projections (geometry/), the rest is MSD's own work.
+
     python benchmarks/bench_msd_onegrad.py train [--seeds 0,1] [--n 200]
     python benchmarks/bench_msd_onegrad.py attack [--n 200] [--steps 100]
+    python benchmarks/bench_msd_onegrad.py step [--models lenet,mnist-cnn] [--batches 100,250]
 """
 
 from __future__ import annotations
@@ -24,9 +30,19 @@ import os
 from pathlib import Path
 
 import torch
-from _common import markdown_table, set_threads
+from _common import (
+    forward_backward,
+    forward_only,
+    frozen,
+    interleaved,
+    machine_note,
+    markdown_table,
+    per_step,
+    set_threads,
+)
 
-from unionrobust import MSD, evaluate, load_embedded_mnist, load_model, parse
+from unionrobust import MSD, PGD, build_model, evaluate, load_embedded_mnist, load_model, parse
+from unionrobust.allocator import tune_allocator
 from unionrobust.training.config import load_config
 from unionrobust.training.trainer import train
 
@@ -133,9 +149,61 @@ def attack_all(args: argparse.Namespace) -> None:
     print(markdown_table(head, rows))
 
 
+def step_costs(args: argparse.Namespace) -> None:
+    tune_allocator()
+    union = parse(load_config(CONFIG).threats)
+    x_all, _ = load_embedded_mnist("test")
+    short, long = 2, 10
+    makers = {
+        "MSD": lambda s: MSD(union, steps=s),
+        "one-gradient MSD": lambda s: MSD(union, steps=s, select="gradient"),
+        **{f"PGD {m.name}": (lambda s, m=m: PGD(m, steps=s)) for m in union},
+    }
+    print(f"{machine_note()}, allocator tuned, steps {short} and {long}\n")
+    head = ["model", "B", "t_fb ms", "floor ms", "MSD ÷ floor", "MSD 1g ÷ t_fb"]
+    head += [f"PGD {m.name} ÷ t_fb" for m in union] + ["Σ(PGD_p − t_fb) ÷ floor"]
+    rows = []
+    for model_name in args.models.split(","):
+        torch.manual_seed(0)
+        model = frozen(build_model(model_name))
+        for batch in (int(b) for b in args.batches.split(",")):
+            x = x_all[:batch].contiguous()
+            with torch.no_grad():
+                y = model(x).argmax(1)
+            fns = {
+                "fb": forward_backward(model, x, y),
+                "f3": forward_only(model, torch.cat([x] * 3)),
+            }
+            for label, make in makers.items():
+                for steps in (short, long):
+                    att = make(steps)
+                    fns[f"{label}@{steps}"] = lambda a=att, m=model, x=x, y=y: a(m, x, y)
+            t = interleaved(fns, warmup=1, rounds=args.rounds)
+            floor = t["fb"] + t["f3"]
+            step = {label: per_step(t, label, short, long) for label in makers}
+            pgd = [step[f"PGD {m.name}"] / t["fb"] for m in union]
+            rows.append(
+                [
+                    model_name,
+                    batch,
+                    1e3 * t["fb"],
+                    1e3 * floor,
+                    step["MSD"] / floor,
+                    step["one-gradient MSD"] / t["fb"],
+                    *pgd,
+                    sum(p - 1 for p in pgd) * t["fb"] / floor,
+                ]
+            )
+            print(rows[-1], flush=True)
+    print(markdown_table(head, rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=("train", "attack"))
+    ap.add_argument("part", choices=("train", "attack", "step"))
+    ap.add_argument("--models", default="lenet,mnist-cnn")
+    ap.add_argument("--batches", default="100,250")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--steps", type=int, default=100)
@@ -146,7 +214,7 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     set_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
-    (train_all if args.part == "train" else attack_all)(args)
+    {"train": train_all, "attack": attack_all, "step": step_costs}[args.part](args)
 
 
 if __name__ == "__main__":
