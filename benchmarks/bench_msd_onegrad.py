@@ -15,7 +15,8 @@ step. It is worth keeping only if it is as strong:
 * ``step``: cost per step (process CPU time, interleaved, (T(long) − T(short)) / (long − short)
   as in bench_attacks.py) of MSD ÷ its floor t_fb + forward(3B), of one-gradient MSD ÷ t_fb, and
   of PGD per member ÷ t_fb: Σ_p (PGD_p − t_fb) is the part of MSD's excess that is the members'
-  own steps and projections (geometry/), the rest is MSD's own work.
+  own steps and projections (geometry/), the rest is MSD's own work. Only this part tunes
+  the allocator (``unionrobust.allocator``); ``train`` and ``attack`` run with glibc's defaults.
 
     python benchmarks/bench_msd_onegrad.py train [--seeds 0,1] [--n 200]
     python benchmarks/bench_msd_onegrad.py attack [--n 200] [--steps 100]
