@@ -56,6 +56,10 @@ def union_attacks(union: Union) -> dict[str, Attack]:
         f"msd-{start}": MSD(union, steps=3, restarts=2, start=start, seed=2)
         for start in ("zero", "random", "zero_then_random")
     }
+    out |= {
+        f"msd-1g-{start}": MSD(union, steps=3, restarts=2, start=start, seed=2, select="gradient")
+        for start in ("zero", "random")
+    }
     out["worst-of"] = WorstOf([PGD(m, steps=2, start="random") for m in union])
     out["worst-of-all"] = WorstOf([PGD(m, steps=2) for m in union], shrink=False)
     return out
@@ -201,6 +205,9 @@ def test_errors_inside_the_attack_restore_the_model(tiny_cnn, toy_images):
         lambda s: PGD(L0(4), steps=4, seed=s),
         lambda s: SLIDE(3.0, steps=4, restarts=2, start="random", seed=s),
         lambda s: MSD(Linf(0.1) | L2(1.0) | L1(3.0), steps=4, start="random", seed=s),
+        lambda s: MSD(
+            Linf(0.1) | L2(1.0) | L1(3.0), steps=4, start="random", seed=s, select="gradient"
+        ),
     ],
 )
 def test_same_seed_same_result_other_seed_differs(make, tiny_cnn, toy_images):
@@ -223,6 +230,9 @@ def test_same_seed_same_result_other_seed_differs(make, tiny_cnn, toy_images):
         lambda: MIM(L2(0.3), steps=5),
         lambda: SLIDE(1.0, steps=5, restarts=3, start="random"),
         lambda: MSD(Linf(0.05) | L2(0.3) | L1(1.0), steps=5, restarts=3, start="random"),
+        lambda: MSD(
+            Linf(0.05) | L2(0.3) | L1(1.0), steps=5, restarts=3, start="random", select="gradient"
+        ),
         lambda: WorstOf([PGD(Linf(0.05), steps=3), PGD(L1(1.0), steps=3)]),
     ],
 )
@@ -263,6 +273,38 @@ def test_msd_scores_all_candidates_in_one_forward(tiny_cnn, toy_images):
     assert counting.sizes == [5, 5, 15, 5, 15, 5, 15]
 
 
+def test_one_gradient_msd_costs_one_forward_per_step(tiny_cnn, toy_images):
+    model = tiny_cnn().eval()
+    x, y = toy_images(n=5)
+    counting = CountingModel(model)
+    MSD(Linf(0.01) | L2(0.05) | L1(0.1), steps=3, select="gradient")(counting, x, y)
+    # clean, start, then per step one forward over B (with the backward, except the last)
+    assert counting.sizes == [5, 5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("start", ["zero", "random"])
+@pytest.mark.parametrize(
+    ("radii", "winner"), [((0.02, 0.3, 1.5), 2), ((0.05, 0.3, 1.0), 1), ((0.1, 0.5, 1.0), 0)]
+)
+def test_one_gradient_msd_equals_msd_when_the_loss_is_linear(start, radii, winner, linear_model):
+    # two classes and the CW margin: the loss is exactly linear in x, so the first-order gain
+    # g·(x_p − x) ranks the candidates as the forward does, and both runs take the same path
+    model = linear_model(dim=48, classes=2, seed=3).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 3, 4, 4, generator=g, dtype=torch.float64) * 0.5 + 0.25
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    union = Linf(radii[0]) | L2(radii[1]) | L1(radii[2])
+    runs = [
+        MSD(union, steps=6, loss="cw", start=start, select=sel, seed=4)(model, x, y)
+        for sel in ("forward", "gradient")
+    ]
+    assert torch.allclose(runs[0].x_adv, runs[1].x_adv, rtol=0, atol=1e-12)
+    assert torch.equal(runs[0].threat_index, runs[1].threat_index)
+    assert (runs[1].threat_index == winner).all()  # each member wins in one setting
+    assert torch.allclose(runs[0].loss, runs[1].loss, rtol=0, atol=1e-12)
+
+
 # -- best iterate ------------------------------------------------------------------------------
 
 
@@ -285,6 +327,7 @@ class Bump(nn.Module):
         lambda n: PGD(Linf(0.4), steps=n, alpha=0.1, start="zero"),
         lambda n: MIM(Linf(0.4), steps=n, alpha=0.1, decay=0.0),
         lambda n: MSD(Linf(0.4) | L2(0.4), steps=n, alphas=[0.1, 0.1]),
+        lambda n: MSD(Linf(0.4) | L2(0.4), steps=n, alphas=[0.1, 0.1], select="gradient"),
     ],
 )
 def test_the_best_iterate_is_returned_not_the_last(make, steps):
@@ -310,6 +353,7 @@ def test_returned_loss_is_at_least_the_clean_loss(loss, tiny_cnn, toy_images):
         PGD(L2(0.2), steps=3, loss=loss, start="random"),
         PGD(L1(1.0), steps=3, loss=loss),
         MSD(Linf(0.02) | L2(0.2), steps=3, loss=loss, start="random"),
+        MSD(Linf(0.02) | L2(0.2), steps=3, loss=loss, start="random", select="gradient"),
     ):
         res = attack(model, x, y)
         assert (res.loss >= clean - 1e-6).all()
@@ -376,6 +420,7 @@ def test_bad_inputs_raise(make, tiny_cnn, toy_images):
         (lambda: MSD(Linf(0.1) | L2(1.0), alphas=[0.1]), "one step size per threat"),
         (lambda: MSD("linf:0.1, l7:2"), "valid: l0, l1, l2, linf"),
         (lambda: MSD(3.0), "union"),
+        (lambda: MSD("linf:0.1, l2:1", select="grad"), "valid: forward, gradient"),
         (lambda: WorstOf([]), "at least one"),
         (lambda: WorstOf([Linf(0.1)]), "combines attacks"),
     ],

@@ -166,9 +166,10 @@ def test_attack_end_to_end(weights, tmp_path, capsys):
     assert report["success_rate"] > 0
 
 
-def test_attack_msd(weights, capsys):
-    assert on_fitted("attack", weights, "--n", "8", "--attack", "msd", "--steps", "5") == 0
-    assert "attack msd" in capsys.readouterr().out
+@pytest.mark.parametrize("name", ["msd", "msd-1g"])
+def test_attack_msd(name, weights, capsys):
+    assert on_fitted("attack", weights, "--n", "8", "--attack", name, "--steps", "5") == 0
+    assert f"attack {name}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

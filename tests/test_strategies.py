@@ -208,6 +208,21 @@ def test_msd_trains_on_the_msd_point_and_reports_winners(linear_model):
         assert out.stats[f"won_{lab}"] == pytest.approx(float((idx == k).float().mean()))
 
 
+def test_msd_select_reaches_the_attack_and_the_config(linear_model):
+    s = make_strategy("msd", "linf:0.1, l2:0.5, l1:1", steps=3, select="gradient")
+    assert s.attacks[0].select == "gradient"
+    s.set_scale(0.5)  # the rebuilt attack keeps the option
+    assert s.attacks[0].select == "gradient"
+    assert make_strategy("msd", "linf:0.1, l2:0.5", steps=2).attacks[0].select == "forward"
+    model = linear_model(dim=16, classes=3).train()
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+    out = s(model, x, y)
+    assert torch.isfinite(out.loss) and model.training
+    with pytest.raises(UnionRobustError, match="valid: forward, gradient"):
+        make_strategy("msd", "linf:0.1, l2:0.5", select="fast")
+
+
 # -- SAT ------------------------------------------------------------------------------------------
 
 

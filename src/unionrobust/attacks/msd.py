@@ -18,6 +18,12 @@ whose ball holds more, MSD can settle at the best point of the first ball. On a 
 with MSD App. C.1's ratios (ℓ1 α = 4ε/T against 2.5ε/T) it stayed at the ℓ1 vertex, which lies
 outside the ℓ∞ ball so the ℓ∞ candidate's projection pulls it back, while the ℓ∞ ball held 30%
 more margin. Step sizes proportional to the radii (α_p = c·ε_p) avoid this there.
+
+``select="gradient"`` (one-gradient MSD, issue 9) replaces the forward over the K·B candidates by
+the first-order estimate of each candidate's loss gain, g·(x_p − x) with g the gradient already
+taken at the current point x, and moves to the candidate of highest estimated gain; the
+forward+backward at that point then gives its true loss (for the tracker) and the next gradient.
+Per step: one forward+backward over B. The tracker sees only the chosen candidates.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from unionrobust.attacks.base import (
     Attack,
     AttackResult,
     autocast_for,
+    forward,
     loss_and_grad,
     misclassified,
     run_restarts,
@@ -45,13 +52,22 @@ from unionrobust.attacks.pgd import (
     clip01,
     random_start,
 )
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.losses import get_loss
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import ThreatModel, Union, as_union, parse
 
 #: counters of the per-example member choice of random starts
 MEMBER_COUNTER = 1 << 29
+
+#: how a step picks its candidate: a forward over all K·B (Alg. 1) or the gradient's estimate
+SELECTIONS = ("forward", "gradient")
+
+
+def check_select(select: str) -> str:
+    if select not in SELECTIONS:
+        raise unknown_name("MSD select", str(select), SELECTIONS)
+    return select
 
 
 class MSD(Attack):
@@ -61,6 +77,9 @@ class MSD(Attack):
     ``alphas``: one step size per member (None → each member's ``default_alpha(steps)``).
     ``start``: ``"zero"`` (Alg. 1: δ(0) = 0), ``"random"`` or ``"zero_then_random"``; restarts
     after the first run only on examples not yet misclassified.
+    ``select``: ``"forward"`` (Alg. 1: score the K candidates by a forward over K·B) or
+    ``"gradient"`` (one-gradient MSD: by the first-order gain g·(x_p − x); one forward+backward
+    per step).
     """
 
     name = "msd"
@@ -77,6 +96,7 @@ class MSD(Attack):
         kappa: float | None = None,
         seed: int = 0,
         amp: bool = False,
+        select: str = "forward",
     ) -> None:
         union = parse(threats) if isinstance(threats, str) else threats
         if not isinstance(union, ThreatModel | Union):
@@ -100,6 +120,7 @@ class MSD(Attack):
         self.start = check_start(start)
         self.loss_name = loss
         self.loss_fn = get_loss(loss, kappa)
+        self.select = check_select(select)
 
     def _run(
         self,
@@ -160,6 +181,19 @@ class MSD(Attack):
                 ]
             )
             x_cands = (x.unsqueeze(0) + cands).clamp_(0.0, 1.0)
+            if self.select == "gradient":
+                # first-order gain of each candidate from the gradient at the current point
+                gain = ((x_cands - x_adv) * grad).flatten(2).sum(dim=2)  # (K, B)
+                chosen = gain.argmax(dim=0)
+                delta = cands[chosen, rows]
+                x_adv = x_cands[chosen, rows]
+                if t + 1 < self.steps:
+                    logits, loss, grad = loss_and_grad(model, x_adv, y, self.loss_fn, self.amp)
+                else:
+                    logits = forward(model, x_adv, self.amp)
+                    loss = self.loss_fn(logits, y)
+                tracker.update(x_adv, loss, misclassified(logits, y), threat_index=chosen)
+                continue
             flat = x_cands.reshape(k * b, *x.shape[1:])
             with torch.no_grad(), autocast_for(flat, self.amp):
                 c_logits = upcast(model(flat))
@@ -180,5 +214,6 @@ class MSD(Attack):
     def __repr__(self) -> str:
         return (
             f"MSD({self.threat.spec!r}, steps={self.steps}, alphas={self.alphas}, "
-            f"restarts={self.restarts}, start={self.start!r}, loss={self.loss_name!r})"
+            f"restarts={self.restarts}, start={self.start!r}, loss={self.loss_name!r}, "
+            f"select={self.select!r})"
         )

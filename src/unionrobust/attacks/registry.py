@@ -40,6 +40,7 @@ ATTACKS: dict[str, AttackFactory] = {
     "mim": MIM,
     "slide": SLIDE,
     "msd": MSD,
+    "msd-1g": partial(MSD, select="gradient"),
     "apgd-ce": lazy("apgd", "APGD", loss="ce"),
     "apgd-dlr": lazy("apgd", "APGD", loss="dlr"),
     "apgd-t": lazy("apgd", "APGD", loss="dlr-targeted"),
@@ -64,7 +65,7 @@ ATTACKS: dict[str, AttackFactory] = {
 }
 
 #: attacks that take a whole union; the others run once per member, combined by WorstOf
-UNION_ATTACKS = {"msd"}
+UNION_ATTACKS = {"msd", "msd-1g"}
 
 
 def attack_names() -> list[str]:

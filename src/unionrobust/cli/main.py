@@ -12,6 +12,7 @@ import sys
 from typing import NoReturn
 
 from unionrobust._version import __version__
+from unionrobust.allocator import tune_allocator
 from unionrobust.errors import UnionRobustError
 
 #: sub-command names, in the order ``--help`` lists them
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # keep freed memory: fewer page faults per step (allocator.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
