@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from unionrobust.errors import UnionRobustError, check_images, check_labels
 
@@ -157,12 +158,11 @@ def chunks(index: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[tqdm | None]:
+    """A tqdm bar on stderr over ``total`` examples (``None`` when disabled or empty)."""
     if not enabled or total == 0:
         yield None
         return
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, desc=desc, unit="ex", leave=False, file=sys.stderr, dynamic_ncols=True)
     try:
         yield bar

@@ -458,6 +458,15 @@ class Theorem1Result:
         }
 
 
+def theorem1_bytes(d: int, mix: int, n_samples: int, radius_scale: float = 1.0) -> float:
+    """Approximate peak memory of :func:`theorem1_experiment` in bytes (measured: about
+    3·mix + 10 float64 vectors of length d+1 for the linear family, and 2.5 float64 arrays of
+    n_samples × (d+1) for the Monte-Carlo bounds, which run only at ``radius_scale = 1``)."""
+    linear = 8.0 * (3 * mix + 10) * (d + 1)
+    sampled = 20.0 * n_samples * (d + 1) if radius_scale == 1.0 else 0.0
+    return linear + sampled
+
+
 def theorem1_experiment(
     task: SyntheticTask,
     n_mix: int = 11,
