@@ -6,12 +6,11 @@ import argparse
 import json
 import math
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_finite
 from unionrobust.geometry.unions import (
     ball_contains,
     check_dim,
     check_p,
-    check_radius,
     eat_covers_l2,
     largest_lp_ball_in_hull,
     largest_lp_ball_in_union,
@@ -58,7 +57,7 @@ def compute(d: int, eps1: float, epsinf: float, eps2: float | None, ps: list[flo
     """Every number the command prints, as a JSON-ready dict."""
     d = check_dim(d)
     check_memory(BYTES_PER_DIM * d, f"geometry --dim {d}", "lower --dim")
-    eps1, epsinf = check_radius(eps1, "--l1"), check_radius(epsinf, "--linf")
+    eps1, epsinf = check_finite("--l1", eps1, 0.0), check_finite("--linf", epsinf, 0.0)
     out: dict = {
         "dim": d,
         "eps1": eps1,
@@ -75,7 +74,7 @@ def compute(d: int, eps1: float, epsinf: float, eps2: float | None, ps: list[flo
         },
     }
     if eps2 is not None:
-        eps2 = check_radius(eps2, "--l2")
+        eps2 = check_finite("--l2", eps2, 0.0)
         cov = eat_covers_l2(d, eps1, epsinf, eps2)
         inf_lo, inf_hi = overlap_range(d, eps2, 2, math.inf)
         one_lo, one_hi = overlap_range(d, eps2, 2, 1)

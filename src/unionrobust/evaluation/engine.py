@@ -28,6 +28,7 @@ from torch import nn
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.checks import clean_verdicts, predicts_wrong
+from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
 from unionrobust.evaluation.inputs import chunks as _chunks
 from unionrobust.evaluation.report import EvaluationReport
@@ -226,8 +227,6 @@ def evaluate(
                     bar.update(idx.numel())
         t_clean = time.perf_counter() - t0
         if diagnostics:  # after the clean pass, which reports a broken model in one line
-            from unionrobust.evaluation.diagnostics import run_diagnostics
-
             diag = run_diagnostics(model, x, y, union)
 
         # ---- attacks, as a cascade
@@ -305,8 +304,6 @@ def evaluate(
         nonfinite=nonfinite,
     )
     if diagnostics:
-        from unionrobust.evaluation.diagnostics import flags_of, gradient_masking
-
         diag["gradient_masking"] = gradient_masking(report)
         diag["flags"] = flags_of(diag)
         report.diagnostics = diag

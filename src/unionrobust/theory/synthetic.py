@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.theory.bounds import opt_bounds
 
 THREATS = ("linf", "l1")
 _CHUNK = 8192  # rows per Monte-Carlo chunk (memory: _CHUNK·(d+1) float64)
@@ -439,8 +440,6 @@ class Theorem1Result:
         return self.min_avg_margin >= -1e-12
 
     def as_dict(self) -> dict:
-        from unionrobust.theory.bounds import opt_bounds
-
         return {
             "d": self.task.d,
             "alpha": self.task.alpha,
