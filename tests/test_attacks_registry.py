@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unionrobust.attacks import MSD, PGD, SLIDE, Attack, WorstOf, attack_names, make_attack
-from unionrobust.attacks.registry import ATTACKS, lazy
+from unionrobust.attacks.registry import ATTACKS
 from unionrobust.errors import UnionRobustError
 from unionrobust.threats import L1, L2, Linf, parse
 
@@ -51,8 +51,8 @@ def test_registry_errors_name_the_problem():
         make_attack("msd", "l2:1", steps=-1)
 
 
-def test_lazy_factories_import_on_first_use():
-    factory = lazy("pgd", "PGD", loss="cw")
+def test_factories_fix_an_option_and_pass_the_rest():
+    factory = ATTACKS["pgd-cw"]  # partial(PGD, loss="cw") (the lazy factories deferred nothing)
     attack = factory(L2(0.5), steps=4)
     assert isinstance(attack, PGD) and attack.loss_name == "cw" and attack.steps == 4
 

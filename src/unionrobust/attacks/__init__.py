@@ -14,7 +14,7 @@ from unionrobust.attacks.minmax import (
 from unionrobust.attacks.minnorm import DDN, FAB, DeepFool, MinNormResult
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
-from unionrobust.attacks.registry import ATTACKS, attack_names, make_attack
+from unionrobust.attacks.registry import ATTACKS, attack_names, default_attack, make_attack
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.attacks.union import WorstOf
 
@@ -47,6 +47,7 @@ __all__ = [
     "WorstOf",
     "WorstOfK",
     "attack_names",
+    "default_attack",
     "frozen_model",
     "loss_and_grad",
     "make_attack",

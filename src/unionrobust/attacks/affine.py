@@ -45,7 +45,7 @@ from unionrobust.attacks.spatial import WorstOfK
 from unionrobust.errors import UnionRobustError, check_int, check_number, check_positive
 from unionrobust.losses import get_loss
 from unionrobust.rng import BETA_COUNTER, INIT_COUNTER, SPATIAL_DRAW_COUNTER, KeyedRandom
-from unionrobust.threats import Linf, ThreatModel, Union
+from unionrobust.threats import AdditiveThreat, Linf, SearchedThreat, ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation, rotate_translate
 
 
@@ -138,7 +138,7 @@ class AffineLp(_Affine):
         amp: bool = False,
     ) -> None:
         for t in (threat1, threat2):
-            if not isinstance(t, ThreatModel) or isinstance(t, RotationTranslation):
+            if not isinstance(t, AdditiveThreat):
                 raise UnionRobustError(
                     f"AffineLp compounds two additive threat models, got {getattr(t, 'spec', t)}"
                 )
@@ -202,6 +202,7 @@ class AffineSpatial(_Affine):
     run on each transformed input (``alpha`` at the full budget, scaled by β)."""
 
     name = "affine-spatial"
+    threat_kind = ThreatModel  # an additive member and a searched one, checked below
 
     def __init__(
         self,
@@ -219,7 +220,7 @@ class AffineSpatial(_Affine):
         seed: int = 0,
         amp: bool = False,
     ) -> None:
-        if not isinstance(linf, ThreatModel) or isinstance(linf, RotationTranslation):
+        if not isinstance(linf, AdditiveThreat):
             raise UnionRobustError("AffineSpatial needs an additive threat first (e.g. Linf)")
         if not isinstance(rt, RotationTranslation):
             raise UnionRobustError("AffineSpatial needs a RotationTranslation second")
@@ -289,6 +290,16 @@ class AffineSpatial(_Affine):
     def __repr__(self) -> str:
         lp, rt = self.threat.members
         return f"AffineSpatial({lp!r}, {rt!r}, betas={self.betas}, k={self.k})"
+
+
+def affine_attack(
+    s1: ThreatModel, s2: ThreatModel, k: int = 10, **kwargs
+) -> AffineLp | AffineSpatial:
+    """The affine attack for ``β·s1 + (1−β)·s2``: :class:`AffineSpatial` when ``s2`` is searched
+    (rotation-translation; ``k`` draws per β), :class:`AffineLp` for two additive threats."""
+    if isinstance(s2, SearchedThreat):
+        return AffineSpatial(s1, s2, k=k, **kwargs)
+    return AffineLp(s1, s2, **kwargs)
 
 
 def affine_contains(

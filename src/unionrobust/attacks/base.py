@@ -13,7 +13,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
 from unionrobust.rng import KeyedRandom
-from unionrobust.threats import ThreatModel, Union
+from unionrobust.threats import AdditiveThreat, ThreatModel, Union
 
 
 @dataclass
@@ -111,6 +111,31 @@ def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) != y) | ~torch.isfinite(logits).all(dim=1)
 
 
+def attacks_accepting(threat: ThreatModel) -> list[str]:
+    """Names of the attack classes (defined so far) whose ``threat_kind`` is ``threat``'s kind."""
+    names, todo = set(), list(Attack.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        kind = cls.threat_kind
+        if "name" in vars(cls) and kind is not ThreatModel and isinstance(threat, kind):
+            names.add(cls.name)
+    return sorted(names)
+
+
+def check_kind(cls: type[Attack], threat: ThreatModel | Union | Any) -> None:
+    """Raise the one-line error if a member of ``threat`` is not of ``cls.threat_kind``, naming
+    the attacks that accept it (other input types are left to the attack's own checks)."""
+    members = threat.members if isinstance(threat, Union) else (threat,)
+    for m in members:
+        if isinstance(m, ThreatModel) and not isinstance(m, cls.threat_kind):
+            kind = cls.threat_kind.__name__.removesuffix("Threat").lower()
+            raise UnionRobustError(
+                f"{cls.__name__} attacks {kind} threat models, not {m.spec}; attack it with "
+                f"{', '.join(attacks_accepting(m))} (or default_attack)"
+            )
+
+
 def run_restarts(
     restarts: int,
     x: torch.Tensor,
@@ -146,8 +171,12 @@ class Attack(ABC):
     name: str = "attack"
     #: True for attacks whose result names a member (``threat_index`` is a tensor)
     union_attack: bool = False
+    #: the kind of threat model this attack runs on (``AdditiveThreat``, ``SearchedThreat``, or
+    #: ``ThreatModel`` for attacks that combine others); checked for every member
+    threat_kind: ClassVar[type[ThreatModel]] = AdditiveThreat
 
     def __init__(self, threat: ThreatModel | Union, seed: int = 0, amp: bool = False) -> None:
+        check_kind(type(self), threat)
         self.threat = threat
         self.seed = int(seed)
         self.amp = bool(amp)

@@ -1,37 +1,37 @@
-"""Attacks by name: ``make_attack("pgd", "l2:0.5", steps=100)``.
+"""Attacks by name: ``make_attack("pgd", "l2:0.5", steps=100)``, and the default attack for a
+threat model of either kind: ``default_attack(threat, purpose="eval" | "train")``.
 
-A factory takes ``(threat, **kwargs)`` and returns an :class:`Attack`. Modules whose import is
-costly or optional are registered with :func:`lazy` (imported on first use), e.g.
-``"apgd-ce": lazy("apgd", "APGD", loss="ce")``.
+A factory takes ``(threat, **kwargs)`` and returns an :class:`Attack` (a class, or a
+``functools.partial`` of one fixing an option).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from unionrobust.attacks.adapters import (
+    TACW,
+    TAEAD,
+    TAFAB,
+    FBBoundary,
+    FBHopSkipJump,
+    FBPointwise,
+    TASquare,
+)
+from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack
+from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square
+from unionrobust.attacks.minnorm import DDN, FAB, DeepFool
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
+from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.attacks.union import WorstOf
-from unionrobust.errors import UnionRobustError, unknown_name
-from unionrobust.threats import ThreatModel, Union, parse
+from unionrobust.errors import UnionRobustError, check_choice, unknown_name
+from unionrobust.threats import SearchedThreat, ThreatModel, Union, parse
 
 AttackFactory = Callable[..., Attack]
-
-
-def lazy(module: str, attr: str, **fixed: Any) -> AttackFactory:
-    """A factory importing ``unionrobust.attacks.<module>.<attr>`` when first called."""
-
-    def factory(threat: Any, **kwargs: Any) -> Attack:
-        cls = getattr(importlib.import_module(f"unionrobust.attacks.{module}"), attr)
-        return cls(threat, **{**fixed, **kwargs})
-
-    factory.__name__ = f"{attr}({', '.join(f'{k}={v!r}' for k, v in fixed.items())})"
-    return factory
-
 
 ATTACKS: dict[str, AttackFactory] = {
     "fgsm": FGSM,
@@ -41,27 +41,28 @@ ATTACKS: dict[str, AttackFactory] = {
     "slide": SLIDE,
     "msd": MSD,
     "msd-1g": partial(MSD, select="gradient"),
-    "apgd-ce": lazy("apgd", "APGD", loss="ce"),
-    "apgd-dlr": lazy("apgd", "APGD", loss="dlr"),
-    "apgd-t": lazy("apgd", "APGD", loss="dlr-targeted"),
-    "apgd-cw": lazy("apgd", "APGD", loss="cw"),
-    "spatial-grid": lazy("spatial", "GridAttack"),
-    "spatial-worst-of-k": lazy("spatial", "WorstOfK"),
-    # minimum-norm (attacks/minnorm.py), gradient-free (blackbox.py), peers (adapters.py)
-    "deepfool": lazy("minnorm", "DeepFool"),
-    "fab": lazy("minnorm", "FAB"),
-    "ddn": lazy("minnorm", "DDN"),
-    "gaussian-noise": lazy("blackbox", "GaussianNoise"),
-    "salt-pepper": lazy("blackbox", "SaltPepper"),
-    "pointwise": lazy("blackbox", "Pointwise"),
-    "square": lazy("blackbox", "Square"),
-    "ta-ead": lazy("adapters", "TAEAD"),
-    "ta-cw": lazy("adapters", "TACW"),
-    "ta-fab": lazy("adapters", "TAFAB"),
-    "ta-square": lazy("adapters", "TASquare"),
-    "fb-boundary": lazy("adapters", "FBBoundary"),
-    "fb-hsj": lazy("adapters", "FBHopSkipJump"),
-    "fb-pointwise": lazy("adapters", "FBPointwise"),
+    "apgd-ce": partial(APGD, loss="ce"),
+    "apgd-dlr": partial(APGD, loss="dlr"),
+    "apgd-t": partial(APGD, loss="dlr-targeted"),
+    "apgd-cw": partial(APGD, loss="cw"),
+    "spatial-grid": GridAttack,
+    "spatial-worst-of-k": WorstOfK,
+    # minimum-norm (attacks/minnorm.py), gradient-free (blackbox.py), peers (adapters.py: the
+    # peer packages are imported when the attack first runs)
+    "deepfool": DeepFool,
+    "fab": FAB,
+    "ddn": DDN,
+    "gaussian-noise": GaussianNoise,
+    "salt-pepper": SaltPepper,
+    "pointwise": Pointwise,
+    "square": Square,
+    "ta-ead": TAEAD,
+    "ta-cw": TACW,
+    "ta-fab": TAFAB,
+    "ta-square": TASquare,
+    "fb-boundary": FBBoundary,
+    "fb-hsj": FBHopSkipJump,
+    "fb-pointwise": FBPointwise,
 }
 
 #: attacks that take a whole union; the others run once per member, combined by WorstOf
@@ -95,11 +96,43 @@ def make_attack(name: str, threat: ThreatModel | Union | str, **kwargs: Any) -> 
         raise UnionRobustError(f"attack {name!r}: {exc}") from None
 
 
-def _member_attack(factory: AttackFactory, member: ThreatModel, kwargs: dict) -> Attack:
-    """The attack for one member of a union; a rotation-translation member (searched, not
-    stepped) gets the exhaustive grid attack whatever ``name`` is (issue 4)."""
-    if getattr(member, "name", None) == "rt":
-        from unionrobust.attacks.spatial import GridAttack
+def _kind(factory: AttackFactory) -> type[ThreatModel]:
+    """The threat kind the attack class behind ``factory`` accepts."""
+    return getattr(factory, "func", factory).threat_kind
 
-        return GridAttack(member, seed=kwargs.get("seed", 0))
+
+def _member_attack(factory: AttackFactory, member: ThreatModel, kwargs: dict) -> Attack:
+    """The attack for one member of a union: ``factory``'s if it accepts the member's kind,
+    else the member's :func:`default_attack` (a rotation-translation member given a gradient
+    attack gets the exhaustive grid attack, issue 4)."""
+    if not isinstance(member, _kind(factory)):
+        return default_attack(member, "eval", seed=kwargs.get("seed", 0))
     return factory(member, **kwargs)
+
+
+PURPOSES = ("eval", "train")
+
+
+def default_attack(
+    threat: ThreatModel,
+    purpose: str = "eval",
+    steps: int | None = None,
+    seed: int = 0,
+    amp: bool = False,
+) -> Attack:
+    """The attack a threat model gets when none is named, by kind and purpose.
+
+    Searched threats: ``"eval"`` → :class:`GridAttack` (exact within the lattice; Engstrom et al.
+    2019), ``"train"`` → :class:`WorstOfK` with ``k = steps`` (their worst-of-10 training).
+    Additive threats: ``"eval"`` → APGD-CE (Croce & Hein 2020), ``"train"`` → PGD with the
+    threat's default step size (Madry et al.). ``steps`` None keeps each attack's default.
+    """
+    check_choice("purpose", purpose, PURPOSES)
+    opts: dict[str, Any] = {"seed": seed, "amp": amp}
+    if isinstance(threat, SearchedThreat):
+        if purpose == "eval":
+            return GridAttack(threat, **opts)
+        return WorstOfK(threat, **opts, **({} if steps is None else {"k": steps}))
+    if steps is not None:
+        opts["steps"] = steps
+    return APGD(threat, loss="ce", **opts) if purpose == "eval" else PGD(threat, **opts)

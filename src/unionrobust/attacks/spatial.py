@@ -24,7 +24,7 @@ from unionrobust.attacks.best import PayloadTracker
 from unionrobust.errors import UnionRobustError, check_int
 from unionrobust.losses import get_loss
 from unionrobust.rng import SPATIAL_DRAW_COUNTER, KeyedRandom
-from unionrobust.threats import ThreatModel, Union
+from unionrobust.threats import SearchedThreat, ThreatModel, Union
 from unionrobust.threats.spatial import RotationTranslation, rotate_translate
 
 
@@ -47,6 +47,8 @@ def spatial_threat(threat: ThreatModel | Union, who: str) -> RotationTranslation
 
 
 class _Search(Attack):
+    threat_kind = SearchedThreat
+
     def __init__(
         self,
         threat: RotationTranslation,
@@ -63,8 +65,9 @@ class _Search(Attack):
         self.shrink = bool(shrink)
         self.max_batch = check_int("max_batch", max_batch, 1)
 
-    def candidates(self, rand: KeyedRandom, b: int, device) -> list[torch.Tensor]:
-        """The per-example θ tried, as a list of (B, 3) or (3,) tensors."""
+    def candidates(self, rand: KeyedRandom, b: int, device) -> list[torch.Tensor] | torch.Tensor:
+        """The θ tried, in order: a list of per-example (B, 3) tensors, or an (N, 3) tensor of
+        points tried on every example (sliced in chunks; no list of N row tensors)."""
         raise NotImplementedError
 
     def _run(self, model, x, y, rand, clean_logits) -> SpatialResult:
@@ -107,7 +110,7 @@ class GridAttack(_Search):
     name = "spatial-grid"
 
     def candidates(self, rand, b, device):
-        return list(self.threat.grid(device))
+        return self.threat.grid(device)  # (N, 3): sliced in chunks, rows iterated
 
 
 class WorstOfK(_Search):
@@ -125,8 +128,3 @@ class WorstOfK(_Search):
 
     def __repr__(self) -> str:
         return f"WorstOfK({self.threat!r}, k={self.k}, shrink={self.shrink})"
-
-
-def spatial_attack_for(threat: RotationTranslation, seed: int = 0, **kwargs) -> Attack:
-    """The default evaluation attack for a spatial member: the grid attack."""
-    return GridAttack(threat, seed=seed, **kwargs)

@@ -13,7 +13,7 @@ from unionrobust.attacks.base import Attack, AttackResult
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError
 from unionrobust.rng import KeyedRandom
-from unionrobust.threats import Union
+from unionrobust.threats import ThreatModel, Union
 
 
 class WorstOf(Attack):
@@ -29,6 +29,7 @@ class WorstOf(Attack):
 
     name = "worst-of"
     union_attack = True
+    threat_kind = ThreatModel  # each attack checked its own member
 
     def __init__(self, attacks: Sequence[Attack], shrink: bool = True) -> None:
         attacks = tuple(attacks)

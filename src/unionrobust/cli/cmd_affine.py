@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from unionrobust.attacks.affine import affine_attack, affine_contains, check_betas
 from unionrobust.cli.common import (
     add_model_data_arguments,
     batches,
@@ -15,6 +16,9 @@ from unionrobust.cli.common import (
     write_report,
 )
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.inputs import progress_bar
+from unionrobust.reporting.tables import format_table
+from unionrobust.threats import parse
 
 HELP = "affine attacks: beta*S1 compounded with (1-beta)*S2 (lp + lp, or linf + rotations)"
 DESCRIPTION = """\
@@ -47,13 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--k", default="10", help="linf + rt: transforms drawn per beta (default: 10)")
     a.add_argument("--loss", default="ce", choices=("ce", "cw"), help="attack loss")
     a.add_argument("--out", metavar="DIR", help="write report.json to DIR")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from unionrobust.attacks.affine import AffineLp, AffineSpatial, affine_contains, check_betas
-    from unionrobust.reporting.tables import format_table
-    from unionrobust.threats import RotationTranslation, parse
-
     union = parse(args.threats)
     if len(union) != 2:
         raise UnionRobustError(f"--threats needs exactly two threat models, got {union.spec!r}")
@@ -65,27 +66,24 @@ def run(args: argparse.Namespace) -> int:
     steps = int_arg(args.steps, "--steps", 1)
     seed = int_arg(args.seed, "--seed")
     batch = int_arg(args.batch_size, "--batch-size", 1)
+    k = int_arg(args.k, "--k", 1)
     s1, s2 = union.members
-    spatial = isinstance(s2, RotationTranslation)
-
-    def make(beta):
-        if spatial:
-            k = int_arg(args.k, "--k", 1)
-            return AffineSpatial(s1, s2, betas=[beta], k=k, steps=steps, loss=args.loss, seed=seed)
-        return AffineLp(s1, s2, betas=[beta], steps=steps, loss=args.loss, seed=seed)
-
     robust = {}
     seconds = {}
-    for beta in betas:
-        atk = make(beta)
-        flags = []
-        t0 = time.perf_counter()
-        for _, xb, yb, ids in batches(x, y, batch, device):
-            res = atk(model, xb, yb, ids)
-            ok = affine_contains(res, xb, atk)
-            flags.append((~(res.success & ok)).cpu())
-        seconds[beta] = time.perf_counter() - t0
-        robust[beta] = torch.cat(flags)
+    with progress_bar(len(betas) * int(x.shape[0]), "affine", not args.no_progress) as bar:
+        for beta in betas:
+            atk = affine_attack(s1, s2, k=k, betas=[beta], steps=steps, loss=args.loss, seed=seed)
+            flags = []
+            t0 = time.perf_counter()
+            for _, xb, yb, ids in batches(x, y, batch, device):
+                res = atk(model, xb, yb, ids)
+                ok = affine_contains(res, xb, atk)
+                flags.append((~(res.success & ok)).cpu())
+                if bar is not None:
+                    bar.set_postfix_str(f"beta={beta:g}")
+                    bar.update(int(xb.shape[0]))
+            seconds[beta] = time.perf_counter() - t0
+            robust[beta] = torch.cat(flags)
     rows = [
         [f"beta={b:g}", f"{100 * robust[b].double().mean():.2f}", f"{seconds[b]:.1f}"]
         for b in betas

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.cli.common import (
     add_model_data_arguments,
     batches,
@@ -15,6 +16,9 @@ from unionrobust.cli.common import (
     write_report,
 )
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.inputs import progress_bar
+from unionrobust.reporting.tables import format_table
+from unionrobust.threats import RotationTranslation, parse
 
 HELP = "rotation-translation attack: exhaustive grid or worst-of-k random"
 DESCRIPTION = """\
@@ -41,13 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--n-trans", default="5", help="lattice shifts per axis (default: 5)")
     a.add_argument("--no-shrink", action="store_true", help="try every transform on every input")
     a.add_argument("--out", metavar="DIR", help="write report.json (per-input parameters)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from unionrobust.attacks.spatial import GridAttack, WorstOfK
-    from unionrobust.reporting.tables import format_table
-    from unionrobust.threats import RotationTranslation, parse
-
     union = parse(args.threat)
     if len(union) != 1 or not isinstance(union[0], RotationTranslation):
         raise UnionRobustError(
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         int_arg(args.n_rot, "--n-rot", 1),
         int_arg(args.n_trans, "--n-trans", 1),
     )
+    threat.check_memory()  # before loading anything: refuse a lattice that cannot fit
     model, x, y, device, meta = load_model_and_data(args)
     seed = int_arg(args.seed, "--seed")
     kw = dict(shrink=not args.no_shrink, seed=seed)
@@ -70,20 +72,24 @@ def run(args: argparse.Namespace) -> int:
     batch = int_arg(args.batch_size, "--batch-size", 1)
     broken, params, clean = [], [], []
     t0 = time.perf_counter()
-    for _, xb, yb, ids in batches(x, y, batch, device):
-        res = atk(model, xb, yb, ids)
-        ok = threat.contains(res.x_adv - xb, xb, params=res.params)
-        with torch.no_grad():
-            clean.append((model(xb).argmax(1) == yb).cpu())
-        broken.append((res.success & ok).cpu())
-        params.append(res.params.cpu())
+    with progress_bar(int(x.shape[0]), atk.name, not args.no_progress) as bar:
+        for _, xb, yb, ids in batches(x, y, batch, device):
+            res = atk(model, xb, yb, ids)
+            ok = threat.contains(res.x_adv - xb, xb, params=res.params)
+            with torch.no_grad():
+                clean.append((model(xb).argmax(1) == yb).cpu())
+            broken.append((res.success & ok).cpu())
+            params.append(res.params.cpu())
+            if bar is not None:
+                bar.update(int(xb.shape[0]))
     seconds = time.perf_counter() - t0
     b, p, c = torch.cat(broken), torch.cat(params), torch.cat(clean)
     rows = [
         ["clean", f"{100 * c.double().mean():.2f}", "-"],
         [f"{atk.name} {threat.spec}", f"{100 * (~b).double().mean():.2f}", f"{seconds:.1f}"],
     ]
-    print(f"spatial attack, lattice {threat.grid().shape[0]} points, {x.shape[0]} inputs")
+    points = int(threat.grid().shape[0])
+    print(f"spatial attack, lattice {points} points, {x.shape[0]} inputs")
     print(format_table(["", "accuracy %", "seconds"], rows))
     if args.out:
         path = write_report(
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 "threat": threat.spec,
                 "attack": atk.name,
-                "lattice_points": int(threat.grid().shape[0]),
+                "lattice_points": points,
                 "clean_accuracy": float(c.double().mean()),
                 "robust_accuracy": float((~b).double().mean()),
                 "params": p.tolist(),

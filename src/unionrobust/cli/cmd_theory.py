@@ -6,7 +6,8 @@ import argparse
 import json
 
 from unionrobust.errors import UnionRobustError
-from unionrobust.theory.synthetic import SyntheticTask, theorem1_experiment
+from unionrobust.resources import check_memory
+from unionrobust.theory.synthetic import SyntheticTask, theorem1_bytes, theorem1_experiment
 
 HELP = "Theorem 1 of Tramer & Boneh on the synthetic task: R_avg over l-inf and l1 >= 1/2"
 DESCRIPTION = """\
@@ -73,6 +74,8 @@ def render(res: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    needed = theorem1_bytes(args.dim, args.mix, args.samples, args.radius_scale)
+    check_memory(needed, f"theory --dim {args.dim}", "lower --dim or --samples")
     task = SyntheticTask(d=args.dim, alpha=args.alpha, p0=args.p0)
     if args.samples < 1:
         raise UnionRobustError(f"--samples must be >= 1, got {args.samples}")

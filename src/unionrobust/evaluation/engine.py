@@ -28,9 +28,9 @@ from torch import nn
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.checks import clean_verdicts, predicts_wrong
-from unionrobust.evaluation.inputs import as_tensors, device_for, resolve_device
+from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
+from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
 from unionrobust.evaluation.inputs import chunks as _chunks
-from unionrobust.evaluation.inputs import progress_bar as _bar
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
@@ -209,7 +209,7 @@ def evaluate(
         t0 = time.perf_counter()
         clean_correct = torch.zeros(count, dtype=torch.bool)
         nonfinite = 0
-        with _bar(count, "clean", progress) as bar:
+        with progress_bar(count, "clean", progress) as bar:
             for k, idx in enumerate(_chunks(torch.arange(count), batch_size)):
                 rec = replay(("clean", -1, k), ids[idx])
                 if rec is not None:
@@ -227,8 +227,6 @@ def evaluate(
                     bar.update(idx.numel())
         t_clean = time.perf_counter() - t0
         if diagnostics:  # after the clean pass, which reports a broken model in one line
-            from unionrobust.evaluation.diagnostics import run_diagnostics
-
             diag = run_diagnostics(model, x, y, union)
 
         # ---- attacks, as a cascade
@@ -247,7 +245,7 @@ def evaluate(
             attack = None
             seconds = 0.0
             n_rejected = 0
-            with _bar(int(todo.numel()), entry.label(union), progress) as bar:
+            with progress_bar(int(todo.numel()), entry.label(union), progress) as bar:
                 for k, idx in enumerate(_chunks(todo, batch_size)):
                     rec = replay(("attack", e, k), ids[idx])
                     if rec is not None:
@@ -306,8 +304,6 @@ def evaluate(
         nonfinite=nonfinite,
     )
     if diagnostics:
-        from unionrobust.evaluation.diagnostics import flags_of, gradient_masking
-
         diag["gradient_masking"] = gradient_masking(report)
         diag["flags"] = flags_of(diag)
         report.diagnostics = diag

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from unionrobust.data.arrays import as_tensors as dataset_as_tensors
 from unionrobust.errors import UnionRobustError, check_images, check_labels
 
 
@@ -119,17 +121,7 @@ def as_tensors(
     elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         if y is not None:
             raise UnionRobustError("pass labels inside the dataset, not as y")
-        try:
-            from unionrobust.data import as_tensors as data_as_tensors
-        except ImportError:
-            data_as_tensors = None
-        if data_as_tensors is not None:
-            x, y = data_as_tensors(data, n)
-        else:
-            count = len(data) if n is None else min(int(n), len(data))
-            items = [data[i] for i in range(count)]
-            x = torch.stack([torch.as_tensor(a) for a, _ in items])
-            y = torch.as_tensor([int(b) for _, b in items])
+        x, y = dataset_as_tensors(data, n)
     else:
         raise UnionRobustError(
             f"data must be a tensor (with y), a dataset of (image, label) or an iterable of "
@@ -157,12 +149,11 @@ def chunks(index: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[tqdm | None]:
+    """A tqdm bar on stderr over ``total`` examples (``None`` when disabled or empty)."""
     if not enabled or total == 0:
         yield None
         return
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, desc=desc, unit="ex", leave=False, file=sys.stderr, dynamic_ncols=True)
     try:
         yield bar

@@ -13,7 +13,7 @@ import torch
 from unionrobust.attacks.domains import Domains, UniversalGroups
 from unionrobust.attacks.minmax import DomainMinMax, MinMaxResult, merge_results
 from unionrobust.errors import check_int
-from unionrobust.evaluation.engine import _bar
+from unionrobust.evaluation.inputs import progress_bar
 from unionrobust.threats import ThreatModel
 
 #: the default comparison: the averaging baseline first (the lift is relative to it)
@@ -61,7 +61,7 @@ def run_minmax(
     out = {}
     for label, weights in (weightings or DEFAULT_WEIGHTINGS).items():
         attack = DomainMinMax(threat, weights=weights, **options)
-        with _bar(int(x.shape[0]), f"minmax ({label})", progress) as bar:
+        with progress_bar(int(x.shape[0]), f"minmax ({label})", progress) as bar:
             out[label] = attack_in_batches(attack, domains, x, y, batch_size, device, bar)
     return out
 

@@ -36,8 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from unionrobust.attacks.registry import attack_names, default_attack, make_attack
 from unionrobust.errors import UnionRobustError, unknown_name
-from unionrobust.threats import L1, ThreatModel, Union, parse
+from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union, parse
 
 #: (threat, seed) -> an Attack
 AttackFactory = Callable[[ThreatModel, int], Any]
@@ -56,8 +57,6 @@ class SuiteEntry:
         """The attack object for ``threat`` (this entry's member) and ``seed``."""
         if self.factory is not None:
             return self.factory(threat, seed)
-        from unionrobust.attacks.registry import make_attack
-
         return make_attack(self.attack, threat, seed=seed, **dict(self.params))
 
     def label(self, threats: Union) -> str:
@@ -198,8 +197,6 @@ def _named(name: str) -> Callable[..., Any]:
     """A builder running registry attack ``name``."""
 
     def build(threat: ThreatModel, seed: int, **kw: Any) -> Any:
-        from unionrobust.attacks.registry import make_attack
-
         return make_attack(name, threat, seed=seed, **kw)
 
     return build
@@ -274,24 +271,21 @@ SUITES: dict[str, Callable[[Union], list[SuiteEntry]]] = {
 }
 
 
-def _spatial(threat: ThreatModel, seed: int, **kw):
-    from unionrobust.attacks.spatial import GridAttack
-
-    return GridAttack(threat, seed=seed, **kw)
+def _default(threat: ThreatModel, seed: int) -> Any:
+    return default_attack(threat, "eval", seed=seed)
 
 
 def _spatial_aware(build: Callable[[Union], list[SuiteEntry]], union: Union) -> list[SuiteEntry]:
-    """A named suite's entries for the additive members, and for each rotation-translation
-    member the exhaustive grid attack (exact within its lattice; issue 4)."""
-    from unionrobust.threats.spatial import RotationTranslation
-
-    rt = [i for i, t in enumerate(union) if isinstance(t, RotationTranslation)]
-    if not rt:
+    """A named suite's entries for the additive members, and for each searched member
+    (rotation-translation) its :func:`default_attack`, the exhaustive grid attack (exact within
+    its lattice; issue 4)."""
+    searched = [i for i, t in enumerate(union) if not isinstance(t, AdditiveThreat)]
+    if not searched:
         return build(union)
-    lp = [i for i in range(len(union)) if i not in rt]
+    lp = [i for i in range(len(union)) if i not in searched]
     out = [] if not lp else build(Union([union[i] for i in lp]))
     out = [SuiteEntry(lp[e.threat_index], e.attack, e.params, e.factory) for e in out]
-    out += [_entry(i, "spatial-grid", _spatial) for i in rt]
+    out += [_entry(i, default_attack(union[i]).name, _default) for i in searched]
     return sorted(out, key=lambda e: e.threat_index)
 
 
@@ -301,8 +295,6 @@ def suite_names() -> list[str]:
 
 
 def _attack_names() -> list[str]:
-    from unionrobust.attacks.registry import attack_names
-
     return list(attack_names())
 
 

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_finite, check_int
 
 #: relative tolerance of the containment tests (float rounding of d^(1/q-1/p) etc.)
 REL_TOL = 1e-12
@@ -62,21 +62,8 @@ def check_p(p: float | str, name: str = "p") -> float:
 
 
 def check_dim(d: int) -> int:
-    """``d`` as a positive int."""
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-        raise UnionRobustError(f"dimension d must be an integer >= 1, got {d!r}")
-    return int(d)
-
-
-def check_radius(eps: float, name: str) -> float:
-    """``eps`` as a finite float >= 0."""
-    try:
-        out = float(eps)
-    except (TypeError, ValueError):
-        raise UnionRobustError(f"{name} must be a number >= 0, got {eps!r}") from None
-    if not math.isfinite(out) or out < 0:
-        raise UnionRobustError(f"{name} must be a finite number >= 0, got {eps!r}")
-    return out
+    """``d`` as an int >= 1 (errors.py's integer check, named "dimension d")."""
+    return check_int("dimension d", d, 1)
 
 
 def dual_exponent(p: float) -> float:
@@ -115,7 +102,7 @@ def ball_contains(p: float, eps_p: float, q: float, eps_q: float, d: int) -> boo
 
     Exact up to a relative tolerance of ``REL_TOL`` on the float constant ``c_{p→q}``.
     """
-    eps_p, eps_q = check_radius(eps_p, "eps_p"), check_radius(eps_q, "eps_q")
+    eps_p, eps_q = check_finite("eps_p", eps_p, 0.0), check_finite("eps_q", eps_q, 0.0)
     return eps_p * norm_ratio(p, q, d) <= eps_q * (1 + REL_TOL)
 
 
@@ -126,7 +113,7 @@ def regime(d: int, eps1: float, epsinf: float) -> str:
     ``"non-trivial"`` (epsinf < eps1 < d·epsinf, Croce & Hein 2022 §3.1).
     """
     d = check_dim(d)
-    eps1, epsinf = check_radius(eps1, "eps1"), check_radius(epsinf, "epsinf")
+    eps1, epsinf = check_finite("eps1", eps1, 0.0), check_finite("epsinf", epsinf, 0.0)
     if ball_contains(1, eps1, math.inf, epsinf, d):
         return "l1-inside-linf"
     if ball_contains(math.inf, epsinf, 1, eps1, d):
@@ -142,7 +129,7 @@ def union_boundary_point(d: int, eps1: float, epsinf: float) -> np.ndarray:
     It lies on the boundary of the union: any multiple ``(1+t)·x``, t > 0, is outside it.
     """
     d = check_dim(d)
-    eps1, epsinf = check_radius(eps1, "eps1"), check_radius(epsinf, "epsinf")
+    eps1, epsinf = check_finite("eps1", eps1, 0.0), check_finite("epsinf", epsinf, 0.0)
     x = np.zeros(d, dtype=np.float64)
     x[0] = max(epsinf, eps1 / d)
     if d > 1:
@@ -186,7 +173,7 @@ def largest_lp_ball_in_hull(d: int, eps1: float, epsinf: float, p: float = 2) ->
     support function ``max(ε1‖v‖_∞, ε∞‖v‖_1)`` (module docstring).
     """
     d = check_dim(d)
-    eps1, epsinf = check_radius(eps1, "eps1"), check_radius(epsinf, "epsinf")
+    eps1, epsinf = check_finite("eps1", eps1, 0.0), check_finite("epsinf", epsinf, 0.0)
     p = check_p(p)
     q = dual_exponent(p)
     s = _hull_level(d, eps1, epsinf)
@@ -226,7 +213,7 @@ def overlap_range(d: int, radius: float, p: float = 2, q: float = math.inf) -> t
     The interval is empty (lo == hi) when p == q or d == 1.
     """
     d = check_dim(d)
-    radius = check_radius(radius, "radius")
+    radius = check_finite("radius", radius, 0.0)
     p, q = check_p(p, "p"), check_p(q, "q")
     return radius / norm_ratio(q, p, d), radius * norm_ratio(p, q, d)
 
@@ -259,7 +246,7 @@ class L2Coverage:
 
 def eat_covers_l2(d: int, eps1: float, epsinf: float, eps2: float) -> L2Coverage:
     """Apply E-AT's rule: train on ℓ1 and ℓ∞ only iff the hull's ℓ2 radius (Thm. 3.1) ≥ eps2."""
-    eps2 = check_radius(eps2, "eps2")
+    eps2 = check_finite("eps2", eps2, 0.0)
     hull = largest_lp_ball_in_hull(d, eps1, epsinf, 2)
     union = largest_lp_ball_in_union(d, eps1, epsinf, 2)
     return L2Coverage(

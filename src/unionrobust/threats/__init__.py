@@ -1,6 +1,13 @@
 """Threat models: what a perturbation set is, and unions of them."""
 
-from unionrobust.threats.base import DEFAULT_TOL, ThreatModel, Union, as_union
+from unionrobust.threats.base import (
+    DEFAULT_TOL,
+    AdditiveThreat,
+    SearchedThreat,
+    ThreatModel,
+    Union,
+    as_union,
+)
 from unionrobust.threats.lp import L0, L1, L2, Linf
 from unionrobust.threats.parse import parse, parse_threat
 from unionrobust.threats.spatial import RotationTranslation
@@ -10,8 +17,10 @@ __all__ = [
     "L0",
     "L1",
     "L2",
+    "AdditiveThreat",
     "Linf",
     "RotationTranslation",
+    "SearchedThreat",
     "ThreatModel",
     "Union",
     "as_union",

@@ -1,9 +1,17 @@
 """The threat-model contract every attack is written against.
 
-A threat model is a set of allowed perturbations of an input ``x`` ∈ [0,1]. Additive ℓp threats
-implement ``project``, ``step``, ``random_init``, ``norm`` and ``contains`` for batches, always
-together with the pixel box; attacks never branch on the norm. Threats combine with ``|`` into a
-:class:`Union`.
+A threat model is a set of allowed perturbations of an input ``x`` ∈ [0,1], of one of two kinds:
+
+* :class:`AdditiveThreat` — a ball ``x + δ`` (ℓ∞, ℓ2, ℓ1, ℓ0) that gradient attacks step in and
+  project on: ``project``, ``step``, ``random_init``, ``default_alpha``, always together with the
+  pixel box; attacks never branch on the norm.
+* :class:`SearchedThreat` — a set of transformations ``T_θ(x)`` (rotation-translation) with a
+  lattice ``grid`` and a sampler ``random_params`` that search attacks enumerate or draw from.
+
+Every attack declares the kind it accepts (``Attack.threat_kind``); given the other kind it raises
+a one-line error naming the attacks that do accept it, and
+:func:`unionrobust.attacks.registry.default_attack` picks an attack for a threat of either kind.
+Threats combine with ``|`` into a :class:`Union`.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ def format_size(value: float) -> str:
 
 
 class ThreatModel(ABC):
-    """One perturbation set. Subclasses define ``name`` (e.g. ``"l2"``) and the geometry."""
+    """One perturbation set, of either kind. Subclasses define ``name`` (e.g. ``"l2"``), the
+    size, a norm (a diagnostic for searched sets) and ``contains``."""
 
     name: str = "threat"
 
@@ -45,33 +54,8 @@ class ThreatModel(ABC):
         """The radius (ε, or k for ℓ0) shown in specs and reports."""
 
     @abstractmethod
-    def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Euclidean projection of ``delta`` onto {δ in the ball, x + δ ∈ [0,1]}."""
-
-    @abstractmethod
-    def step(
-        self,
-        grad: torch.Tensor,
-        alpha: float | torch.Tensor,
-        delta: torch.Tensor,
-        x: torch.Tensor,
-        rand: KeyedRandom | None = None,
-        counter: int = 0,
-    ) -> torch.Tensor:
-        """The steepest-ascent step (already scaled by ``alpha``) for gradient ``grad`` at
-        ``x + delta``; not yet projected. ``rand``/``counter`` feed randomised steps."""
-
-    @abstractmethod
-    def random_init(self, x: torch.Tensor, rand: KeyedRandom, counter: int = 0) -> torch.Tensor:
-        """A random perturbation inside ball ∩ box."""
-
-    @abstractmethod
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-example size of ``delta`` in this threat's norm, shape (B,)."""
-
-    @abstractmethod
-    def default_alpha(self, steps: int) -> float:
-        """A step size that suits ``steps`` iterations when the user gives none."""
 
     @abstractmethod
     def with_size(self, size: float) -> ThreatModel:
@@ -102,6 +86,81 @@ class ThreatModel(ABC):
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.spec))
+
+
+class AdditiveThreat(ThreatModel):
+    """A ball of additive perturbations ``x + δ``: gradient attacks (PGD, APGD, MSD, ...) step
+    and project in it. The ℓp classes of :mod:`unionrobust.threats.lp` subclass
+    :class:`ThreatModel` directly; every threat model that is not a :class:`SearchedThreat`
+    counts as additive (``isinstance(Linf(0.3), AdditiveThreat)`` is true)."""
+
+    @classmethod
+    def __subclasshook__(cls, sub: type) -> bool:
+        if cls is AdditiveThreat and ThreatModel in sub.__mro__:  # (issubclass would recurse)
+            return SearchedThreat not in sub.__mro__
+        return NotImplemented
+
+    @abstractmethod
+    def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Euclidean projection of ``delta`` onto {δ in the ball, x + δ ∈ [0,1]}."""
+
+    @abstractmethod
+    def step(
+        self,
+        grad: torch.Tensor,
+        alpha: float | torch.Tensor,
+        delta: torch.Tensor,
+        x: torch.Tensor,
+        rand: KeyedRandom | None = None,
+        counter: int = 0,
+    ) -> torch.Tensor:
+        """The steepest-ascent step (already scaled by ``alpha``) for gradient ``grad`` at
+        ``x + delta``; not yet projected. ``rand``/``counter`` feed randomised steps."""
+
+    @abstractmethod
+    def random_init(self, x: torch.Tensor, rand: KeyedRandom, counter: int = 0) -> torch.Tensor:
+        """A random perturbation inside ball ∩ box."""
+
+    @abstractmethod
+    def default_alpha(self, steps: int) -> float:
+        """A step size that suits ``steps`` iterations when the user gives none."""
+
+
+class SearchedThreat(ThreatModel):
+    """A set of transformations ``T_θ(x)``, θ in bounds: search attacks enumerate its lattice
+    (:meth:`grid`) or draw from it (:meth:`random_params`); there is no ball to step in, so the
+    additive methods raise a one-line error naming the search attacks."""
+
+    #: registry names of the attacks that search this kind (named in the errors)
+    search_attacks: tuple[str, ...] = ("spatial-grid", "spatial-worst-of-k")
+
+    @abstractmethod
+    def grid(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """All lattice points θ, shape (N, P)."""
+
+    @abstractmethod
+    def random_params(self, rand: KeyedRandom, counter: int) -> torch.Tensor:
+        """One random lattice point per example, keyed by (seed, example id, counter)."""
+
+    @abstractmethod
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """``T_θ(x)`` per example."""
+
+    def not_additive(self, what: str) -> UnionRobustError:
+        """The error for asking this searched set for an additive-threat method."""
+        return UnionRobustError(
+            f"{self.spec} is searched, not additive: it has no {what}; attack it with "
+            f"{' or '.join(self.search_attacks)}"
+        )
+
+    def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise self.not_additive("projection")
+
+    def step(self, grad, alpha, delta, x, rand=None, counter=0) -> torch.Tensor:
+        raise self.not_additive("gradient step")
+
+    def default_alpha(self, steps: int) -> float:
+        raise self.not_additive("step size")
 
 
 class Union:

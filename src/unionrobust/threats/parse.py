@@ -7,6 +7,7 @@ from fractions import Fraction
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.threats.base import ThreatModel, Union
 from unionrobust.threats.lp import L0, L1, L2, Linf
+from unionrobust.threats.spatial import RotationTranslation
 
 #: accepted spellings of each norm (matched case-insensitively, spaces ignored)
 NORM_ALIASES: dict[str, type[ThreatModel]] = {
@@ -39,6 +40,16 @@ def parse_number(token: str, context: str) -> float:
         raise UnionRobustError(f"{context}: {text!r} is not a number") from None
 
 
+def parse_rt(text: str) -> RotationTranslation:
+    """``"30:3"`` → ±30°, ±3 px; ``"30"`` → ±30°, ±3 px (10° per pixel, the papers' ratio)."""
+    parts = text.split(":")
+    if len(parts) > 2 or not all(p.strip() for p in parts):
+        raise UnionRobustError(f"threat 'rt:{text}' must look like 'rt:30:3' (degrees:pixels)")
+    rot = parse_number(parts[0], f"threat 'rt:{text}'")
+    trans = parse_number(parts[1], f"threat 'rt:{text}'") if len(parts) == 2 else rot / 10.0
+    return RotationTranslation(rot, trans)
+
+
 def parse_threat(token: str) -> ThreatModel:
     """One ``norm:radius`` token, e.g. ``"l2:0.5"`` or ``"linf:8/255"``."""
     text = token.strip()
@@ -47,8 +58,6 @@ def parse_threat(token: str) -> ThreatModel:
     norm, _, radius = text.partition(":")
     key = norm.strip().lower().replace(" ", "")
     if key == "rt":  # rotation-translation, "rt:30:3" (threats/spatial.py)
-        from unionrobust.threats.spatial import parse_rt
-
         return parse_rt(radius)
     cls = NORM_ALIASES.get(key)
     if cls is None:

@@ -5,10 +5,11 @@ A perturbation is not additive: ``x_adv = T_θ(x)`` with θ = (angle in degrees,
 about the image centre, then translates, with bilinear sampling and black (zero) fill outside the
 image, as Engstrom et al. (they in-paint with black).
 
-The set is searched, not projected: :class:`RotationTranslation` does not implement the ℓp step /
-projection interface (those methods raise). Its **lattice** (``n_rot`` angles × ``n_trans``² shifts,
-evenly spaced and symmetric, by default Engstrom et al.'s 31 × 5 × 5 = 775 points) is the search
-space of the grid attack and of the worst-of-k random attack (:mod:`unionrobust.attacks.spatial`).
+The set is searched, not projected: :class:`RotationTranslation` is a
+:class:`~unionrobust.threats.base.SearchedThreat` (its ℓp step / projection methods raise). Its
+**lattice** (``n_rot`` angles × ``n_trans``² shifts, evenly spaced and symmetric, by default
+Engstrom et al.'s 31 × 5 × 5 = 775 points) is the search space of the grid attack and of the
+worst-of-k random attack (:mod:`unionrobust.attacks.spatial`).
 ``contains(delta, x)`` re-checks an attack output independently: ``x + delta`` must equal
 ``T_θ(x)`` (to ``atol``) for some lattice point θ, or for the recorded ``params`` (B, 3) when the
 attack passes them (any θ inside the bounds then counts, not only lattice points).
@@ -25,12 +26,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_int
+from unionrobust.resources import check_memory
 from unionrobust.rng import KeyedRandom
-from unionrobust.threats.base import ThreatModel, format_size
+from unionrobust.threats.base import SearchedThreat, ThreatModel, format_size
 
 #: absolute tolerance of ``contains`` when comparing x + delta with T_θ(x)
 SPATIAL_ATOL = 1e-4
+
+#: peak bytes per lattice point of building :meth:`RotationTranslation.grid` (measured: ~80)
+GRID_BYTES_PER_POINT = 96
 
 
 def rotate_translate(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -70,13 +75,7 @@ def _linspace(bound: float, n: int) -> torch.Tensor:
     return torch.linspace(-bound, bound, n, dtype=torch.float64)
 
 
-def _check_count(name: str, n: int) -> int:
-    if isinstance(n, bool) or int(n) != n or int(n) < 1:
-        raise UnionRobustError(f"rt: {name} must be an integer >= 1, got {n!r}")
-    return int(n)
-
-
-class RotationTranslation(ThreatModel):
+class RotationTranslation(SearchedThreat):
     """Rotations up to ``max_rot`` degrees and translations up to ``max_trans`` pixels."""
 
     name = "rt"
@@ -96,8 +95,8 @@ class RotationTranslation(ThreatModel):
             )
         self.max_rot = rot
         self.max_trans = trans
-        self.n_rot = _check_count("n_rot", n_rot)
-        self.n_trans = _check_count("n_trans", n_trans)
+        self.n_rot = check_int("rt: n_rot", n_rot, 1)
+        self.n_trans = check_int("rt: n_trans", n_trans, 1)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -137,9 +136,21 @@ class RotationTranslation(ThreatModel):
         return hash((type(self).__name__, self.spec, self.n_rot, self.n_trans))
 
     # -- the lattice ---------------------------------------------------------------------------
+    def check_memory(self) -> None:
+        """Refuse (one-line error, with the numbers) a lattice that cannot fit in memory."""
+        rots = 1 if self.max_rot == 0 else self.n_rot
+        shifts = 1 if self.max_trans == 0 else self.n_trans
+        points = rots * shifts**2 + 1  # + the identity, when the lattice lacks it
+        check_memory(
+            GRID_BYTES_PER_POINT * points,
+            f"the lattice of {self.spec} ({points:.3g} points)",
+            "lower n_rot / n_trans (--n-rot, --n-trans)",
+        )
+
     def grid(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """All lattice points θ, shape (N, 3), float64; the identity is always included (first
-        if the lattice lacks it)."""
+        if the lattice lacks it). A lattice that cannot fit in memory is refused first."""
+        self.check_memory()
         rots = _linspace(self.max_rot, self.n_rot)
         shifts = _linspace(self.max_trans, self.n_trans)
         r, tx, ty = torch.meshgrid(rots, shifts, shifts, indexing="ij")
@@ -209,36 +220,8 @@ class RotationTranslation(ThreatModel):
         """The pixel ℓ∞ change (a diagnostic only: this set is not a norm ball)."""
         return delta.reshape(delta.shape[0], -1).abs().amax(dim=1)
 
-    # -- not an additive ℓp set ------------------------------------------------------------------
-    def _searched(self, what: str):
-        raise UnionRobustError(
-            f"{self.spec} is searched (grid or worst-of-k attack), it has no {what}; use "
-            "unionrobust.attacks.spatial.GridAttack or WorstOfK"
-        )
-
-    def project(self, delta, x):
-        self._searched("projection")
-
-    def step(self, grad, alpha, delta, x, rand=None, counter=0):
-        self._searched("gradient step")
-
     def random_init(self, x, rand, counter=0):
         """A random lattice transform of ``x``, returned as the perturbation T_θ(x) − x."""
         if x.dim() != 4:
             raise UnionRobustError("rotations need images (B, C, H, W)")
         return rotate_translate(x, self.random_params(rand, counter)) - x
-
-    def default_alpha(self, steps: int) -> float:
-        self._searched("step size")
-
-
-def parse_rt(text: str) -> RotationTranslation:
-    """``"30:3"`` → ±30°, ±3 px; ``"30"`` → ±30°, ±3 px (10° per pixel, the papers' ratio)."""
-    from unionrobust.threats.parse import parse_number
-
-    parts = text.split(":")
-    if len(parts) > 2 or not all(p.strip() for p in parts):
-        raise UnionRobustError(f"threat 'rt:{text}' must look like 'rt:30:3' (degrees:pixels)")
-    rot = parse_number(parts[0], f"threat 'rt:{text}'")
-    trans = parse_number(parts[1], f"threat 'rt:{text}'") if len(parts) == 2 else rot / 10.0
-    return RotationTranslation(rot, trans)

@@ -26,10 +26,9 @@ from torch import nn
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model
 from unionrobust.attacks.pgd import PGD, SLIDE, check_start
-from unionrobust.attacks.spatial import WorstOfK
+from unionrobust.attacks.registry import default_attack
 from unionrobust.errors import UnionRobustError, check_int, unknown_name
-from unionrobust.threats import L1, ThreatModel, Union
-from unionrobust.threats.spatial import RotationTranslation
+from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union
 from unionrobust.training.strategies.base import (
     Strategy,
     member_labels,
@@ -136,8 +135,8 @@ class AdversarialStrategy(Strategy):
     def _make_attack(self, i: int) -> Attack:
         threat = scaled_threat(self.threats[i], self.scale)
         kind, steps = self.kinds[i], self.steps[i]
-        if isinstance(threat, RotationTranslation):  # worst-of-k with k = steps (issue 4)
-            return WorstOfK(threat, k=steps, amp=self.amp)
+        if not isinstance(threat, AdditiveThreat):  # searched: worst-of-k, k = steps (issue 4)
+            return default_attack(threat, "train", steps=steps, amp=self.amp)
         if kind == "apgd":
             return APGD(threat, steps=steps, restarts=self.restarts, amp=self.amp)
         alpha = self.member_alpha(i)

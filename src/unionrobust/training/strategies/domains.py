@@ -38,8 +38,7 @@ from unionrobust.attacks.pgd import check_start
 from unionrobust.attacks.transforms import make_transforms
 from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.rng import TRANSFORM_COUNTER, KeyedRandom
-from unionrobust.threats import ThreatModel, Union
-from unionrobust.threats.spatial import RotationTranslation
+from unionrobust.threats import AdditiveThreat, ThreatModel, Union
 from unionrobust.training.strategies.base import (
     Strategy,
     StrategyOutput,
@@ -85,10 +84,8 @@ class MinMaxTransforms(Strategy):
         **common,
     ) -> None:
         super().__init__(threats, **common)
-        member = pick_member(self.threats, 0 if threat is None else threat, self.name)
-        if isinstance(member, RotationTranslation):
-            raise UnionRobustError(f"{self.name} needs an additive (lp) threat, not rt")
-        self.member = member
+        pick = 0 if threat is None else threat
+        self.member = pick_member(self.threats, pick, self.name, AdditiveThreat)
         if self.objective.loss != "ce":
             raise UnionRobustError(f"{self.name} supports loss 'ce' (with mix) only")
         if not isinstance(random, bool):

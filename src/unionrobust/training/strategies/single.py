@@ -11,8 +11,19 @@ from unionrobust.training.strategies.adversarial import AdversarialStrategy
 from unionrobust.training.strategies.base import StrategyOutput, member_labels
 
 
-def pick_member(union: Union, threat: int | str | None, who: str) -> ThreatModel:
-    """The member named by index, norm name or label; the only member when ``threat`` is None."""
+def pick_member(
+    union: Union, threat: int | str | None, who: str, kind: type[ThreatModel] = ThreatModel
+) -> ThreatModel:
+    """The member named by index, norm name or label; the only member when ``threat`` is None.
+    A member not of ``kind`` (e.g. :class:`AdditiveThreat`) is a one-line error."""
+    member = _pick(union, threat, who)
+    if not isinstance(member, kind):
+        need = kind.__name__.removesuffix("Threat").lower()
+        raise UnionRobustError(f"{who} needs an {need} (lp) threat, not {member.spec}")
+    return member
+
+
+def _pick(union: Union, threat: int | str | None, who: str) -> ThreatModel:
     labels = member_labels(union)
     if threat is None:
         if len(union) == 1:

@@ -26,8 +26,7 @@ from unionrobust.attacks.domains import PerturbationSpace
 from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.losses import cross_entropy
 from unionrobust.rng import KeyedRandom
-from unionrobust.threats import ThreatModel, Union
-from unionrobust.threats.spatial import RotationTranslation
+from unionrobust.threats import AdditiveThreat, ThreatModel, Union
 from unionrobust.training.strategies.base import (
     Strategy,
     StrategyOutput,
@@ -51,9 +50,7 @@ class Universal(Strategy):
         **common,
     ) -> None:
         super().__init__(threats, **common)
-        member = pick_member(self.threats, threat, self.name)
-        if isinstance(member, RotationTranslation):
-            raise UnionRobustError("universal training needs an additive (lp) threat, not rt")
+        member = pick_member(self.threats, threat, self.name, AdditiveThreat)
         self.member = member
         self.steps = check_int("steps", steps, 1)
         self.alpha = None if alpha is None else check_positive("alpha", alpha)
