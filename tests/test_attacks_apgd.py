@@ -287,6 +287,46 @@ def test_linear_oracle_with_box(linear_model):
         assert (gain >= (1 - rel) * best - 1e-4).all(), (gain / best).tolist()
 
 
+def _l1_threshold_case(linear_model, seed, eps, n=200, dim=64):
+    """A 2-class linear model on points spread over the box, with the bias set so that the
+    exact ℓ1 ∩ box worst case breaks about half of them: many points sit just past or short
+    of the threshold. Returns model, x, y, breakable (the oracle's verdict), slack (how far
+    past the threshold the optimum gets, relative to it)."""
+    model = linear_model(dim=dim, classes=2, seed=seed).double()
+    g = torch.Generator().manual_seed(seed + 20)
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        w = model.weight[1] - model.weight[0]
+        m0 = x @ w + model.bias[1] - model.bias[0]
+        best = _l1_box_oracle(x, w.expand(n, -1), eps)
+        shift = -float(torch.quantile(m0 + best, 0.5))
+        model.bias[1] += shift
+    margin = m0 + shift  # class 1 minus class 0
+    keep = margin < 0  # correctly classified as class 0
+    y = torch.zeros(int(keep.sum()), dtype=torch.long)
+    return model, x[keep], y, (margin + best)[keep] > 0, ((margin + best) / best)[keep]
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_l1_more_steps_never_weaker_on_the_box_oracle(linear_model, seed, loss):
+    """The adaptive sparsity must not freeze: with k = ⌊‖δ_max‖₀/1.5⌋ alone, a stalled x_max
+    kept k (and the iterate on a spread point worse than x_max) while η shrank, so 300 steps
+    found fewer points than 100 (issue 8)."""
+    eps = 2.0
+    model, x, y, breakable, slack = _l1_threshold_case(linear_model, seed, eps)
+    found = {}
+    for steps in (100, 300):
+        res = APGD(L1(eps), steps=steps, loss=loss)(model, x, y)
+        assert L1(eps).contains(res.x_adv - x, x).all()
+        assert not (res.success & ~breakable).any()  # nothing beats the exact worst case
+        found[steps] = res.success
+    assert not (found[100] & ~found[300]).any(), "300 steps lost points that 100 steps broke"
+    missed = breakable & ~found[300]
+    assert not (missed & (slack > 0.01)).any(), slack[missed].tolist()
+    assert int(missed.sum()) <= 1, slack[missed].tolist()
+
+
 # -- strength against PGD on a trained model ---------------------------------------------------
 
 
