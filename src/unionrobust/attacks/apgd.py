@@ -149,9 +149,7 @@ class L1SparsityRule:
 
     momentum = 1.0  # the ℓ1 update has no momentum term
 
-    def __init__(
-        self, threat: ThreatModel, steps: int, x: torch.Tensor, sparsity: float, stall: bool = True
-    ) -> None:
+    def __init__(self, threat: ThreatModel, steps: int, x: torch.Tensor, sparsity: float) -> None:
         self.threat = threat
         self.eps = float(threat.size)
         self.dim = x[0].numel() if x.shape[0] else 1
@@ -162,7 +160,6 @@ class L1SparsityRule:
         self.kmax = k0
         self.sparsity_old = torch.full((b,), float(self.dim), dtype=x.dtype, device=x.device)
         self.every = max(math.ceil(0.04 * steps), 1)
-        self.stall = stall
         self.loss_max_last = torch.full((b,), float("-inf"), dtype=x.dtype, device=x.device)
 
     def start(self, x: torch.Tensor, rand: KeyedRandom, counter: int) -> torch.Tensor:
@@ -200,28 +197,22 @@ class L1SparsityRule:
         s = self._sparsity(delta_max)
         reset = s < 0.95 * self.sparsity_old
         k = torch.floor(s / 1.5).clamp(1, self.dim).to(torch.int64)
-        if self.stall:
-            # f_max did not rise since the last check: the sparsity of x_max carries no news,
-            # and k = ⌊s/1.5⌋ would stay put while η shrinks (the iterate settles on a spread
-            # point worse than x_max). Shrink k too and restart from x_max.
-            stalled = (loss_max <= self.loss_max_last) & (self.k > 1)
-            k = torch.where(
-                stalled,
-                torch.minimum(k, torch.div(self.k * 2, 3, rounding_mode="floor").clamp_min(1)),
-                k,
-            )
-            reset_eta = reset
-            reset = reset | stalled
-        else:
-            reset_eta = reset
+        # f_max did not rise since the last check: the sparsity of x_max carries no news, and
+        # k = ⌊s/1.5⌋ alone would stay put while η shrinks, the iterate settling on a spread
+        # point worse than x_max (issue 8: more steps found fewer points). k shrinks by 1.5
+        # instead, and the iterate restarts from x_max while k can still shrink.
+        stalled = loss_max <= self.loss_max_last
+        k = torch.where(stalled, torch.minimum(k, (self.k * 2).div(3, rounding_mode="floor")), k)
+        k = k.clamp_min(1)
+        restart = reset | (stalled & (self.k > 1))
         shrunk = (self.eta / 1.5).clamp_min(self.eps / 10)
-        self.eta = torch.where(reset_eta, torch.full_like(self.eta, self.eps), shrunk)
+        self.eta = torch.where(reset, torch.full_like(self.eta, self.eps), shrunk)
         self.k = k
         # one host read per checkpoint (not per step) to size the top-k
         self.kmax = int(self.k.max()) if self.k.numel() else 1
         self.sparsity_old = s
         self.loss_max_last = loss_max.clone()
-        return reset
+        return restart
 
 
 class APGD(Attack):
