@@ -18,8 +18,18 @@ One loop serves every threat model; what differs between norms lives in a *step 
   (the paper's s/1.5, rounded down: rounding up would freeze k at 2 and never allow the one-pixel
   steps that reach a vertex of the ℓ1 ball); if s fell below 0.95× its value at the previous
   check, η resets to ε and the iterate restarts from x_max, else η shrinks by 1.5 (never below
-  ε/10). No momentum: the paper's ℓ1 update is a plain
-  projected step (reading of the paper's update rule; the authors' code agrees).
+  ε/10). Our addition: where f_max did not rise since the previous check, s (of an unchanged
+  x_max) says nothing new, so k = ⌊k/1.5⌋ instead and, while k > 1, the iterate restarts from
+  x_max; without it the iterate could settle on a spread point worse than x_max while η shrank,
+  and more steps found fewer adversarial points (issue 8). No momentum: the paper's ℓ1 update
+  is a plain projected step (reading of the paper's update rule; the authors' code agrees).
+* ``large_eps`` (ℓ1 only): the ε-schedule of Croce & Hein 2021 as AutoAttack runs it
+  (``use_largereps``, its ℓ1 "standard" version): each pass spends ⌈0.3N⌉ steps in the ball
+  of radius 3ε, ⌈0.3N⌉ at 2ε and the rest at ε (:data:`LARGE_EPS_SCHEDULE`). Every stage is a
+  fresh run of the rule (η⁽⁰⁾ = its radius) started from the previous stage's highest-loss
+  point projected onto its own ball ∩ box, with k from that point's sparsity. Only the
+  iterates of the last stage (radius ε) count as results, so the returned point lies in the
+  original ball ∩ box.
 
 Where the papers leave the order of operations open we read them as follows: f(x⁽ᵏ⁺¹⁾) > f(x⁽ᵏ⁾)
 is counted for every evaluated iterate since the previous checkpoint (w_j − w_{j−1} comparisons);
@@ -222,7 +232,9 @@ class APGD(Attack):
     dlr-targeted}, ``n_targets`` target classes for dlr-targeted, ``rho`` the oscillation
     threshold of checkpoint condition 1, ``alpha`` the momentum weight, ``l1_sparsity`` the
     initial fraction of coordinates an ℓ1 step moves (0.2 for evaluation; E-AT uses 0.05–0.1
-    for training).
+    for training), ``large_eps`` (ℓ1 only) the 3ε → 2ε → ε schedule of Croce & Hein 2021
+    ("Mind the box"; AutoAttack's ``use_largereps``, on in the ``standard`` suite's ℓ1
+    entries). ``threat``: a threat model, a one-member union or a spec such as ``"l1:10"``.
     """
 
     name = "apgd"
@@ -267,14 +279,15 @@ class APGD(Attack):
             raise UnionRobustError(f"APGD large_eps must be True or False, got {large_eps!r}")
         if large_eps and not isinstance(threat, L1):
             raise UnionRobustError(
-                f"APGD large_eps is the ℓ1 schedule of 'Mind the box'; {threat.spec!r} is not ℓ1"
+                f"APGD large_eps is the ℓ1 schedule of 'Mind the box'; {threat.spec!r} is not "
+                "an ℓ1 threat (drop large_eps)"
             )
         self.large_eps = large_eps
 
     def __repr__(self) -> str:
         return (
             f"APGD({self.threat!r}, steps={self.steps}, restarts={self.restarts}, "
-            f"loss={self.loss!r})"
+            f"loss={self.loss!r}{', large_eps=True' if self.large_eps else ''})"
         )
 
     # -- the per-norm rule lives here, and only here -------------------------------------------
