@@ -82,7 +82,7 @@ def test_l1_rule_warm_start_takes_the_sparsity_of_the_start():
     assert rule.sparsity_old.tolist() == [30.0, 3.0]
 
 
-def test_l1_rule_shrinks_k_when_the_best_point_stalls():
+def test_l1_rule_shrinks_k_when_the_best_point_stalls_at_the_smallest_step():
     x = torch.full((2, 100), 0.5)
     rule = L1SparsityRule(L1(5.0), 100, x, sparsity=0.2)
     rule.begin(torch.zeros(2))
@@ -90,21 +90,22 @@ def test_l1_rule_shrinks_k_when_the_best_point_stalls():
     delta[:, :30] = 0.1
     assert rule.checkpoint(4, torch.tensor([1.0, 1.0]), delta).tolist() == [True, True]
     assert rule.k.tolist() == [20, 20]
-    # row 0's f_max rose, row 1's did not: same x_max sparsity, but row 1's k shrinks by 1.5
-    # and its iterate restarts from x_max; η only resets where the sparsity fell
-    restart = rule.checkpoint(8, torch.tensor([2.0, 1.0]), delta)
-    assert restart.tolist() == [False, True]
-    assert rule.k.tolist() == [20, 13]
-    assert torch.allclose(rule.eta, torch.tensor([5.0 / 1.5, 5.0 / 1.5]))
+    rule.eta = torch.tensor([0.5, 5.0])  # row 0's η at its floor ε/10
+    # f_max stalled for both rows, whose x_max keeps its sparsity: only row 0, out of step
+    # size to shrink, shrinks k by 1.5 and restarts from x_max; row 1 shrinks η as usual
+    restart = rule.checkpoint(8, torch.tensor([1.0, 1.0]), delta)
+    assert restart.tolist() == [True, False]
+    assert rule.k.tolist() == [13, 20]
+    assert torch.allclose(rule.eta, torch.tensor([0.5, 5.0 / 1.5]))
     ks = []
-    for t in range(12, 36, 4):  # stalled ever since: k = ⌊k/1.5⌋ down to 1
-        rule.checkpoint(t, torch.tensor([2.0, 1.0]), delta)
-        ks.append(rule.k.tolist())
-    assert ks == [[13, 8], [8, 5], [5, 3], [3, 2], [2, 1], [1, 1]]
-    assert not rule.checkpoint(36, torch.tensor([2.0, 1.0]), delta).any()  # k = 1: no restart
-    assert rule.k.tolist() == [1, 1]
-    rule.checkpoint(40, torch.tensor([3.0, 1.0]), delta)  # f_max rose: k follows x_max again
-    assert rule.k.tolist() == [20, 1]
+    for t in range(12, 32, 4):  # stalled ever since: row 0's k = ⌊k/1.5⌋ down to 1
+        rule.checkpoint(t, torch.tensor([1.0, 1.0]), delta)
+        ks.append(rule.k[0].item())
+    assert ks == [8, 5, 3, 2, 1]
+    assert not rule.checkpoint(32, torch.tensor([1.0, 1.0]), delta)[0]  # k = 1: no restart
+    assert rule.k.tolist()[0] == 1 and rule.k.tolist()[1] < 20  # row 1's η reached its floor
+    rule.checkpoint(36, torch.tensor([2.0, 1.0]), delta)  # f_max rose: k follows x_max again
+    assert rule.k.tolist()[0] == 20
 
 
 def test_step_size_rule_conditions():

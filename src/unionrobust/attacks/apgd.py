@@ -18,11 +18,12 @@ One loop serves every threat model; what differs between norms lives in a *step 
   (the paper's s/1.5, rounded down: rounding up would freeze k at 2 and never allow the one-pixel
   steps that reach a vertex of the ℓ1 ball); if s fell below 0.95× its value at the previous
   check, η resets to ε and the iterate restarts from x_max, else η shrinks by 1.5 (never below
-  ε/10). Our addition: where f_max did not rise since the previous check, s (of an unchanged
-  x_max) says nothing new, so k = ⌊k/1.5⌋ instead and, while k > 1, the iterate restarts from
-  x_max; without it the iterate could settle on a spread point worse than x_max while η shrank,
-  and more steps found fewer adversarial points (issue 8). No momentum: the paper's ℓ1 update
-  is a plain projected step (reading of the paper's update rule; the authors' code agrees).
+  ε/10). Our addition: where f_max did not rise since the previous check although η is at its
+  floor ε/10, s (of an unchanged x_max) says nothing new, so k = ⌊k/1.5⌋ instead and, while
+  k > 1, the iterate restarts from x_max; without it the iterate could settle on a spread point
+  worse than x_max for good, and more steps found fewer adversarial points (issue 8). No
+  momentum: the paper's ℓ1 update is a plain projected step (reading of the paper's update
+  rule; the authors' code agrees).
 * ``large_eps`` (ℓ1 only): the ε-schedule of Croce & Hein 2021 as AutoAttack runs it
   (``use_largereps``, its ℓ1 "standard" version): each pass spends ⌈0.3N⌉ steps in the ball
   of radius 3ε, ⌈0.3N⌉ at 2ε and the rest at ε (:data:`LARGE_EPS_SCHEDULE`). Every stage is a
@@ -165,6 +166,7 @@ class L1SparsityRule:
         self.dim = x[0].numel() if x.shape[0] else 1
         b = x.shape[0]
         self.eta = torch.full((b,), self.eps, dtype=x.dtype, device=x.device)
+        self.eta_min = self.eps / 10
         k0 = min(max(1, math.ceil(sparsity * self.dim)), self.dim)
         self.k = torch.full((b,), k0, dtype=torch.int64, device=x.device)
         self.kmax = k0
@@ -207,15 +209,15 @@ class L1SparsityRule:
         s = self._sparsity(delta_max)
         reset = s < 0.95 * self.sparsity_old
         k = torch.floor(s / 1.5).clamp(1, self.dim).to(torch.int64)
-        # f_max did not rise since the last check: the sparsity of x_max carries no news, and
-        # k = ⌊s/1.5⌋ alone would stay put while η shrinks, the iterate settling on a spread
-        # point worse than x_max (issue 8: more steps found fewer points). k shrinks by 1.5
-        # instead, and the iterate restarts from x_max while k can still shrink.
-        stalled = loss_max <= self.loss_max_last
-        k = torch.where(stalled, torch.minimum(k, (self.k * 2).div(3, rounding_mode="floor")), k)
+        # ours: f_max did not rise since the last check although η is already at its floor.
+        # The sparsity of the unchanged x_max carries no news and k = ⌊s/1.5⌋ would stay put,
+        # the iterate settling on a spread point worse than x_max (issue 8: more steps found
+        # fewer points). Then k = ⌊k/1.5⌋ and, while k can shrink, restart from x_max.
+        stuck = (loss_max <= self.loss_max_last) & (self.eta <= self.eta_min * (1 + 1e-6))
+        k = torch.where(stuck, torch.minimum(k, (self.k * 2).div(3, rounding_mode="floor")), k)
         k = k.clamp_min(1)
-        restart = reset | (stalled & (self.k > 1))
-        shrunk = (self.eta / 1.5).clamp_min(self.eps / 10)
+        restart = reset | (stuck & (self.k > 1))
+        shrunk = (self.eta / 1.5).clamp_min(self.eta_min)
         self.eta = torch.where(reset, torch.full_like(self.eta, self.eps), shrunk)
         self.k = k
         # one host read per checkpoint (not per step) to size the top-k
