@@ -407,6 +407,23 @@ def test_l1_more_steps_never_weaker_on_the_box_oracle(linear_model, seed, loss, 
     assert int(missed.sum()) <= 1, slack[missed].tolist()
 
 
+def test_large_eps_counts_only_the_original_ball(linear_model):
+    """Points that the 3ε and 2ε stages break but no point of the ε ball ∩ box can break stay
+    unbroken: only the last stage's iterates are results, and they lie in the ε ball."""
+    eps = 2.0
+    model, x, y, breakable, _ = _l1_threshold_case(linear_model, 4, eps)
+    with torch.no_grad():
+        logits = model(x)
+        margin = logits[:, 1] - logits[:, 0]
+        w = (model.weight[1] - model.weight[0]).expand(x.shape[0], -1)
+    only_big = ~breakable & (margin + _l1_box_oracle(x, w, 3 * eps) > 0)
+    assert int(only_big.sum()) >= 10
+    xs, ys = x[only_big], y[only_big]
+    res = APGD(L1(eps), steps=30, loss="cw", large_eps=True)(model, xs, ys)
+    assert not res.success.any()
+    assert L1(eps).contains(res.x_adv - xs, xs).all()
+
+
 # -- strength against PGD on a trained model ---------------------------------------------------
 
 
