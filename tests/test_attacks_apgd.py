@@ -3,6 +3,8 @@ strength against PGD."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -10,7 +12,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from _helpers import CountingModel
-from unionrobust.attacks.apgd import APGD, L1SparsityRule, StepSizeRule, checkpoints
+from unionrobust.attacks.apgd import (
+    APGD,
+    L1SparsityRule,
+    StepSizeRule,
+    checkpoints,
+    large_eps_stages,
+)
 from unionrobust.attacks.pgd import PGD
 from unionrobust.errors import UnionRobustError
 from unionrobust.losses import cw_margin
@@ -22,7 +30,15 @@ FIXTURE_OK = settings(
 
 
 def _threat(norm: str, eps: float):
-    return {"linf": Linf, "l2": L2, "l1": L1}[norm](eps)
+    return {"linf": Linf, "l2": L2, "l1": L1, "l1-large": L1}[norm](eps)
+
+
+def _large(norm: str) -> dict:
+    """APGD keywords of a variant: "l1-large" is ℓ1 with the large-ε schedule."""
+    return {"large_eps": True} if norm == "l1-large" else {}
+
+
+VARIANTS = ["linf", "l2", "l1", "l1-large"]
 
 
 def _predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +59,53 @@ def test_checkpoints_follow_the_paper_recursion():
     assert checkpoints(200) == [44, 82, 114, 140, 160, 174, 186, 198]
     assert checkpoints(1) == [1]
     assert all(1 <= w <= n for n in (1, 3, 10, 37) for w in checkpoints(n))
+
+
+def test_large_eps_stages_follow_autoattack():
+    # Croce & Hein 2021 / AutoAttack use_largereps: ⌈0.3N⌉ at 3ε, ⌈0.3N⌉ at 2ε, the rest at ε
+    assert large_eps_stages(100) == [(3.0, 30), (2.0, 30), (1.0, 40)]
+    assert large_eps_stages(10) == [(3.0, 3), (2.0, 3), (1.0, 4)]
+    assert large_eps_stages(7) == [(3.0, 3), (2.0, 3), (1.0, 1)]
+    assert large_eps_stages(3) == [(3.0, 1), (2.0, 1), (1.0, 1)]
+    assert large_eps_stages(2) == [(1.0, 2)]  # too few steps for three stages
+    assert all(sum(n for _, n in large_eps_stages(s)) == s for s in range(1, 60))
+
+
+def test_l1_rule_warm_start_takes_the_sparsity_of_the_start():
+    x = torch.full((2, 100), 0.5)
+    rule = L1SparsityRule(L1(5.0), 100, x, sparsity=0.2)
+    delta = torch.zeros(2, 100)
+    delta[0, :30] = 0.1
+    delta[1, :3] = 0.1
+    rule.begin(torch.zeros(2), delta)
+    assert rule.k.tolist() == [20, 2] and rule.kmax == 20
+    assert rule.sparsity_old.tolist() == [30.0, 3.0]
+
+
+def test_l1_rule_shrinks_k_when_the_best_point_stalls_at_the_smallest_step():
+    x = torch.full((2, 100), 0.5)
+    rule = L1SparsityRule(L1(5.0), 100, x, sparsity=0.2)
+    rule.begin(torch.zeros(2))
+    delta = torch.zeros(2, 100)
+    delta[:, :30] = 0.1
+    assert rule.checkpoint(4, torch.tensor([1.0, 1.0]), delta).tolist() == [True, True]
+    assert rule.k.tolist() == [20, 20]
+    rule.eta = torch.tensor([0.5, 5.0])  # row 0's η at its floor ε/10
+    # f_max stalled for both rows, whose x_max keeps its sparsity: only row 0, out of step
+    # size to shrink, shrinks k by 1.5 and restarts from x_max; row 1 shrinks η as usual
+    restart = rule.checkpoint(8, torch.tensor([1.0, 1.0]), delta)
+    assert restart.tolist() == [True, False]
+    assert rule.k.tolist() == [13, 20]
+    assert torch.allclose(rule.eta, torch.tensor([0.5, 5.0 / 1.5]))
+    ks = []
+    for t in range(12, 32, 4):  # stalled ever since: row 0's k = ⌊k/1.5⌋ down to 1
+        rule.checkpoint(t, torch.tensor([1.0, 1.0]), delta)
+        ks.append(rule.k[0].item())
+    assert ks == [8, 5, 3, 2, 1]
+    assert not rule.checkpoint(32, torch.tensor([1.0, 1.0]), delta)[0]  # k = 1: no restart
+    assert rule.k.tolist()[0] == 1 and rule.k.tolist()[1] < 20  # row 1's η reached its floor
+    rule.checkpoint(36, torch.tensor([2.0, 1.0]), delta)  # f_max rose: k follows x_max again
+    assert rule.k.tolist()[0] == 20
 
 
 def test_step_size_rule_conditions():
@@ -84,7 +147,7 @@ def test_l1_rule_adapts_sparsity_and_step():
 
 @FIXTURE_OK
 @given(
-    norm=st.sampled_from(["linf", "l2", "l1"]),
+    norm=st.sampled_from(VARIANTS),
     eps=st.floats(0.01, 3.0),
     loss=st.sampled_from(["ce", "dlr", "dlr-targeted", "cw"]),
 )
@@ -95,7 +158,7 @@ def test_outputs_in_box_and_ball(tiny_cnn, toy_images, norm, eps, loss):
     x, y = toy_images(6)
     y[:4] = _predicted(model, x)[:4]
     threat = _threat(norm, eps)
-    res = APGD(threat, steps=6, restarts=2, loss=loss, n_targets=2)(model, x, y)
+    res = APGD(threat, steps=6, restarts=2, loss=loss, n_targets=2, **_large(norm))(model, x, y)
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     assert threat.contains(res.x_adv - x, x).all()
@@ -131,21 +194,21 @@ def test_model_and_inputs_untouched(tiny_cnn, toy_images, norm):
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("norm", VARIANTS)
 def test_same_seed_same_result_other_seed_differs(tiny_cnn, toy_images, norm):
     model = tiny_cnn()
     x, _ = toy_images(6)
     y = _predicted(model, x)
     threat = _threat(norm, 0.5 if norm != "linf" else 0.05)
-    a = APGD(threat, steps=8, seed=3)(model, x, y)
-    b = APGD(threat, steps=8, seed=3)(model, x, y)
-    c = APGD(threat, steps=8, seed=4)(model, x, y)
+    a = APGD(threat, steps=8, seed=3, **_large(norm))(model, x, y)
+    b = APGD(threat, steps=8, seed=3, **_large(norm))(model, x, y)
+    c = APGD(threat, steps=8, seed=4, **_large(norm))(model, x, y)
     assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.loss, b.loss)
     assert torch.equal(a.success, b.success)
     assert not torch.equal(a.x_adv, c.x_adv)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("norm", VARIANTS)
 def test_batch_independence(linear_model, norm):
     """An example's result depends on its id, not on the batch around it."""
     model = linear_model(dim=36, classes=5, seed=1)
@@ -153,7 +216,7 @@ def test_batch_independence(linear_model, norm):
     x = torch.rand(8, 1, 6, 6, generator=g)
     y = torch.randint(0, 5, (8,), generator=g)
     threat = _threat(norm, 0.5 if norm != "linf" else 0.05)
-    attack = APGD(threat, steps=10, restarts=2, loss="dlr-targeted", n_targets=3)
+    attack = APGD(threat, steps=10, restarts=2, loss="dlr-targeted", n_targets=3, **_large(norm))
     full = attack(model, x, y)
     keep = torch.tensor([6, 1, 3])
     part = attack(model, x[keep], y[keep], example_ids=keep)
@@ -180,6 +243,11 @@ def test_restarts_and_targets_run_only_on_robust_points(linear_model):
     res = APGD(Linf(1.0), steps=steps, restarts=3, loss="ce")(model, x, y)
     assert res.success.all()
     assert model.sizes == [10] + [7] * (steps + 1)
+    # the large-ε schedule: every stage starts with a gradient at its warm start, so a pass
+    # costs steps + 3 evaluations (as in AutoAttack)
+    model.sizes.clear()
+    res = APGD(L1(1e-4), steps=10, restarts=2, loss="ce", large_eps=True)(model, x, y)
+    assert model.sizes == [10] + [7] * (2 * (10 + 3))
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -205,6 +273,8 @@ def test_dlr_needs_three_classes_targeted_four(linear_model):
         ({"rho": 1.0}, "rho"),
         ({"alpha": 0.0}, "alpha"),
         ({"l1_sparsity": 0.0}, "l1_sparsity"),
+        ({"large_eps": True}, "large_eps is the ℓ1 schedule"),
+        ({"large_eps": "yes"}, "large_eps must be True or False"),
     ],
 )
 def test_bad_parameters(kwargs, match):
@@ -221,6 +291,13 @@ def test_single_member_union_accepted():
     from unionrobust.threats import Union
 
     assert APGD(Union([L2(0.5)])).threat == L2(0.5)
+
+
+def test_spec_string_accepted_like_pgd_and_msd():
+    assert APGD("l2:2").threat == L2(2.0)
+    assert APGD("l1:10", large_eps=True).threat == L1(10.0)
+    with pytest.raises(UnionRobustError, match="one threat model"):
+        APGD("linf:0.3, l2:2")
 
 
 # -- analytic oracles on linear classifiers ------------------------------------------------------
@@ -279,12 +356,72 @@ def test_linear_oracle_with_box(linear_model):
     res = APGD(Linf(eps), steps=20, loss="cw")(model, x, y)
     assert torch.allclose(cw_margin(model(res.x_adv), y), m0 + gain.sum(1), atol=1e-4)
     # ℓ1 ∩ box, ε a few pixels' room: "Mind the box" must fill the best coordinates in turn
-    for eps, steps, rel in ((0.4, 50, 1e-4), (2.0, 100, 0.05)):
+    cases = [(0.4, 50, 1e-4), (2.0, 100, 0.05)]
+    for (eps, steps, rel), large_eps in itertools.product(cases, (False, True)):
         best = _l1_box_oracle(x, w, eps)
-        res = APGD(L1(eps), steps=steps, loss="cw")(model, x, y)
+        res = APGD(L1(eps), steps=steps, loss="cw", large_eps=large_eps)(model, x, y)
         gain = cw_margin(model(res.x_adv), y).detach() - m0
         assert (gain <= best + 1e-4).all()  # nothing beats the optimum (sanity of the oracle)
         assert (gain >= (1 - rel) * best - 1e-4).all(), (gain / best).tolist()
+
+
+def _l1_threshold_case(linear_model, seed, eps, n=200, dim=64):
+    """A 2-class linear model on points spread over the box, with the bias set so that the
+    exact ℓ1 ∩ box worst case breaks about half of them: many points sit just past or short
+    of the threshold. Returns model, x, y, breakable (the oracle's verdict), slack (how far
+    past the threshold the optimum gets, relative to it)."""
+    model = linear_model(dim=dim, classes=2, seed=seed).double()
+    g = torch.Generator().manual_seed(seed + 20)
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        w = model.weight[1] - model.weight[0]
+        m0 = x @ w + model.bias[1] - model.bias[0]
+        best = _l1_box_oracle(x, w.expand(n, -1), eps)
+        shift = -float(torch.quantile(m0 + best, 0.5))
+        model.bias[1] += shift
+    margin = m0 + shift  # class 1 minus class 0
+    keep = margin < 0  # correctly classified as class 0
+    y = torch.zeros(int(keep.sum()), dtype=torch.long)
+    return model, x[keep], y, (margin + best)[keep] > 0, ((margin + best) / best)[keep]
+
+
+@pytest.mark.parametrize(
+    "seed, loss, large_eps",
+    [(3, "ce", False), (3, "cw", False), (4, "ce", False), (4, "cw", False), (4, "ce", True)],
+)
+def test_l1_more_steps_never_weaker_on_the_box_oracle(linear_model, seed, loss, large_eps):
+    """The adaptive sparsity must not freeze: with k = ⌊‖δ_max‖₀/1.5⌋ alone, a stalled x_max
+    kept k (and the iterate on a spread point worse than x_max) while η shrank, so 300 steps
+    found fewer points than 100 (issue 8)."""
+    eps = 2.0
+    model, x, y, breakable, slack = _l1_threshold_case(linear_model, seed, eps)
+    found = {}
+    for steps in (100, 300):
+        res = APGD(L1(eps), steps=steps, loss=loss, large_eps=large_eps)(model, x, y)
+        assert L1(eps).contains(res.x_adv - x, x).all()
+        assert not (res.success & ~breakable).any()  # nothing beats the exact worst case
+        found[steps] = res.success
+    assert not (found[100] & ~found[300]).any(), "300 steps lost points that 100 steps broke"
+    missed = breakable & ~found[300]
+    assert not (missed & (slack > 0.01)).any(), slack[missed].tolist()
+    assert int(missed.sum()) <= 1, slack[missed].tolist()
+
+
+def test_large_eps_counts_only_the_original_ball(linear_model):
+    """Points that the 3ε and 2ε stages break but no point of the ε ball ∩ box can break stay
+    unbroken: only the last stage's iterates are results, and they lie in the ε ball."""
+    eps = 2.0
+    model, x, y, breakable, _ = _l1_threshold_case(linear_model, 4, eps)
+    with torch.no_grad():
+        logits = model(x)
+        margin = logits[:, 1] - logits[:, 0]
+        w = (model.weight[1] - model.weight[0]).expand(x.shape[0], -1)
+    only_big = ~breakable & (margin + _l1_box_oracle(x, w, 3 * eps) > 0)
+    assert int(only_big.sum()) >= 10
+    xs, ys = x[only_big], y[only_big]
+    res = APGD(L1(eps), steps=30, loss="cw", large_eps=True)(model, xs, ys)
+    assert not res.success.any()
+    assert L1(eps).contains(res.x_adv - xs, xs).all()
 
 
 # -- strength against PGD on a trained model ---------------------------------------------------

@@ -47,6 +47,10 @@ def test_standard_suite_is_apgd_ce_then_targeted_dlr_per_threat():
             assert attack.n_targets == (5 if l1 else 9) and attack.restarts == 1
         else:
             assert attack.restarts == (5 if l1 else 1)
+        # ℓ1: the large-ε schedule of "Mind the box" (AutoAttack's use_largereps), in the
+        # entry's description too (the run's config hash)
+        assert attack.large_eps == l1
+        assert dict(e.params).get("large_eps", False) == l1
 
 
 @pytest.mark.parametrize(

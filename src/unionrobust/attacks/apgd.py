@@ -18,8 +18,19 @@ One loop serves every threat model; what differs between norms lives in a *step 
   (the paper's s/1.5, rounded down: rounding up would freeze k at 2 and never allow the one-pixel
   steps that reach a vertex of the ℓ1 ball); if s fell below 0.95× its value at the previous
   check, η resets to ε and the iterate restarts from x_max, else η shrinks by 1.5 (never below
-  ε/10). No momentum: the paper's ℓ1 update is a plain
-  projected step (reading of the paper's update rule; the authors' code agrees).
+  ε/10). Our addition: where f_max did not rise since the previous check although η is at its
+  floor ε/10, s (of an unchanged x_max) says nothing new, so k = ⌊k/1.5⌋ instead and, while
+  k > 1, the iterate restarts from x_max; without it the iterate could settle on a spread point
+  worse than x_max for good, and more steps found fewer adversarial points (issue 8). No
+  momentum: the paper's ℓ1 update is a plain projected step (reading of the paper's update
+  rule; the authors' code agrees).
+* ``large_eps`` (ℓ1 only): the ε-schedule of Croce & Hein 2021 as AutoAttack runs it
+  (``use_largereps``, its ℓ1 "standard" version): each pass spends ⌈0.3N⌉ steps in the ball
+  of radius 3ε, ⌈0.3N⌉ at 2ε and the rest at ε (:data:`LARGE_EPS_SCHEDULE`). Every stage is a
+  fresh run of the rule (η⁽⁰⁾ = its radius) started from the previous stage's highest-loss
+  point projected onto its own ball ∩ box, with k from that point's sparsity. Only the
+  iterates of the last stage (radius ε) count as results, so the returned point lies in the
+  original ball ∩ box.
 
 Where the papers leave the order of operations open we read them as follows: f(x⁽ᵏ⁺¹⁾) > f(x⁽ᵏ⁾)
 is counted for every evaluated iterate since the previous checkpoint (w_j − w_{j−1} comparisons);
@@ -49,6 +60,7 @@ from unionrobust.attacks.base import (
     misclassified,
 )
 from unionrobust.attacks.best import BestTracker
+from unionrobust.attacks.pgd import single_threat
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.geometry import box_movable, l1_topk_direction
 from unionrobust.losses import get_loss, targeted_dlr
@@ -61,6 +73,21 @@ MIN_CLASSES = {"ce": 2, "cw": 2, "dlr": 3, "dlr-targeted": 4}
 #: |δ_i| at or below this counts as zero in ‖δ‖₀: the projection's float round-off leaves
 #: ~1e-8 residues that would otherwise freeze the adaptive sparsity
 ZERO_TOL = 1e-6
+
+
+#: Croce & Hein 2021 (AutoAttack's ``use_largereps``): (multiple of ε, share of the steps)
+LARGE_EPS_SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))
+
+
+def large_eps_stages(steps: int) -> list[tuple[float, int]]:
+    """(multiple of ε, steps) per stage of the large-ε schedule: ⌈share·N⌉ steps for every stage
+    but the last, which takes the rest; a budget too small for every stage to get a step runs
+    at ε alone."""
+    head = [(m, math.ceil(round(share * steps, 9))) for m, share in LARGE_EPS_SCHEDULE[:-1]]
+    rest = steps - sum(n for _, n in head)
+    if rest < 1:
+        return [(1.0, steps)]
+    return [*head, (LARGE_EPS_SCHEDULE[-1][0], rest)]
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -101,8 +128,8 @@ class StepSizeRule:
         """x⁽⁰⁾: the threat's own random point in ball ∩ box."""
         return self.threat.random_init(x, rand, counter)
 
-    def begin(self, loss0: torch.Tensor) -> None:
-        """f(x⁽⁰⁾) = f_max at w_0."""
+    def begin(self, loss0: torch.Tensor, delta0: torch.Tensor | None = None) -> None:
+        """f(x⁽⁰⁾) = f_max at w_0 (a warm start ``delta0`` changes nothing else)."""
         self.loss_max_last = loss0.clone()
 
     def step(self, grad: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -139,19 +166,28 @@ class L1SparsityRule:
         self.dim = x[0].numel() if x.shape[0] else 1
         b = x.shape[0]
         self.eta = torch.full((b,), self.eps, dtype=x.dtype, device=x.device)
+        self.eta_min = self.eps / 10
         k0 = min(max(1, math.ceil(sparsity * self.dim)), self.dim)
         self.k = torch.full((b,), k0, dtype=torch.int64, device=x.device)
         self.kmax = k0
         self.sparsity_old = torch.full((b,), float(self.dim), dtype=x.dtype, device=x.device)
         self.every = max(math.ceil(0.04 * steps), 1)
+        self.loss_max_last = torch.full((b,), float("-inf"), dtype=x.dtype, device=x.device)
 
     def start(self, x: torch.Tensor, rand: KeyedRandom, counter: int) -> torch.Tensor:
         """x⁽⁰⁾: a standard normal draw projected onto ℓ1-ball ∩ box, which is sparse for
         ε ≪ E‖N(0, I)‖₁, as the adaptive sparsity expects (Croce & Hein 2021)."""
         return self.threat.project(rand.normal(counter, tuple(x.shape[1:]), x.dtype), x)
 
-    def begin(self, loss0: torch.Tensor) -> None:
-        pass
+    def begin(self, loss0: torch.Tensor, delta0: torch.Tensor | None = None) -> None:
+        """f(x⁽⁰⁾); a warm start ``delta0`` (the large-ε schedule's previous stage) sets the
+        sparsity from its own: k = ⌊‖δ0‖₀/1.5⌋, as at a checkpoint."""
+        self.loss_max_last = loss0.clone()
+        if delta0 is not None:
+            s = self._sparsity(delta0)
+            self.k = torch.floor(s / 1.5).clamp(1, self.dim).to(torch.int64)
+            self.kmax = int(self.k.max()) if self.k.numel() else 1  # one host read per stage
+            self.sparsity_old = s
 
     def step(self, grad: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         movable = box_movable(grad, x + delta)
@@ -161,21 +197,34 @@ class L1SparsityRule:
     def observe(self, rose: torch.Tensor) -> None:
         pass
 
+    def _sparsity(self, delta: torch.Tensor) -> torch.Tensor:
+        s = (delta.reshape(delta.shape[0], -1).abs() > ZERO_TOL).sum(dim=1)
+        return s.to(self.eta.dtype)
+
     def checkpoint(
         self, t: int, loss_max: torch.Tensor, delta_max: torch.Tensor
     ) -> torch.Tensor | None:
         if t % self.every:
             return None
-        s = (delta_max.reshape(delta_max.shape[0], -1).abs() > ZERO_TOL).sum(dim=1)
-        s = s.to(self.eta.dtype)
+        s = self._sparsity(delta_max)
         reset = s < 0.95 * self.sparsity_old
-        shrunk = (self.eta / 1.5).clamp_min(self.eps / 10)
+        k = torch.floor(s / 1.5).clamp(1, self.dim).to(torch.int64)
+        # ours: f_max did not rise since the last check although η is already at its floor.
+        # The sparsity of the unchanged x_max carries no news and k = ⌊s/1.5⌋ would stay put,
+        # the iterate settling on a spread point worse than x_max (issue 8: more steps found
+        # fewer points). Then k = ⌊k/1.5⌋ and, while k can shrink, restart from x_max.
+        stuck = (loss_max <= self.loss_max_last) & (self.eta <= self.eta_min * (1 + 1e-6))
+        k = torch.where(stuck, torch.minimum(k, (self.k * 2).div(3, rounding_mode="floor")), k)
+        k = k.clamp_min(1)
+        restart = reset | (stuck & (self.k > 1))
+        shrunk = (self.eta / 1.5).clamp_min(self.eta_min)
         self.eta = torch.where(reset, torch.full_like(self.eta, self.eps), shrunk)
-        self.k = torch.floor(s / 1.5).clamp(1, self.dim).to(torch.int64)
+        self.k = k
         # one host read per checkpoint (not per step) to size the top-k
         self.kmax = int(self.k.max()) if self.k.numel() else 1
         self.sparsity_old = s
-        return reset
+        self.loss_max_last = loss_max.clone()
+        return restart
 
 
 class APGD(Attack):
@@ -185,14 +234,16 @@ class APGD(Attack):
     dlr-targeted}, ``n_targets`` target classes for dlr-targeted, ``rho`` the oscillation
     threshold of checkpoint condition 1, ``alpha`` the momentum weight, ``l1_sparsity`` the
     initial fraction of coordinates an ℓ1 step moves (0.2 for evaluation; E-AT uses 0.05–0.1
-    for training).
+    for training), ``large_eps`` (ℓ1 only) the 3ε → 2ε → ε schedule of Croce & Hein 2021
+    ("Mind the box"; AutoAttack's ``use_largereps``, on in the ``standard`` suite's ℓ1
+    entries). ``threat``: a threat model, a one-member union or a spec such as ``"l1:10"``.
     """
 
     name = "apgd"
 
     def __init__(
         self,
-        threat: ThreatModel | Union,
+        threat: ThreatModel | Union | str,
         steps: int = 100,
         restarts: int = 1,
         loss: str = "ce",
@@ -202,16 +253,9 @@ class APGD(Attack):
         seed: int = 0,
         amp: bool = False,
         l1_sparsity: float = 0.2,
+        large_eps: bool = False,
     ) -> None:
-        if isinstance(threat, Union):
-            if len(threat) != 1:
-                raise UnionRobustError(
-                    f"APGD attacks one threat model; got the union {threat.spec!r} "
-                    "(run one APGD per member, e.g. with a WorstOf attack)"
-                )
-            threat = threat[0]
-        if not isinstance(threat, ThreatModel):
-            raise UnionRobustError(f"APGD needs a threat model, got {type(threat).__name__}")
+        threat = single_threat(threat, "APGD")
         super().__init__(threat, seed=seed, amp=amp)
         if loss not in APGD_LOSSES:
             raise unknown_name("APGD loss", loss, APGD_LOSSES)
@@ -233,18 +277,28 @@ class APGD(Attack):
         self.rho = float(rho)
         self.alpha = float(alpha)
         self.l1_sparsity = float(l1_sparsity)
+        if not isinstance(large_eps, bool):
+            raise UnionRobustError(f"APGD large_eps must be True or False, got {large_eps!r}")
+        if large_eps and not isinstance(threat, L1):
+            raise UnionRobustError(
+                f"APGD large_eps is the ℓ1 schedule of 'Mind the box'; {threat.spec!r} is not "
+                "an ℓ1 threat (drop large_eps)"
+            )
+        self.large_eps = large_eps
 
     def __repr__(self) -> str:
         return (
             f"APGD({self.threat!r}, steps={self.steps}, restarts={self.restarts}, "
-            f"loss={self.loss!r})"
+            f"loss={self.loss!r}{', large_eps=True' if self.large_eps else ''})"
         )
 
     # -- the per-norm rule lives here, and only here -------------------------------------------
-    def _rule(self, x: torch.Tensor) -> StepSizeRule | L1SparsityRule:
-        if isinstance(self.threat, L1):
-            return L1SparsityRule(self.threat, self.steps, x, self.l1_sparsity)
-        return StepSizeRule(self.threat, self.steps, x, self.rho, self.alpha)
+    def _rule(
+        self, threat: ThreatModel, steps: int, x: torch.Tensor
+    ) -> StepSizeRule | L1SparsityRule:
+        if isinstance(threat, L1):
+            return L1SparsityRule(threat, steps, x, self.l1_sparsity)
+        return StepSizeRule(threat, steps, x, self.rho, self.alpha)
 
     # -- orchestration: restarts, targets, batch shrinking ------------------------------------
     def _run(
@@ -292,7 +346,16 @@ class APGD(Attack):
             best.update(x_adv, loss, success, index=idx)
         return AttackResult(best.x_adv, best.success.clone(), best.loss)
 
-    # -- one APGD run (Alg. 1) -----------------------------------------------------------------
+    # -- one APGD run (Alg. 1), in ε stages when large_eps ------------------------------------
+    def _stages(self) -> list[tuple[ThreatModel, int]]:
+        """(threat, steps) per stage: the large-ε schedule, or the threat alone."""
+        if not self.large_eps:
+            return [(self.threat, self.steps)]
+        return [
+            (self.threat if m == 1.0 else self.threat.with_size(m * self.threat.size), n)
+            for m, n in large_eps_stages(self.steps)
+        ]
+
     def _pass(
         self,
         model: nn.Module,
@@ -302,16 +365,44 @@ class APGD(Attack):
         counter: int,
         loss_fn: LossFn,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        threat = self.threat
-        rule = self._rule(x)
-        delta = rule.start(x, rand, counter)
+        stages = self._stages()
+        delta: torch.Tensor | None = None
+        best: BestTracker | None = None
+        for number, (threat, steps) in enumerate(stages):
+            rule = self._rule(threat, steps, x)
+            if delta is None:
+                delta, warm = rule.start(x, rand, counter), False
+            else:  # the previous stage's x_max, projected onto this stage's smaller ball
+                delta, warm = threat.project(delta, x), True
+            final = number == len(stages) - 1
+            delta, best = self._iterate(
+                model, x, y, threat, rule, steps, delta, warm, loss_fn, final
+            )
+        assert best is not None
+        return best.x_adv, best.loss, best.success
+
+    def _iterate(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        rule: StepSizeRule | L1SparsityRule,
+        steps: int,
+        delta: torch.Tensor,
+        warm: bool,
+        loss_fn: LossFn,
+        track: bool,
+    ) -> tuple[torch.Tensor, BestTracker | None]:
+        """``steps`` iterations from ``delta`` in ``threat``; returns δ_max (the highest-loss
+        iterate) and, if ``track``, the best-point tracker of the iterates (results)."""
         x_adv = (x + delta).clamp_(0, 1)
         logits, loss, grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
-        best = BestTracker(x_adv, loss, misclassified(logits, y))
-        rule.begin(loss)
+        best = BestTracker(x_adv, loss, misclassified(logits, y)) if track else None
+        rule.begin(loss, delta if warm else None)
         delta_max, grad_max, loss_max = delta, grad, loss
         prev = delta
-        for t in range(1, self.steps + 1):
+        for t in range(1, steps + 1):
             z = threat.project(delta + rule.step(grad, delta, x), x)
             a = rule.momentum if t > 1 else 1.0
             new = (
@@ -320,13 +411,14 @@ class APGD(Attack):
                 else threat.project(delta + a * (z - delta) + (1 - a) * (delta - prev), x)
             )
             x_adv = (x + new).clamp_(0, 1)
-            last = t == self.steps
+            last = t == steps
             if last:  # nothing steps from the last iterate: a forward pass suffices
                 logits = forward(model, x_adv, self.amp)
                 new_loss = loss_fn(logits, y)
             else:
                 logits, new_loss, new_grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
-            best.update(x_adv, new_loss, misclassified(logits, y))
+            if best is not None:
+                best.update(x_adv, new_loss, misclassified(logits, y))
             rule.observe(new_loss > loss)
             up = new_loss > loss_max
             delta_max = torch.where(_rows(up, new), new, delta_max)
@@ -341,4 +433,4 @@ class APGD(Attack):
                 delta = torch.where(r, delta_max, delta)
                 grad = torch.where(r, grad_max, grad)
                 loss = torch.where(restart, loss_max, loss)
-        return best.x_adv, best.loss, best.success
+        return delta_max, best
