@@ -462,27 +462,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     c0, w0 = time.process_time(), time.perf_counter()
     x, y = load_embedded_mnist("test")
     x, y = x[: args.n], y[: args.n]
-    results, training = {}, {}
-    for kind in args.models:
-        model, meta = trained_model(kind, args.arch, args.seed, Path(args.cache))
-        training[kind] = {k: v for k, v in meta.items() if k != "config"}
-        print(f"{args.arch}-{kind}: {'cached' if meta['cached'] else 'trained'}", flush=True)
-        results[f"{args.arch}-{kind}"] = bench_model(model, x, y, AutoAttack, args)
-    cpu_all, wall_all = time.process_time() - c0, time.perf_counter() - w0
-
     head = (
         f"{args.n} embedded MNIST test digits, threats {THREATS}; ours: suite standard "
         f"(per-threat mode; union-only mode {'on' if has_union_only() else 'n/a'}); AutoAttack "
         f"standard per norm from {args.autoattack}; seed {args.seed}; {machine_note()}"
     )
-    text = tables(results)
-    print(f"\n{head}\n\n{text}\n")
-    print(
-        "accuracy: robust %, AutoAttack's examples re-checked by our engine; misses: points "
-        "AutoAttack breaks and we call robust (count, % of the points); CPU: process user+sys "
-        f"seconds. Whole run: {cpu_all:.0f} s CPU, {wall_all:.0f} s wall."
-    )
-    out = {
+    out: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "threats": THREATS,
         "n": args.n,
@@ -494,15 +479,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         "union_only_available": has_union_only(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": machine_note(),
-        "cpu_s": cpu_all,
-        "wall_s": wall_all,
-        "training": training,
-        "results": results,
-        "table": text,
+        "machine": head,
+        "training": {},
+        "results": {},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(out, indent=1, default=float))
+    for kind in args.models:
+        model, meta = trained_model(kind, args.arch, args.seed, Path(args.cache))
+        out["training"][kind] = {k: v for k, v in meta.items() if k != "config"}
+        print(f"{args.arch}-{kind}: {'cached' if meta['cached'] else 'trained'}", flush=True)
+        out["results"][f"{args.arch}-{kind}"] = bench_model(model, x, y, AutoAttack, args)
+        # after each model, so an interrupted run keeps the models done
+        out.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0)
+        out["table"] = tables(out["results"])
+        atomic_write_text(args.out, json.dumps(out, indent=1, default=float))
+        print(f"{args.arch}-{kind}: done ({out['cpu_s']:.0f} s CPU so far)", flush=True)
+
+    print(f"\n{head}\n\n{out['table']}\n")
+    print(
+        "accuracy: robust %, AutoAttack's examples re-checked by our engine; misses: points "
+        "AutoAttack breaks and we call robust (count, % of the points); CPU: process user+sys "
+        f"seconds. Whole run: {out['cpu_s']:.0f} s CPU, {out['wall_s']:.0f} s wall."
+    )
     print(f"wrote {args.out}")
 
 
