@@ -3,7 +3,7 @@ process CPU time, on the same models and points in one run (issue 8).
 
 Models (LeNet by default, `--arch small-cnn` for the other zoo net) are trained on the embedded
 MNIST training split with the package's trainer and the `mnist-small` configs (natural, P∞ =
-ℓ∞ adversarial training, MAX over the union; ε warm-up as configured) and cached under
+ℓ∞ adversarial training, MAX and MSD over the union; ε warm-up as configured) and cached under
 `--cache`, so reruns skip training. On the first N test digits (class-balanced):
 
 - AutoAttack `version='standard'` (imported from `--autoattack`, never copied into the repo),
@@ -23,7 +23,7 @@ per-threat ≤ 1.0 ×. CPU time is the process's user + system time (`time.proce
 sides with the same torch threads.
 
     python benchmarks/bench_vs_autoattack.py [--autoattack /work/aa] [--n 300] [--quick]
-        [--models natural,pinf,max] [--arch lenet] [--threads 1] [--out FILE]
+        [--models natural,pinf,max,msd] [--arch lenet] [--threads 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -53,7 +53,12 @@ from unionrobust.training.trainer import build_model_from
 
 THREATS = "linf:0.3, l2:2, l1:10"
 #: benchmark model -> built-in training config (the model is overridden by --arch)
-CONFIGS = {"natural": "mnist-small", "pinf": "mnist-small-pinf", "max": "mnist-small-max"}
+CONFIGS = {
+    "natural": "mnist-small",
+    "pinf": "mnist-small-pinf",
+    "max": "mnist-small-max",
+    "msd": "mnist-small-msd",
+}
 #: our threat names -> AutoAttack's norm names
 AA_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 #: issue 8's targets
@@ -215,8 +220,8 @@ def tables(results: dict[str, dict[str, Any]]) -> str:
 
 
 def trained_model(kind: str, arch: str, seed: int, cache: Path) -> tuple[torch.nn.Module, dict]:
-    """The ``kind`` model (natural / pinf / max) trained with its built-in config and ``arch``,
-    from ``cache`` when a file with the same config is there, else trained and cached."""
+    """The ``kind`` model (natural / pinf / max / msd) trained with its built-in config and
+    ``arch``, from ``cache`` when a file with the same config is there, else trained and cached."""
     cfg = load_config(
         CONFIGS[kind],
         [
@@ -438,7 +443,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--autoattack", default="/work/aa", help="folder holding autoattack/")
     p.add_argument("--n", type=int, default=None, help="first N test digits (default 300)")
     p.add_argument("--quick", action="store_true", help="smoke run: 20 points")
-    p.add_argument("--models", default=",".join(CONFIGS), help="subset of natural,pinf,max")
+    p.add_argument("--models", default=",".join(CONFIGS), help="subset of natural,pinf,max,msd")
     p.add_argument("--arch", default="lenet", choices=("lenet", "small-cnn"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="training and attack seed")
