@@ -15,7 +15,11 @@ Part 2 (strength): the MNIST CNN trained for a few epochs on the embedded MNIST 
 (nothing is cached), then robust accuracy and wall time on the first test digits for our PGD and
 Auto-PGD and the peers' PGD/APGD at equal budget (one random start, same steps and step size).
 
+The process runs with the CLI's allocator settings (``unionrobust.cli.allocator``) unless
+``--system-malloc``: freed activation buffers then stay mapped instead of being re-faulted.
+
     python benchmarks/bench_attacks.py [--quick] [--threads 1] [--no-peers] [--no-strength]
+        [--system-malloc]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from _common import (
     markdown_table,
     per_step,
     set_threads,
+    use_allocator,
 )
 from torch import nn
 
@@ -329,7 +334,11 @@ def main() -> None:
     p.add_argument("--no-peers", dest="peers", action="store_false", help="skip other libraries")
     p.add_argument("--no-cost", dest="cost", action="store_false", help="skip part 1")
     p.add_argument("--no-strength", dest="strength", action="store_false", help="skip part 2")
+    p.add_argument(
+        "--system-malloc", action="store_true", help="glibc defaults, not the CLI's settings"
+    )
     args = p.parse_args()
+    use_allocator(args.system_malloc)
     set_threads(args.threads)
     args.short, args.long = (2, 6) if args.quick else (2, 12)
     args.rounds = args.rounds or (2 if args.quick else 5)

@@ -12,6 +12,7 @@ import sys
 from typing import NoReturn
 
 from unionrobust._version import __version__
+from unionrobust.cli.allocator import tune_allocator
 from unionrobust.errors import UnionRobustError
 
 #: sub-command names, in the order ``--help`` lists them
@@ -65,11 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; from the real command line (``argv`` None) with the allocator
+    settings of :mod:`unionrobust.cli.allocator` (opt out: ``UNIONROBUST_MALLOC=system``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
+    if argv is None:
+        tune_allocator()
     try:
         return int(args._run(args) or 0)
     except UnionRobustError as err:
