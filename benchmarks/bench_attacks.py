@@ -8,7 +8,8 @@ t_fb is measured at a typical attack iterate (``attack_point``: x plus uniform �
 0.3, clipped), since a forward+backward at the clean digits is 2-6 % cheaper than anywhere an
 attack evaluates it; the clean-input figure is printed too. A step's time is
 (T(long) − T(short)) / (long − short) for runs of two step counts, which cancels the fixed
-cost of a call; all timed functions of a setting run round-robin and the median over rounds is kept, so the ratios of one run are comparable on a shared CPU.
+cost of a call; all timed functions of a setting run round-robin and the median over rounds
+is kept, so the ratios of one run are comparable on a shared CPU.
 Targets (issue 2): PGD ℓ∞/ℓ2 ≤ 1.1, ℓ1 PGD, SLIDE and Auto-PGD ≤ 1.3, MSD ≤ 1.1 × its floor
 t_fb + one forward over the 3B candidates. Peers (optional extras ``torchattacks``, ``foolbox``)
 are timed on the same model, points and parameters (frozen, as ours freeze them).
