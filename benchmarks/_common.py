@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unionrobust.allocator import tune_allocator
+
 
 def set_threads(threads: int) -> int:
     """``torch.set_num_threads(threads)`` (inter-op too, where still allowed); returns it."""
@@ -26,6 +28,18 @@ def set_threads(threads: int) -> int:
     with contextlib.suppress(RuntimeError):  # inter-op threads can be set once per process
         torch.set_num_interop_threads(max(1, int(threads)))
     return torch.get_num_threads()
+
+
+_ALLOCATOR = "glibc defaults"
+
+
+def use_allocator(system: bool = False) -> str:
+    """The allocator settings the CLI runs with (:mod:`unionrobust.allocator`) unless
+    ``system``; returns (and :func:`machine_note` prints) which one is in use."""
+    global _ALLOCATOR
+    if not system and tune_allocator():
+        _ALLOCATOR = "CLI malloc settings"
+    return _ALLOCATOR
 
 
 def frozen(model: nn.Module) -> nn.Module:
@@ -123,7 +137,7 @@ def machine_note() -> str:
     kind = "CPU time" if clock() is time.process_time else "wall time"
     return (
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {kind}, "
-        f"load average {load}"
+        f"{_ALLOCATOR}, load average {load}"
     )
 
 

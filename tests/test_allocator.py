@@ -1,53 +1,52 @@
-"""glibc allocator tuning of the CLI (issue 9): applied once, exported, the user's values win."""
+"""The CLI's glibc allocator settings: applied once, inherited by children, user choices win."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
-from unionrobust import allocator
+from unionrobust.allocator import OPT_OUT, SETTINGS
 
-# the module is loaded from its file: importing the package (and torch) would take seconds
-CHILD = """
-import os, json, importlib.util
-spec = importlib.util.spec_from_file_location("alloc", %r)
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-applied = mod.tune_allocator()
-print(json.dumps({"applied": applied, "env": {k: os.environ.get(k) for k in %r}}))
-"""
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+PROBE = (
+    "import json, os, subprocess, sys\n"
+    "from unionrobust.allocator import tune_allocator\n"
+    "applied = tune_allocator()\n"
+    "child = subprocess.run([sys.executable, '-c', 'import os, json; "
+    'print(json.dumps({k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}))\'],'
+    " capture_output=True, text=True, check=True).stdout\n"
+    "print(json.dumps({'applied': applied, 'child': json.loads(child)}))\n"
+)
 
 
-def run_child(env: dict[str, str]) -> dict:
-    import json
-
-    code = CHILD % (allocator.__file__, list(allocator.SETTINGS))
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "UNIONROBUST_"))}
+def _probe(**env: str) -> dict:
+    base = {k: v for k, v in os.environ.items() if k not in SETTINGS and k != OPT_OUT}
+    base.pop("GLIBC_TUNABLES", None)
     out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-c", PROBE], env={**base, **env}, capture_output=True, text=True
     )
-    return json.loads(out.stdout)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(allocator._glibc() is None, reason="glibc only")
-def test_settings_are_applied_and_exported_unless_the_user_set_them():
-    res = run_child({})
-    assert res["applied"] == {k: v for k, (_, v) in allocator.SETTINGS.items()}
-    assert res["env"] == {k: str(v) for k, (_, v) in allocator.SETTINGS.items()}
-    res = run_child({"MALLOC_TRIM_THRESHOLD_": "12345"})
-    assert "MALLOC_TRIM_THRESHOLD_" not in res["applied"]
-    assert res["env"]["MALLOC_TRIM_THRESHOLD_"] == "12345"
-    assert res["applied"].keys() == allocator.SETTINGS.keys() - {"MALLOC_TRIM_THRESHOLD_"}
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_applied_to_the_process_and_inherited_by_children():
+    got = _probe()
+    expected = {name: value for name, (_, value) in SETTINGS.items()}
+    assert got["applied"] == expected
+    assert got["child"] == {k: str(v) for k, v in expected.items()}
 
 
-def test_the_tuning_can_be_turned_off():
-    res = run_child({"UNIONROBUST_MALLOC": "0"})
-    assert res["applied"] == {}
-    assert all(v is None for v in res["env"].values())
+def test_opt_out_changes_nothing():
+    assert _probe(**{OPT_OUT: "System"}) == {"applied": {}, "child": {}}
+
+
+def test_user_settings_win():
+    got = _probe(MALLOC_TRIM_THRESHOLD_="12345")
+    assert got == {"applied": {}, "child": {"MALLOC_TRIM_THRESHOLD_": "12345"}}

@@ -83,7 +83,9 @@ def test_chunked_top_values_equal_topk(d):
     g = torch.Generator().manual_seed(d)
     s = torch.randint(0, 6, (7, d), generator=g).float()  # many ties and zeros
     for k in sorted({1, min(3, d), min(d // 64 + 1, d), min(2 * (d // 64), d), min(20, d), d}):
-        assert torch.equal(S._top_values(s, k), s.topk(k, dim=1).values)
+        assert torch.equal(S._top_values(s, k), s.topk(k, dim=1).values)  # numpy sort
+        h = s.to(torch.bfloat16)  # not a numpy dtype: torch's (chunked) topk
+        assert torch.equal(S._top_values(h, k), h.topk(k, dim=1).values)
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -110,6 +112,13 @@ def test_slide_direction_threshold_matches_kthvalue(q):
     e = torch.sign(grad) * ((grad.abs() >= thr) & (grad != 0))
     ref = e / e.abs().sum(dim=1, keepdim=True).clamp_min(1)
     assert torch.equal(S.slide_direction(grad, q), ref)
+    mov = S.box_movable(grad, torch.rand(5, 784, generator=g).round())
+    for m in (mov, mov.float()):  # a bool or a float mask
+        out = S.slide_direction(grad, q, m)
+        score = grad.abs() * mov
+        thr_m = score.kthvalue(rank + 1, dim=1, keepdim=True).values
+        e = torch.sign(grad) * ((score >= thr_m) & (score > 0))
+        assert torch.equal(out, e / e.abs().sum(dim=1, keepdim=True).clamp_min(1))
 
 
 def test_box_movable_matches_its_definition_on_edge_values():
@@ -120,3 +129,4 @@ def test_box_movable_matches_its_definition_on_edge_values():
         g, x = torch.meshgrid(t, t, indexing="ij")
         ref = ~(((x >= 1) & (g > 0)) | ((x <= 0) & (g < 0)))
         assert torch.equal(S.box_movable(g, x), ref)
+        assert torch.equal(S.box_movable(g, x, dtype), ref.to(dtype))

@@ -66,12 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_allocator()  # keep freed memory: fewer page faults per step (allocator.py)
+    """Run a sub-command; from the real command line (``argv`` None) with the allocator
+    settings of :mod:`unionrobust.allocator` (opt out: ``UNIONROBUST_MALLOC=system``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
+    if argv is None:
+        tune_allocator()
     try:
         return int(args._run(args) or 0)
     except UnionRobustError as err:

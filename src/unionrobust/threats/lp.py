@@ -143,7 +143,7 @@ class L1(_Lp):
         return project_l1_box(delta, x, self.eps)
 
     def step(self, grad, alpha, delta, x, rand=None, counter=0):
-        movable = box_movable(grad, x + delta)
+        movable = box_movable(grad, x + delta, grad.dtype)
         if self.step_rule == "slide":
             direction = slide_direction(grad, self.q, movable)
         else:
