@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 
 from unionrobust.attacks.base import frozen_model
 from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
-from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.report import EVERYTHING, PER_THREAT, UNION_ONLY, EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
     VerdictLog,
@@ -163,6 +164,128 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 # --------------------------------------------------------------------------- engine
+@dataclass
+class _Run:
+    """What every pass of one evaluation shares: the model, the data (host), the device, the
+    verdict log and the records a resumed run replays."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor
+    dev: torch.device
+    batch_size: int
+    progress: bool
+    log: VerdictLog | None = None
+    done: dict = field(default_factory=dict)
+
+    def x_on(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            self.x[idx].to(self.dev, non_blocking=True),
+            self.y[idx].to(self.dev, non_blocking=True),
+        )
+
+    def replay(self, key: tuple, chunk_ids: torch.Tensor) -> dict | None:
+        rec = self.done.get(key)
+        if rec is not None and rec["ids"] != chunk_ids.tolist():
+            raise UnionRobustError(
+                f"cannot resume: logged chunk {key} holds other examples; use a new output folder"
+            )
+        return rec
+
+
+@dataclass
+class _Verdicts:
+    """The attack passes' results so far: per example and entry, per example and threat."""
+
+    broken: torch.Tensor  # bool (n, E)
+    norms: torch.Tensor  # float64 (n, E)
+    robust: torch.Tensor  # bool (n, T)
+    seconds: list[float] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    attacked: list[int] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, clean_correct: torch.Tensor, n_entries: int, n_threats: int) -> _Verdicts:
+        count = clean_correct.numel()
+        return cls(
+            torch.zeros(count, n_entries, dtype=torch.bool),
+            torch.full((count, n_entries), float("nan"), dtype=torch.float64),
+            clean_correct.reshape(-1, 1).repeat(1, n_threats),
+        )
+
+    def todo(self, t: int, mode: str) -> torch.Tensor:
+        """Indices the next entry (of threat ``t``) attacks: in per-threat mode the points
+        still robust for t, in union-only mode those still robust for every threat."""
+        if mode == EVERYTHING:
+            return torch.arange(self.robust.shape[0])
+        mask = self.robust.all(dim=1) if mode == UNION_ONLY else self.robust[:, t]
+        return torch.nonzero(mask).reshape(-1)
+
+
+def _attack_chunk(
+    run: _Run, attack: Any, threat: ThreatModel, idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Attack examples ``idx`` and re-check the result: (broken, norms, rejected claims)."""
+    xb, yb = run.x_on(idx)
+    result = attack(run.model, xb, yb, example_ids=run.ids[idx].to(run.dev))
+    b_dev, nrm_dev = recheck(run.model, threat, xb, yb, result.x_adv)
+    claimed = result.success.to(b_dev.device).bool()
+    return b_dev.cpu(), nrm_dev.cpu(), int((claimed & ~b_dev).sum())
+
+
+def _run_entry(
+    run: _Run, e: int, entry: Any, union: Union, seed: int, todo: torch.Tensor, v: _Verdicts
+) -> None:
+    """Suite entry ``e`` on the examples ``todo``, in batches (replayed from the log when
+    resuming); its verdicts go into ``v``."""
+    t = entry.threat_index
+    threat = union[t]
+    v.attacked.append(int(todo.numel()))
+    attack = None
+    seconds = 0.0
+    n_rejected = 0
+    with _bar(int(todo.numel()), entry.label(union), run.progress) as bar:
+        for k, idx in enumerate(_chunks(todo, run.batch_size)):
+            rec = run.replay(("attack", e, k), run.ids[idx])
+            if rec is not None:
+                b = torch.tensor(rec["broken"], dtype=torch.bool)
+                nrm = norms_from_json(rec["norms"])
+                r, dt = int(rec["rejected"]), float(rec["seconds"])
+            else:
+                if attack is None:
+                    attack = entry.build(threat, int(seed))
+                tc = time.perf_counter()
+                b, nrm, r = _attack_chunk(run, attack, threat, idx)
+                dt = time.perf_counter() - tc
+                if run.log is not None:
+                    run.log.write_attack(e, k, run.ids[idx], b, nrm, r, dt)
+            n_rejected += r
+            seconds += dt
+            v.broken[idx, e] = b
+            v.norms[idx, e] = nrm
+            v.robust[idx, t] &= ~b
+            if bar is not None:
+                bar.update(idx.numel())
+                bar.set_postfix(acc=f"{float(v.robust[:, t].double().mean()):.3f}")
+    v.seconds.append(seconds)
+    v.rejected.append(n_rejected)
+
+
+def _check_options(batch_size: Any, seed: Any, cascade: bool, union_only: bool) -> str:
+    """Validate the run options; return the mode (per-threat, union-only or everything)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
+    if union_only and not cascade:
+        raise UnionRobustError(
+            "union_only=True skips points broken for any threat; it cannot be combined with "
+            "cascade=False (every attack on every point)"
+        )
+    return UNION_ONLY if union_only else PER_THREAT if cascade else EVERYTHING
+
+
 def evaluate(
     model: nn.Module,
     x_or_dataset: Any,
@@ -178,6 +301,7 @@ def evaluate(
     n: int | None = None,
     *,
     cascade: bool = True,
+    union_only: bool = False,
     example_ids: torch.Tensor | None = None,
     meta: dict[str, Any] | None = None,
     diagnostics: bool = True,
@@ -190,19 +314,20 @@ def evaluate(
     verdicts.csv at the end; ``resume``: continue the log in ``out_dir`` (same configuration
     required, else an error). ``device``: None = the model's, "auto" = CUDA if available.
     ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
-    benchmarks). ``example_ids``: global ids of the examples (default 0..n−1), which key the
-    attacks' randomness. ``meta``: JSON-able facts about the run (model name, data spec) kept
-    in the report and checked on resume. ``diagnostics``: run the model checks and the
-    gradient-masking flag of :mod:`unionrobust.evaluation.diagnostics` (``report.diagnostics``).
-    The model is left exactly as found.
+    benchmarks). ``union_only=True``: a point broken for any threat is not attacked again, and
+    the suite runs in union-first order (:meth:`Suite.union_first`); same union verdicts,
+    faster, per-threat figures are upper bounds. ``example_ids``: global ids of the examples
+    (default 0..n−1), which key the attacks' randomness. ``meta``: JSON-able facts about the run
+    (model name, data spec) kept in the report and checked on resume. ``diagnostics``: run the
+    model checks and the gradient-masking flag of :mod:`unionrobust.evaluation.diagnostics`
+    (``report.diagnostics``). The model is left exactly as found.
     """
     t_start = time.perf_counter()
     union = parse(threats)
     the_suite: Suite = get_suite(suite, union)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
+    mode = _check_options(batch_size, seed, cascade, union_only)
+    if mode == UNION_ONLY:
+        the_suite = the_suite.union_first()
     dev = resolve_device(device, model)
     x, y = as_tensors(x_or_dataset, y, n)
     count = x.shape[0]
@@ -225,6 +350,7 @@ def evaluate(
         "batch_size": batch_size,
         "n": count,
         "cascade": bool(cascade),
+        "union_only": bool(union_only),
         "meta": dict(meta or {}),
     }
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
@@ -232,25 +358,11 @@ def evaluate(
         config["data_hash"] = tensor_hash([x, y])
         config["model_hash"] = model_fingerprint(model)
 
-    log: VerdictLog | None = None
-    done: dict = {}
+    run = _Run(model, x, y, ids, dev, batch_size, progress)
     if out_dir is not None:
-        log, records = VerdictLog.open(out_dir, config, resume)
-        done = records_by_key(records)
-
-    def x_on(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            x[idx].to(dev, non_blocking=True),
-            y[idx].to(dev, non_blocking=True),
-        )
-
-    def replay(key: tuple, chunk_ids: torch.Tensor) -> dict | None:
-        rec = done.get(key)
-        if rec is not None and rec["ids"] != chunk_ids.tolist():
-            raise UnionRobustError(
-                f"cannot resume: logged chunk {key} holds other examples; use a new output folder"
-            )
-        return rec
+        run.log, records = VerdictLog.open(out_dir, config, resume)
+        run.done = records_by_key(records)
+    log, x_on, replay = run.log, run.x_on, run.replay
 
     diag: dict[str, Any] = {}
     if diagnostics:
@@ -281,53 +393,11 @@ def evaluate(
                     bar.update(idx.numel())
         t_clean = time.perf_counter() - t0
 
-        # ---- attacks, as a cascade
-        n_entries = len(entries)
-        broken = torch.zeros(count, n_entries, dtype=torch.bool)
-        norms = torch.full((count, n_entries), float("nan"), dtype=torch.float64)
-        robust = clean_correct.reshape(-1, 1).repeat(1, len(union))
-        entry_seconds: list[float] = []
-        rejected: list[int] = []
-        attacked: list[int] = []
+        # ---- attacks: per-threat cascade, union-only, or everything on everything
+        v = _Verdicts.start(clean_correct, len(entries), len(union))
         for e, entry in enumerate(entries):
-            t = entry.threat_index
-            threat = union[t]
-            todo = torch.nonzero(robust[:, t]).reshape(-1) if cascade else torch.arange(count)
-            attacked.append(int(todo.numel()))
-            attack = None
-            seconds = 0.0
-            n_rejected = 0
-            with _bar(int(todo.numel()), entry.label(union), progress) as bar:
-                for k, idx in enumerate(_chunks(todo, batch_size)):
-                    rec = replay(("attack", e, k), ids[idx])
-                    if rec is not None:
-                        b = torch.tensor(rec["broken"], dtype=torch.bool)
-                        nrm = norms_from_json(rec["norms"])
-                        n_rejected += int(rec["rejected"])
-                        seconds += float(rec["seconds"])
-                    else:
-                        if attack is None:
-                            attack = entry.build(threat, int(seed))
-                        tc = time.perf_counter()
-                        xb, yb = x_on(idx)
-                        result = attack(model, xb, yb, example_ids=ids[idx].to(dev))
-                        b_dev, nrm_dev = recheck(model, threat, xb, yb, result.x_adv)
-                        claimed = result.success.to(b_dev.device).bool()
-                        r = int((claimed & ~b_dev).sum())
-                        b, nrm = b_dev.cpu(), nrm_dev.cpu()
-                        dt = time.perf_counter() - tc
-                        n_rejected += r
-                        seconds += dt
-                        if log is not None:
-                            log.write_attack(e, k, ids[idx], b, nrm, r, dt)
-                    broken[idx, e] = b
-                    norms[idx, e] = nrm
-                    robust[idx, t] &= ~b
-                    if bar is not None:
-                        bar.update(idx.numel())
-                        bar.set_postfix(acc=f"{float(robust[:, t].double().mean()):.3f}")
-            entry_seconds.append(seconds)
-            rejected.append(n_rejected)
+            todo = v.todo(entry.threat_index, mode)
+            _run_entry(run, e, entry, union, seed, todo, v)
     finally:
         if log is not None:
             log.close()
@@ -340,19 +410,20 @@ def evaluate(
         example_ids=ids,
         labels=y.cpu(),
         clean_correct=clean_correct,
-        broken=broken,
-        norms=norms,
+        broken=v.broken,
+        norms=v.norms,
         entry_threat=[en.threat_index for en in entries],
-        rejected=rejected,
-        attacked=attacked,
+        rejected=v.rejected,
+        attacked=v.attacked,
         timings={
             "clean": t_clean,
-            "entries": entry_seconds,
+            "entries": v.seconds,
             "total": time.perf_counter() - t_start,
         },
         config=config,
         config_hash=config_hash(config),
         cascade=bool(cascade),
+        union_only=bool(union_only),
     )
     if diagnostics:
         from unionrobust.evaluation.diagnostics import flags_of, gradient_masking
