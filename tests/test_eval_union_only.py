@@ -16,6 +16,7 @@ from test_eval_support import (
     OneStep,
     dummy_suite,
     linear_problem,
+    real_suite,
 )
 from unionrobust.attacks.base import Attack, AttackResult
 from unionrobust.errors import UnionRobustError
@@ -95,23 +96,8 @@ def test_cheaters_are_rejected_in_union_only_mode(problem):
 
 def test_real_attacks_union_only_equals_per_threat(problem):
     """The library's PGD and APGD-T (keyed randomness) on the linear problem."""
-    from unionrobust.attacks.apgd import APGD
-    from unionrobust.attacks.pgd import PGD
-
     model, x, y = problem
-    union = parse(THREATS)
-    entries = []
-    for i in range(len(union)):
-        entries.append(SuiteEntry(i, "pgd", (), lambda t, s: PGD(t, steps=4, restarts=2, seed=s)))
-        entries.append(
-            SuiteEntry(
-                i,
-                "apgd-t",
-                (),
-                lambda t, s: APGD(t, steps=4, loss="dlr-targeted", n_targets=2, seed=s),
-            )
-        )
-    suite = Suite("real", union, tuple(entries))
+    suite = real_suite(THREATS)
     per_threat = run(model, x, y, suite, batch_size=16)
     union_only = run(model, x, y, suite, batch_size=23, union_only=True)
     check_union_only(per_threat, union_only)
@@ -120,26 +106,12 @@ def test_real_attacks_union_only_equals_per_threat(problem):
 
 def test_small_cnn_union_only_equals_per_threat(tiny_cnn, toy_images):
     """A small CNN with PGD (the quick suite) and APGD-CE + APGD-T: same union verdicts."""
-    from unionrobust.attacks.apgd import APGD
-
     model = tiny_cnn(seed=3).eval()
     x, _ = toy_images(24, seed=5)
     with torch.no_grad():
         y = model(x).argmax(dim=1)  # clean-correct points, so the attacks have work to do
     threats = "linf:0.01, l2:0.05, l1:0.3"
-    union = parse(threats)
-    entries = []
-    for i in range(len(union)):
-        entries.append(SuiteEntry(i, "apgd-ce", (), lambda t, s: APGD(t, steps=10, seed=s)))
-        entries.append(
-            SuiteEntry(
-                i,
-                "apgd-t",
-                (),
-                lambda t, s: APGD(t, steps=10, loss="dlr-targeted", n_targets=3, seed=s),
-            )
-        )
-    for suite in ("quick", Suite("apgd", union, tuple(entries))):
+    for suite in ("quick", real_suite(threats, first="apgd-ce", steps=10, n_targets=3)):
         kw = {"threats": threats, "batch_size": 9, "suite": suite, "progress": False}
         per_threat = evaluate(model, x, y, **kw)
         union_only = evaluate(model, x, y, union_only=True, **kw)
