@@ -235,10 +235,18 @@ def _attack_chunk(
 
 
 def _run_entry(
-    run: _Run, e: int, entry: Any, union: Union, seed: int, todo: torch.Tensor, v: _Verdicts
+    run: _Run,
+    e: int,
+    entry: Any,
+    union: Union,
+    seed: int,
+    todo: torch.Tensor,
+    v: _Verdicts,
+    union_bar: bool = False,
 ) -> None:
     """Suite entry ``e`` on the examples ``todo``, in batches (replayed from the log when
-    resuming); its verdicts go into ``v``."""
+    resuming); its verdicts go into ``v``. The progress bar shows the threat's accuracy so
+    far, or the union's with ``union_bar``."""
     t = entry.threat_index
     threat = union[t]
     v.attacked.append(int(todo.numel()))
@@ -267,7 +275,8 @@ def _run_entry(
             v.robust[idx, t] &= ~b
             if bar is not None:
                 bar.update(idx.numel())
-                bar.set_postfix(acc=f"{float(v.robust[:, t].double().mean()):.3f}")
+                acc = v.robust.all(dim=1) if union_bar else v.robust[:, t]
+                bar.set_postfix(acc=f"{float(acc.double().mean()):.3f}")
     v.seconds.append(seconds)
     v.rejected.append(n_rejected)
 
@@ -397,7 +406,7 @@ def evaluate(
         v = _Verdicts.start(clean_correct, len(entries), len(union))
         for e, entry in enumerate(entries):
             todo = v.todo(entry.threat_index, mode)
-            _run_entry(run, e, entry, union, seed, todo, v)
+            _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
     finally:
         if log is not None:
             log.close()
