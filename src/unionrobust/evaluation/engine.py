@@ -281,6 +281,37 @@ def _run_entry(
     v.rejected.append(n_rejected)
 
 
+def _report(
+    union: Union,
+    suite: Suite,
+    config: dict[str, Any],
+    run: _Run,
+    clean_correct: torch.Tensor,
+    v: _Verdicts,
+    timings: dict[str, Any],
+) -> EvaluationReport:
+    """The report of a finished run (diagnostics are added by the caller)."""
+    return EvaluationReport(
+        threats=[m.spec for m in union],
+        suite=suite.name,
+        entries=suite.describe(),
+        seed=int(config["seed"]),
+        example_ids=run.ids,
+        labels=run.y.cpu(),
+        clean_correct=clean_correct,
+        broken=v.broken,
+        norms=v.norms,
+        entry_threat=[en.threat_index for en in suite.entries],
+        rejected=v.rejected,
+        attacked=v.attacked,
+        timings=timings,
+        config=config,
+        config_hash=config_hash(config),
+        cascade=bool(config["cascade"]),
+        union_only=bool(config["union_only"]),
+    )
+
+
 def _check_options(batch_size: Any, seed: Any, cascade: bool, union_only: bool) -> str:
     """Validate the run options; return the mode (per-threat, union-only or everything)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -411,29 +442,8 @@ def evaluate(
         if log is not None:
             log.close()
 
-    report = EvaluationReport(
-        threats=[m.spec for m in union],
-        suite=the_suite.name,
-        entries=the_suite.describe(),
-        seed=int(seed),
-        example_ids=ids,
-        labels=y.cpu(),
-        clean_correct=clean_correct,
-        broken=v.broken,
-        norms=v.norms,
-        entry_threat=[en.threat_index for en in entries],
-        rejected=v.rejected,
-        attacked=v.attacked,
-        timings={
-            "clean": t_clean,
-            "entries": v.seconds,
-            "total": time.perf_counter() - t_start,
-        },
-        config=config,
-        config_hash=config_hash(config),
-        cascade=bool(cascade),
-        union_only=bool(union_only),
-    )
+    timings = {"clean": t_clean, "entries": v.seconds, "total": time.perf_counter() - t_start}
+    report = _report(union, the_suite, config, run, clean_correct, v, timings)
     if diagnostics:
         from unionrobust.evaluation.diagnostics import flags_of, gradient_masking
 
