@@ -8,7 +8,7 @@ import pytest
 
 from _helpers import TINY_TRAINING
 from unionrobust.cli.main import main
-from unionrobust.training.compare import _fmt, table
+from unionrobust.training.compare import _fmt, table, upper_bound_columns
 
 TINY = ["--set", "training.epochs=1", *TINY_TRAINING, "--set", "eval.n=10"]
 
@@ -22,10 +22,18 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert "| strategy | clean | linf:0.3 | l2:2 | l1:10 | union | average | s/epoch |" in printed
     md = (out / "results.md").read_text()
     assert "first 20 test points" in md and "| pinf |" in md and "| eat |" in md
+    # the default evaluation: standard suite, union-only, upper bounds marked, 95 % intervals
+    assert "suite 'standard', union-only mode" in md and "≤: upper bounds" in md
+    row = next(line for line in md.splitlines() if line.startswith("| pinf |")).split(" | ")
+    assert row[2].startswith("≤ ") and not row[5].startswith("≤") and row[6].startswith("≤ ")
+    assert all("[" in cell for cell in row[1:7])
     data = json.loads((out / "results.json").read_text())
     assert [r["strategy"] for r in data["runs"]] == ["pinf", "eat"]
+    assert data["suite"] == "standard" and data["union_only"] is True
     for r in data["runs"]:
-        assert r["n_test"] == 20 and r["epochs"] == 1
+        assert r["n_test"] == 20 and r["epochs"] == 1 and r["mode"] == "union-only"
+        assert r["ci95"]["union"][0] <= r["union"] <= r["ci95"]["union"][1]
+        assert r["train_cpu_seconds"] > 0 and r["eval_cpu_seconds"] > 0
         assert 0 <= r["union"] <= min(r["per_threat"].values()) <= r["clean"] <= 1
         assert r["average"] == pytest.approx(sum(r["per_threat"].values()) / 3)
     try:
@@ -44,3 +52,17 @@ def test_table_reports_mean_and_std_over_seeds():
     md = table(rows, ["linf:0.3"])
     assert "| msd | 85.0 ± 7.1 | 50.0 ± 0.0 | 40.0 ± 14.1 | 60.0 ± 0.0 | 11.0 ± 1.4 |" in md
     assert _fmt([0.25]) == "25.0"
+
+
+def test_table_shows_95_percent_intervals_and_marks_upper_bounds():
+    rows = [{"strategy": "msd", "clean": [0.9], "union": [0.42], "average": [0.5],
+             "per_threat": {"linf:0.3": [0.5]}, "time_per_epoch": [10.0],
+             "ci95": {"clean": [[0.86, 0.93]], "union": [[0.354, 0.49]],
+                      "average": [[0.45, 0.55]], "linf:0.3": [[0.43, 0.57]]}}]  # fmt: skip
+    md = table(rows, ["linf:0.3"], upper_bound_columns("standard", True, ["linf:0.3"]))
+    assert "| msd | 90.0 [86.0, 93.0] | ≤ 50.0 [43.0, 57.0] | 42.0 [35.4, 49.0] | " in md
+    assert "| ≤ 50.0 [45.0, 55.0] | 10.0 |" in md
+    exact = table(rows, ["linf:0.3"], upper_bound_columns("standard", False, ["linf:0.3"]))
+    assert "≤" not in exact
+    quick = upper_bound_columns("quick", False, ["linf:0.3"])
+    assert set(quick) == {"linf:0.3", "union", "average"}

@@ -237,24 +237,11 @@ def test_all_wrong_model_gives_zero_everywhere(problem):
 def test_real_attacks_cascade_equals_everything(problem):
     """The library's PGD and APGD (keyed randomness) inside the engine: same verdicts either
     way, and across batch sizes."""
-    from unionrobust.attacks.apgd import APGD
-    from unionrobust.attacks.pgd import PGD
-    from unionrobust.evaluation import Suite, SuiteEntry
+    from test_eval_support import real_suite
 
     model, x, y = problem
     union = parse(THREATS)
-    entries = []
-    for i in range(len(union)):
-        entries.append(SuiteEntry(i, "pgd", (), lambda t, s: PGD(t, steps=4, restarts=2, seed=s)))
-        entries.append(
-            SuiteEntry(
-                i,
-                "apgd-t",
-                (),
-                lambda t, s: APGD(t, steps=4, loss="dlr-targeted", n_targets=2, seed=s),
-            )
-        )
-    suite = Suite("real", union, tuple(entries))
+    suite = real_suite(THREATS)
     casc = evaluate(model, x, y, threats=THREATS, suite=suite, batch_size=16, progress=False)
     full = evaluate(
         model, x, y, threats=THREATS, suite=suite, batch_size=23, progress=False, cascade=False

@@ -137,6 +137,27 @@ def dummy_suite(threats, counter: CallCounter | None = None, kinds=("onestep", "
     return Suite("dummy", union, tuple(entries))
 
 
+def real_suite(threats, first: str = "pgd", steps: int = 4, n_targets: int = 2) -> Suite:
+    """Per threat, the library's PGD (2 restarts) or APGD-CE, then targeted APGD, ``steps``
+    steps each (keyed randomness: batch-independent outcomes)."""
+    from unionrobust.attacks.apgd import APGD
+    from unionrobust.attacks.pgd import PGD
+
+    def opener(t, s):
+        if first == "pgd":
+            return PGD(t, steps=steps, restarts=2, seed=s)
+        return APGD(t, steps=steps, seed=s)
+
+    def targeted(t, s):
+        return APGD(t, steps=steps, loss="dlr-targeted", n_targets=n_targets, seed=s)
+
+    union = parse(threats)
+    entries = []
+    for i in range(len(union)):
+        entries += [SuiteEntry(i, first, (), opener), SuiteEntry(i, "apgd-t", (), targeted)]
+    return Suite("real", union, tuple(entries))
+
+
 def linear_problem(n: int = 64, side: int = 6, seed: int = 0, flip: int = 5):
     """A 4-class linear classifier on side×side images whose class-difference vectors are dense
     for some pairs and spiky for others, so ℓ∞, ℓ2 and ℓ1 attacks break different points (the

@@ -34,9 +34,10 @@ For every test point and every threat model, a suite of attacks looks for an adv
 example; each attack only runs on points that earlier attacks could not break (a cascade), and
 every adversarial example is re-checked (inside its ball and the [0,1] pixel box, and really
 misclassified) before it counts. A point is robust for the union if no attack of any threat
-model broke it. The table shows clean accuracy, accuracy per threat model, union accuracy
-(1 - R_max) and average accuracy (1 - R_avg), with 95% confidence intervals, and what each
-attack contributed.
+model broke it. With --union-only a point broken for any threat model is not attacked again
+(exact union accuracy in less time; the per-threat figures become upper bounds). The table
+shows clean accuracy, accuracy per threat model, union accuracy (1 - R_max) and average
+accuracy (1 - R_avg), with 95% confidence intervals, and what each attack contributed.
 
 Suites: 'quick' (PGD per threat, for smoke tests), 'standard' (APGD-CE then targeted APGD-DLR
 per threat, as AutoAttack/E-AT), 'msd-paper' / 'msd-paper-cifar' (PGD with the iterations,
@@ -116,6 +117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("markdown", "plain"),
         default="markdown",
         help="table style on screen (default: %(default)s)",
+    )
+    e.add_argument(
+        "--union-only",
+        action="store_true",
+        help="stop attacking a point once any threat broke it, running every threat's first "
+        "attack before any second one: the same union accuracy, faster; the per-threat "
+        "figures are then upper bounds (labelled so)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.add_argument(
@@ -197,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             progress=not args.no_progress,
             meta=meta,
+            union_only=args.union_only,
         )
         print(format_report(report, args.format))
         flags = report.diagnostics.get("flags", [])

@@ -324,10 +324,11 @@ def gradient_masking(
     """Per threat of an :class:`EvaluationReport`: points broken only by gradient-free attacks.
 
     For threat t, let G be the clean-correct points on which every first-order entry of t ran
-    and failed (with the cascade, an entry ran on a point iff it was still robust for t before
-    that entry). ``extra`` = points of G that a gradient-free entry of t broke. The flag fires
-    when the Wilson 95% lower bound of ``extra / clean-correct`` exceeds ``threshold`` (a
-    fraction). Threats without both kinds of attack are reported as not checked.
+    and failed (``report.ran(e)``: with the cascade, an entry ran on a point iff it was still
+    robust for t — for the union in union-only mode — before that entry). ``extra`` = points
+    of G that a gradient-free entry of t broke. The flag fires when the Wilson 95% lower bound
+    of ``extra / clean-correct`` exceeds ``threshold`` (a fraction). Threats without both
+    kinds of attack are reported as not checked.
     """
     names = GRADIENT_FREE_ATTACKS if gradient_free is None else frozenset(gradient_free)
     n_entries = len(report.entry_threat)
@@ -358,7 +359,7 @@ def gradient_masking(
             continue
         survived = cc.clone()
         for e in grad:
-            ran = report.threat_robust(e)[:, t] if report.cascade else cc
+            ran = report.ran(e) & cc
             survived &= ran & ~report.broken[:, e]
         by_free = torch.zeros_like(cc)
         for e in free:

@@ -21,6 +21,7 @@ import inspect
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from unionrobust.evaluation.checks import clean_verdicts, predicts_wrong
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
 from unionrobust.evaluation.inputs import chunks as _chunks
-from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.report import EVERYTHING, PER_THREAT, UNION_ONLY, EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
     LOG_NAME,
@@ -114,6 +115,170 @@ def _owning_out_dir(run: Callable[..., EvaluationReport]) -> Callable[..., Evalu
 
 
 # --------------------------------------------------------------------------- engine
+@dataclass
+class _Run:
+    """What every pass of one evaluation shares: the model, the data (host), the device, the
+    verdict log and the records a resumed run replays."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor
+    dev: torch.device
+    batch_size: int
+    progress: bool
+    log: VerdictLog | None = None
+    done: dict = field(default_factory=dict)
+
+    def x_on(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            self.x[idx].to(self.dev, non_blocking=True),
+            self.y[idx].to(self.dev, non_blocking=True),
+        )
+
+    def replay(self, key: tuple, chunk_ids: torch.Tensor) -> dict | None:
+        rec = self.done.get(key)
+        if rec is not None and rec["ids"] != chunk_ids.tolist():
+            raise UnionRobustError(
+                f"cannot resume: logged chunk {key} holds other examples; use a new output folder"
+            )
+        return rec
+
+
+@dataclass
+class _Verdicts:
+    """The attack passes' results so far: per example and entry, per example and threat."""
+
+    broken: torch.Tensor  # bool (n, E)
+    norms: torch.Tensor  # float64 (n, E)
+    robust: torch.Tensor  # bool (n, T)
+    seconds: list[float] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    attacked: list[int] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, clean_correct: torch.Tensor, n_entries: int, n_threats: int) -> _Verdicts:
+        count = clean_correct.numel()
+        return cls(
+            torch.zeros(count, n_entries, dtype=torch.bool),
+            torch.full((count, n_entries), float("nan"), dtype=torch.float64),
+            clean_correct.reshape(-1, 1).repeat(1, n_threats),
+        )
+
+    def todo(self, t: int, mode: str) -> torch.Tensor:
+        """Indices the next entry (of threat ``t``) attacks: in per-threat mode the points
+        still robust for t, in union-only mode those still robust for every threat."""
+        if mode == EVERYTHING:
+            return torch.arange(self.robust.shape[0])
+        mask = self.robust.all(dim=1) if mode == UNION_ONLY else self.robust[:, t]
+        return torch.nonzero(mask).reshape(-1)
+
+
+def _attack_chunk(
+    run: _Run, attack: Any, threat: ThreatModel, idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Attack examples ``idx`` and re-check the result: (broken, norms, rejected claims)."""
+    xb, yb = run.x_on(idx)
+    result = attack(run.model, xb, yb, example_ids=run.ids[idx].to(run.dev))
+    b_dev, nrm_dev = recheck(run.model, threat, xb, yb, result.x_adv)
+    claimed = result.success.to(b_dev.device).bool()
+    return b_dev.cpu(), nrm_dev.cpu(), int((claimed & ~b_dev).sum())
+
+
+def _run_entry(
+    run: _Run,
+    e: int,
+    entry: Any,
+    union: Union,
+    seed: int,
+    todo: torch.Tensor,
+    v: _Verdicts,
+    union_bar: bool = False,
+) -> None:
+    """Suite entry ``e`` on the examples ``todo``, in batches (replayed from the log when
+    resuming); its verdicts go into ``v``. The progress bar shows the threat's accuracy so
+    far, or the union's with ``union_bar``."""
+    t = entry.threat_index
+    threat = union[t]
+    v.attacked.append(int(todo.numel()))
+    attack = None
+    seconds = 0.0
+    n_rejected = 0
+    with progress_bar(int(todo.numel()), entry.label(union), run.progress) as bar:
+        for k, idx in enumerate(_chunks(todo, run.batch_size)):
+            rec = run.replay(("attack", e, k), run.ids[idx])
+            if rec is not None:
+                b = torch.tensor(rec["broken"], dtype=torch.bool)
+                nrm = norms_from_json(rec["norms"])
+                r, dt = int(rec["rejected"]), float(rec["seconds"])
+            else:
+                if attack is None:
+                    attack = entry.build(threat, int(seed))
+                tc = time.perf_counter()
+                b, nrm, r = _attack_chunk(run, attack, threat, idx)
+                dt = time.perf_counter() - tc
+                if run.log is not None:
+                    run.log.write_attack(e, k, run.ids[idx], b, nrm, r, dt)
+            n_rejected += r
+            seconds += dt
+            v.broken[idx, e] = b
+            v.norms[idx, e] = nrm
+            v.robust[idx, t] &= ~b
+            if bar is not None:
+                bar.update(idx.numel())
+                acc = v.robust.all(dim=1) if union_bar else v.robust[:, t]
+                bar.set_postfix(acc=f"{float(acc.double().mean()):.3f}")
+    v.seconds.append(seconds)
+    v.rejected.append(n_rejected)
+
+
+def _report(
+    union: Union,
+    suite: Suite,
+    config: dict[str, Any],
+    run: _Run,
+    clean_correct: torch.Tensor,
+    v: _Verdicts,
+    timings: dict[str, Any],
+    nonfinite: int,
+) -> EvaluationReport:
+    """The report of a finished run (diagnostics are added by the caller)."""
+    return EvaluationReport(
+        threats=[m.spec for m in union],
+        suite=suite.name,
+        entries=suite.describe(),
+        seed=int(config["seed"]),
+        example_ids=run.ids,
+        labels=run.y.cpu(),
+        clean_correct=clean_correct,
+        broken=v.broken,
+        norms=v.norms,
+        entry_threat=[en.threat_index for en in suite.entries],
+        rejected=v.rejected,
+        attacked=v.attacked,
+        timings=timings,
+        config=config,
+        config_hash=config_hash(config),
+        cascade=bool(config["cascade"]),
+        union_only=bool(config["union_only"]),
+        nonfinite=nonfinite,
+    )
+
+
+def _check_options(batch_size: Any, seed: Any, cascade: bool, union_only: bool) -> str:
+    """Validate the run options; return the mode (per-threat, union-only or everything)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
+    if union_only and not cascade:
+        raise UnionRobustError(
+            "union_only=True skips points broken for any threat; it cannot be combined with "
+            "cascade=False (every attack on every point)"
+        )
+    return UNION_ONLY if union_only else PER_THREAT if cascade else EVERYTHING
+
+
 @_owning_out_dir
 def evaluate(
     model: nn.Module,
@@ -130,6 +295,7 @@ def evaluate(
     n: int | None = None,
     *,
     cascade: bool = True,
+    union_only: bool = False,
     example_ids: torch.Tensor | None = None,
     meta: dict[str, Any] | None = None,
     diagnostics: bool = True,
@@ -146,19 +312,20 @@ def evaluate(
     ``resume`` or ``overwrite``. Non-finite logits: see :mod:`unionrobust.evaluation.checks`
     (``report.nonfinite`` counts them). ``device``: None = the model's, "auto" = CUDA if available.
     ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
-    benchmarks). ``example_ids``: global ids of the examples (default 0..n−1), which key the
-    attacks' randomness. ``meta``: JSON-able facts about the run (model name, data spec) kept
-    in the report and checked on resume. ``diagnostics``: run the model checks and the
-    gradient-masking flag of :mod:`unionrobust.evaluation.diagnostics` (``report.diagnostics``).
-    The model is left exactly as found.
+    benchmarks). ``union_only=True``: a point broken for any threat is not attacked again, and
+    the suite runs in union-first order (:meth:`Suite.union_first`); same union verdicts,
+    faster, per-threat figures are upper bounds. ``example_ids``: global ids of the examples
+    (default 0..n−1), which key the attacks' randomness. ``meta``: JSON-able facts about the run
+    (model name, data spec) kept in the report and checked on resume. ``diagnostics``: run the
+    model checks and the gradient-masking flag of :mod:`unionrobust.evaluation.diagnostics`
+    (``report.diagnostics``). The model is left exactly as found.
     """
     t_start = time.perf_counter()
     union = parse(threats)
     the_suite: Suite = get_suite(suite, union)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
+    mode = _check_options(batch_size, seed, cascade, union_only)
+    if mode == UNION_ONLY:
+        the_suite = the_suite.union_first()
     dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
     count = x.shape[0]
@@ -176,6 +343,7 @@ def evaluate(
         "batch_size": batch_size,
         "n": count,
         "cascade": bool(cascade),
+        "union_only": bool(union_only),
         "meta": dict(meta or {}),
     }
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
@@ -183,25 +351,11 @@ def evaluate(
         config["data_hash"] = tensor_hash([x, y])
         config["model_hash"] = model_fingerprint(model)
 
-    log: VerdictLog | None = None
-    done: dict = {}
+    run = _Run(model, x, y, ids, dev, batch_size, progress)
     if out_dir is not None:
-        log, records = VerdictLog.open(out_dir, config, resume)
-        done = records_by_key(records)
-
-    def x_on(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            x[idx].to(dev, non_blocking=True),
-            y[idx].to(dev, non_blocking=True),
-        )
-
-    def replay(key: tuple, chunk_ids: torch.Tensor) -> dict | None:
-        rec = done.get(key)
-        if rec is not None and rec["ids"] != chunk_ids.tolist():
-            raise UnionRobustError(
-                f"cannot resume: logged chunk {key} holds other examples; use a new output folder"
-            )
-        return rec
+        run.log, records = VerdictLog.open(out_dir, config, resume)
+        run.done = records_by_key(records)
+    log, x_on, replay = run.log, run.x_on, run.replay
 
     diag: dict[str, Any] = {}
     try:
@@ -229,80 +383,17 @@ def evaluate(
         if diagnostics:  # after the clean pass, which reports a broken model in one line
             diag = run_diagnostics(model, x, y, union)
 
-        # ---- attacks, as a cascade
-        n_entries = len(entries)
-        broken = torch.zeros(count, n_entries, dtype=torch.bool)
-        norms = torch.full((count, n_entries), float("nan"), dtype=torch.float64)
-        robust = clean_correct.reshape(-1, 1).repeat(1, len(union))
-        entry_seconds: list[float] = []
-        rejected: list[int] = []
-        attacked: list[int] = []
+        # ---- attacks: per-threat cascade, union-only, or everything on everything
+        v = _Verdicts.start(clean_correct, len(entries), len(union))
         for e, entry in enumerate(entries):
-            t = entry.threat_index
-            threat = union[t]
-            todo = torch.nonzero(robust[:, t]).reshape(-1) if cascade else torch.arange(count)
-            attacked.append(int(todo.numel()))
-            attack = None
-            seconds = 0.0
-            n_rejected = 0
-            with progress_bar(int(todo.numel()), entry.label(union), progress) as bar:
-                for k, idx in enumerate(_chunks(todo, batch_size)):
-                    rec = replay(("attack", e, k), ids[idx])
-                    if rec is not None:
-                        b = torch.tensor(rec["broken"], dtype=torch.bool)
-                        nrm = norms_from_json(rec["norms"])
-                        n_rejected += int(rec["rejected"])
-                        seconds += float(rec["seconds"])
-                    else:
-                        if attack is None:
-                            attack = entry.build(threat, int(seed))
-                        tc = time.perf_counter()
-                        xb, yb = x_on(idx)
-                        result = attack(model, xb, yb, example_ids=ids[idx].to(dev))
-                        b_dev, nrm_dev = recheck(model, threat, xb, yb, result.x_adv)
-                        claimed = result.success.to(b_dev.device).bool()
-                        r = int((claimed & ~b_dev).sum())
-                        b, nrm = b_dev.cpu(), nrm_dev.cpu()
-                        dt = time.perf_counter() - tc
-                        n_rejected += r
-                        seconds += dt
-                        if log is not None:
-                            log.write_attack(e, k, ids[idx], b, nrm, r, dt)
-                    broken[idx, e] = b
-                    norms[idx, e] = nrm
-                    robust[idx, t] &= ~b
-                    if bar is not None:
-                        bar.update(idx.numel())
-                        bar.set_postfix(acc=f"{float(robust[:, t].double().mean()):.3f}")
-            entry_seconds.append(seconds)
-            rejected.append(n_rejected)
+            todo = v.todo(entry.threat_index, mode)
+            _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
     finally:
         if log is not None:
             log.close()
 
-    report = EvaluationReport(
-        threats=[m.spec for m in union],
-        suite=the_suite.name,
-        entries=the_suite.describe(),
-        seed=int(seed),
-        example_ids=ids,
-        labels=y.cpu(),
-        clean_correct=clean_correct,
-        broken=broken,
-        norms=norms,
-        entry_threat=[en.threat_index for en in entries],
-        rejected=rejected,
-        attacked=attacked,
-        timings={
-            "clean": t_clean,
-            "entries": entry_seconds,
-            "total": time.perf_counter() - t_start,
-        },
-        config=config,
-        config_hash=config_hash(config),
-        cascade=bool(cascade),
-        nonfinite=nonfinite,
-    )
+    timings = {"clean": t_clean, "entries": v.seconds, "total": time.perf_counter() - t_start}
+    report = _report(union, the_suite, config, run, clean_correct, v, timings, nonfinite)
     if diagnostics:
         diag["gradient_masking"] = gradient_masking(report)
         diag["flags"] = flags_of(diag)

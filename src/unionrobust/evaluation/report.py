@@ -5,6 +5,11 @@ when it is classified correctly and no attack of t found a (re-checked) adversar
 robust for the union when robust for every threat. Union accuracy is 1 − R_max (the fraction
 robust for the union), average accuracy is 1 − R_avg (the mean over threats of the per-threat
 accuracies). Misclassified clean points count as broken for every threat.
+
+Modes of the engine (:attr:`EvaluationReport.mode`): ``per-threat`` (each attack runs on the
+points still robust for its threat: exact per-threat and union figures), ``union-only`` (each
+attack runs on the points still robust for the union: exact union figures, per-threat and
+average figures are upper bounds) and ``everything`` (every attack on every point).
 """
 
 from __future__ import annotations
@@ -17,6 +22,13 @@ import torch
 
 from unionrobust._version import __version__
 from unionrobust.evaluation.metrics import mean_score, proportion
+
+PER_THREAT, UNION_ONLY, EVERYTHING = "per-threat", "union-only", "everything"
+#: what a union-only report says of its per-threat (and average) figures
+UPPER_BOUND_NOTE = (
+    "union-only mode: a point broken for one threat was not attacked for the others, so the "
+    "per-threat and average accuracies are upper bounds; the union accuracy is exact"
+)
 
 
 @dataclass
@@ -44,6 +56,8 @@ class EvaluationReport:
     config: dict[str, Any] = field(default_factory=dict)
     config_hash: str | None = None
     cascade: bool = True
+    #: union-only mode: attacks skipped points already broken for any threat
+    union_only: bool = False
     version: str = __version__
     #: :func:`unionrobust.evaluation.diagnostics.run_diagnostics` output (empty if not run)
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +77,23 @@ class EvaluationReport:
         for e in range(stop):
             out[:, self.entry_threat[e]] &= ~self.broken[:, e]
         return out
+
+    @property
+    def mode(self) -> str:
+        """``per-threat``, ``union-only`` or ``everything`` (see the module doc)."""
+        return UNION_ONLY if self.union_only else PER_THREAT if self.cascade else EVERYTHING
+
+    @property
+    def per_threat_upper_bound(self) -> bool:
+        """True when the per-threat and average figures are upper bounds (union-only mode)."""
+        return self.union_only
+
+    def ran(self, e: int) -> torch.Tensor:
+        """Bool (n,): the examples entry ``e`` attacked (it ran in the report's order)."""
+        if self.mode == EVERYTHING:
+            return torch.ones(self.n_examples, dtype=torch.bool)
+        before = self.threat_robust(e)
+        return before.all(dim=1) if self.union_only else before[:, self.entry_threat[e]]
 
     @property
     def union_robust(self) -> torch.Tensor:
@@ -100,8 +131,9 @@ class EvaluationReport:
         }
 
     def breakdown(self) -> list[dict[str, Any]]:
-        """Per entry, in cascade order: points attacked, newly broken, rejected, and the
-        threat's and the union's accuracy after it (MSD Tables 3–4, as a cascade)."""
+        """Per entry, in run order: points attacked, newly broken, rejected, and the threat's
+        (an upper bound in union-only mode) and the union's accuracy after it (MSD Tables 3–4,
+        as a cascade)."""
         rows = []
         n = max(self.n_examples, 1)
         for e, desc in enumerate(self.entries):
@@ -154,6 +186,9 @@ class EvaluationReport:
             "threats": list(self.threats),
             "seed": self.seed,
             "cascade": self.cascade,
+            "mode": self.mode,
+            "per_threat_upper_bound": self.per_threat_upper_bound,
+            **({"per_threat_note": UPPER_BOUND_NOTE} if self.union_only else {}),
             "version": self.version,
             "library_version": self.version,
             "timings": self.timings,
@@ -165,7 +200,9 @@ class EvaluationReport:
 
     def verdict_rows(self) -> list[dict[str, Any]]:
         """One row per example: id, label, clean correct, per entry broken/norm, per threat
-        robust, union robust (the columns of verdicts.csv)."""
+        robust (``robust_upper_bound[...]`` in union-only mode), union robust (the columns of
+        verdicts.csv)."""
+        robust_col = "robust_upper_bound" if self.per_threat_upper_bound else "robust"
         labels = [
             f"{d['attack']}@{self.threats[self.entry_threat[e]]}"
             for e, d in enumerate(self.entries)
@@ -187,7 +224,7 @@ class EvaluationReport:
                 v = nm[i][e]
                 row[f"norm[{lab}]"] = "" if math.isnan(v) else f"{v:.6g}"
             for t, s in enumerate(self.threats):
-                row[f"robust[{s}]"] = int(rr[i][t])
+                row[f"{robust_col}[{s}]"] = int(rr[i][t])
             row["robust[union]"] = int(uu[i])
             rows.append(row)
         return rows

@@ -108,6 +108,19 @@ class Suite:
     def describe(self) -> list[dict[str, Any]]:
         return [e.describe(self.threats) for e in self.entries]
 
+    def union_first(self) -> Suite:
+        """The same entries in union-first order: every threat's first attack, then every
+        threat's second, … (e.g. all APGD-CE before any APGD-T), keeping each threat's own
+        order. A suite's cheap, high-yield attacks come first for its threat, so this runs them
+        for every threat before the expensive ones; the verdicts do not depend on the order."""
+        rank: dict[int, int] = {}
+        keyed = []
+        for pos, e in enumerate(self.entries):
+            r = rank.get(e.threat_index, 0)
+            rank[e.threat_index] = r + 1
+            keyed.append(((r, e.threat_index, pos), e))
+        return Suite(self.name, self.threats, tuple(e for _, e in sorted(keyed)))
+
 
 # --------------------------------------------------------------------------- named suites
 

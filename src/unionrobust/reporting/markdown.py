@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
-from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.report import UPPER_BOUND_NOTE, EvaluationReport
 from unionrobust.reporting.tables import format_breakdown, format_summary, format_table
 
 #: picture names used by the reports (and file names next to report.md)
@@ -174,9 +174,11 @@ def report_sections(
     title = Section("Summary")
     title.text(
         f"Threats: {', '.join(report.threats)}; suite: {report.suite}; "
-        f"{report.n_examples} examples; seed {report.seed}; unionrobust {report.version}"
-        + (f". {facts}" if facts else "")
+        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode}; "
+        f"unionrobust {report.version}" + (f". {facts}" if facts else "")
     )
+    if report.per_threat_upper_bound:
+        title.text(f"**Per-threat figures are upper bounds**: {UPPER_BOUND_NOTE}.")
     if diag and diag.get("flags"):
         title.text("**Warnings: " + ", ".join(diag["flags"]) + "** (see Diagnostics)")
     title.table(format_summary(report))
@@ -186,7 +188,7 @@ def report_sections(
     )
     out = [title]
     out.append(
-        Section("Per attack (cascade order)")
+        Section("Per attack (run order)")
         .table(format_breakdown(report))
         .text(
             "'rejected': claimed successes that failed the re-check (outside the ball or box, "
@@ -197,7 +199,8 @@ def report_sections(
     if report.cascade:
         msd.text(
             "'alone' needs every attack run on every point (evaluate(..., cascade=False)); "
-            "the cascade only attacks points still robust."
+            "the cascade only attacks points still robust"
+            + (" for the union: per-threat rows are upper bounds." if report.union_only else ".")
         )
     out.append(msd)
     d = Section("Diagnostics")

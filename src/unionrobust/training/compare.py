@@ -3,9 +3,11 @@
 For each strategy and seed: train with the built-in config ``mnist-small-<strategy>`` (or
 ``mnist-small`` with that strategy), pick the checkpoint with the best held-out union accuracy
 (the papers early-stop), evaluate it on the first ``n_test`` test points against the union with
-the chosen suite, and tabulate clean, per-threat, union and average accuracy and time per epoch
-(mean ± sample std over seeds, as Croce & Hein report). Writes ``results.md``, ``results.json``
-and ``compare.png`` (if matplotlib is installed) to the output folder.
+the chosen suite (default ``standard``: APGD-CE + APGD-T, union-only mode), and tabulate clean,
+per-threat, union and average accuracy and time per epoch: with one seed each accuracy with its
+95 % interval (Wilson; the average's by normal approximation), with several the mean ± sample
+std over seeds (as Croce & Hein report). Writes ``results.md``, ``results.json`` and
+``compare.png`` (if matplotlib is installed; whiskers = the same intervals) to the output folder.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from unionrobust.atomic import atomic_savefig, atomic_write_text
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.suites import get_suite
 from unionrobust.outdir import locked_folder
+from unionrobust.training.build import build_strategy
 from unionrobust.training.config import builtin_configs, load_config
 from unionrobust.training.lifetime import stop_workers, worker_init
 
@@ -53,19 +56,42 @@ def _fmt(values: list[float], pct: bool = True) -> str:
     return f"{mean:.1f} ± {statistics.stdev(vals) * scale:.1f}"
 
 
-def table(rows: list[dict[str, Any]], threats: list[str]) -> str:
-    """Markdown table of the aggregated rows (one per strategy)."""
-    head = ["strategy", "clean", *threats, "union", "average", "s/epoch"]
+def _cell(r: dict[str, Any], col: str) -> str:
+    """One accuracy cell: ``value [lo, hi]`` (95 %) for one seed, else mean ± std."""
+    vals = r["per_threat"][col] if col in r["per_threat"] else r[col]
+    cis = (r.get("ci95") or {}).get(col)
+    if len(vals) != 1 or not cis:
+        return _fmt(vals)
+    lo, hi = cis[0]
+    return f"{100 * vals[0]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def table(rows: list[dict[str, Any]], threats: list[str], upper_bounds: Sequence[str] = ()) -> str:
+    """Markdown table of the aggregated rows (one per strategy); the cells of the columns named
+    in ``upper_bounds`` start with "≤" (their figures are upper bounds)."""
+    cols = ["clean", *threats, "union", "average"]
+    head = ["strategy", *cols, "s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["strategy"], _fmt(r["clean"])]
-        cells += [_fmt(r["per_threat"][t]) for t in threats]
-        cells += [_fmt(r["union"]), _fmt(r["average"]), _fmt(r["time_per_epoch"], pct=False)]
+        cells = [r["strategy"]]
+        cells += [("≤ " if c in upper_bounds else "") + _cell(r, c) for c in cols]
+        cells.append(_fmt(r["time_per_epoch"], pct=False))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict[str, Any]], threats: list[str], path: Path) -> str | None:
+def upper_bound_columns(suite: str, union_only: bool, threats: Sequence[str]) -> list[str]:
+    """Columns whose figures are upper bounds: all robust ones for the ``quick`` suite (PGD-20
+    only), the per-threat and average ones in union-only mode (the union is exact there)."""
+    if suite == "quick":
+        return [*threats, "union", "average"]
+    return [*threats, "average"] if union_only else []
+
+
+def _plot(
+    rows: list[dict[str, Any]], threats: list[str], path: Path, bounds: Sequence[str] = ()
+) -> str | None:
+    """Grouped bars per strategy; whiskers: the 95 % interval (one seed) or ± std (seeds)."""
     try:
         import matplotlib
 
@@ -80,10 +106,21 @@ def _plot(rows: list[dict[str, Any]], threats: list[str], path: Path) -> str | N
         means, errs = [], []
         for r in rows:
             vals = r["per_threat"][col] if col in threats else r[col]
-            means.append(100 * statistics.fmean(vals))
-            errs.append(100 * statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            mean = statistics.fmean(vals)
+            cis = (r.get("ci95") or {}).get(col)
+            if len(vals) == 1 and cis:  # the 95 % interval
+                lo, hi = cis[0]
+                err = (mean - lo, hi - mean)
+            else:  # the spread over seeds
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                err = (sd, sd)
+            means.append(100 * mean)
+            errs.append((100 * err[0], 100 * err[1]))
         xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, means, width, yerr=errs if any(errs) else None, label=col)
+        yerr = [[e[0] for e in errs], [e[1] for e in errs]]
+        ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None, label=col,
+               capsize=2, error_kw={"elinewidth": 0.8})  # fmt: skip
+        ax.containers[-1].set_label(f"≤ {col}" if col in bounds else col)
     ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -91,6 +128,21 @@ def _plot(rows: list[dict[str, Any]], threats: list[str], path: Path) -> str | N
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     return None
+
+
+def _bounds_note(suite: str, bounds: Sequence[str]) -> str:
+    if not bounds:
+        return "every accuracy is the strict figure of the suite; "
+    if suite == "quick":
+        return (
+            "≤: upper bounds — the quick suite runs PGD-20 only (use --suite standard for "
+            "strict figures); "
+        )
+    return (
+        "≤: upper bounds — in union-only mode a point broken for one threat is not attacked "
+        "for the others; the union accuracy is exact (--no-union-only for exact per-threat "
+        "figures); "
+    )
 
 
 #: rough relative cost per step (attacks run per batch), to start the longest jobs first
@@ -117,13 +169,21 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     load_weights(model, weights)
     src = Source(load_split(cfg.data, "test"))
     x, y = src.batch(torch.arange(min(job["n_test"], len(src))))
-    t0 = time.perf_counter()
+    t0, cpu_eval = time.perf_counter(), time.process_time()
     report = evaluate(
         model.to(trainer.device), x, y, threats=cfg.threats, suite=job["suite"],
         batch_size=250, seed=0, device=trainer.device, progress=False,
+        union_only=bool(job.get("union_only", False)),
     )  # fmt: skip
+    eval_cpu = time.process_time() - cpu_eval
     d = report.to_dict()
     threats = list(d["threats"])
+    ci = {
+        "clean": d["clean_accuracy_ci95"],
+        "union": d["union_accuracy_ci95"],
+        "average": d["average_accuracy_ci95"],
+        **{t: d["per_threat"][t]["ci95"] for t in threats},
+    }
     return {
         "strategy": job["strategy"],
         "seed": job["seed"],
@@ -131,11 +191,15 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
         "union": d["union_accuracy"],
         "average": d["average_accuracy"],
         "per_threat": {t: d["per_threat"][t]["accuracy"] for t in threats},
+        "ci95": ci,
+        "mode": d["mode"],
         "threats": threats,
         "time_per_epoch": result.time_per_epoch,
         "train_seconds": result.seconds,
         "eval_seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - cpu0,
+        "train_cpu_seconds": cpu_eval - cpu0,
+        "eval_cpu_seconds": eval_cpu,
         "epochs": result.epochs,
         "best_epoch": None if result.best is None else result.best["epoch"],
         "weights": str(weights),
@@ -200,7 +264,8 @@ def compare(
     *,
     seeds: int = 1,
     n_test: int = 500,
-    suite: str = "quick",
+    suite: str = "standard",
+    union_only: bool = True,
     overrides: Sequence[str] = (),
     base: str = BASE,
     progress: bool = True,
@@ -209,6 +274,8 @@ def compare(
 ) -> dict[str, Any]:
     """Train and evaluate every strategy for ``seeds`` seeds; write and return the results.
 
+    ``suite``/``union_only``: the evaluation (see :func:`unionrobust.evaluation.evaluate`;
+    union-only gives the exact union accuracy and upper bounds per threat, labelled "≤").
     ``jobs`` > 1 trains that many runs at once in separate processes with
     ``cpu_count // jobs`` threads each (default: one process per core on the CPU); the time per
     epoch is then measured with the runs sharing the machine.
@@ -221,8 +288,6 @@ def compare(
         raise UnionRobustError(f"jobs must be >= 1 (omit it for one per CPU core), got {jobs}")
     if not strategies:
         raise UnionRobustError("give at least one strategy")
-    from unionrobust.training.build import build_strategy
-
     for strategy in strategies:  # fail on a bad name, option or suite before training anything
         cfg = config_for(strategy, overrides, base)
         build_strategy(cfg)
@@ -230,7 +295,8 @@ def compare(
     with locked_folder(out):  # one run owns the output folder
         return _train_and_compare(
             strategies, Path(out), seeds=seeds, n_test=n_test, suite=suite,
-            overrides=overrides, base=base, progress=progress, jobs=jobs, echo=echo,
+            union_only=union_only, overrides=overrides, base=base, progress=progress, jobs=jobs,
+            echo=echo,
         )  # fmt: skip
 
 
@@ -241,6 +307,7 @@ def _train_and_compare(
     seeds: int,
     n_test: int,
     suite: str,
+    union_only: bool,
     overrides: Sequence[str],
     base: str,
     progress: bool,
@@ -259,6 +326,7 @@ def _train_and_compare(
             "run_dir": str(out / "runs" / f"{strategy}-seed{seed}"),
             "n_test": n_test,
             "suite": suite,
+            "union_only": bool(union_only),
         }
         for strategy in strategies
         for seed in range(seeds)
@@ -295,22 +363,32 @@ def _train_and_compare(
                 "union": [r["union"] for r in mine],
                 "average": [r["average"] for r in mine],
                 "per_threat": {t: [r["per_threat"][t] for r in mine] for t in threats},
+                "ci95": {c: [r["ci95"][c] for r in mine] for c in mine[0]["ci95"]},
                 "time_per_epoch": [r["time_per_epoch"] for r in mine],
             }
         )
-    md = table(rows, threats)
+    bounds = upper_bound_columns(suite, union_only, threats)
+    md = table(rows, threats, bounds)
     wall = time.perf_counter() - start
     cpu = _cpu_seconds()
     n = runs[0]["n_test"]
+    train_cpu = sum(r["train_cpu_seconds"] for r in runs)
+    eval_cpu = sum(r["eval_cpu_seconds"] for r in runs)
     note = (
         f"Accuracy (%) on the first {n} test points of the embedded MNIST against the union "
-        f"{', '.join(threats)} (suite '{suite}'), checkpoint with the best held-out union "
-        "accuracy; "
-        + (f"mean ± std over {seeds} seeds; " if seeds > 1 else "1 seed; ")
+        f"{', '.join(threats)} (suite '{suite}', {runs[0]['mode']} mode), checkpoint with the "
+        "best held-out union accuracy; "
+        + (
+            f"mean ± std over {seeds} seeds; "
+            if seeds > 1
+            else "1 seed, [95 % interval] (Wilson; average: normal approx.); "
+        )
+        + _bounds_note(suite, bounds)
         + f"{jobs} training process(es); total wall time {wall:.0f} s, CPU time {cpu:.0f} s "
-        f"on {os.cpu_count()} core(s) (wall time ≈ CPU time / cores on an idle machine)."
+        f"(training {train_cpu:.0f} s, evaluation {eval_cpu:.0f} s) on {os.cpu_count()} "
+        "core(s) (wall time ≈ CPU time / cores on an idle machine)."
     )
-    plot_note = _plot(rows, threats, out / "compare.png")
+    plot_note = _plot(rows, threats, out / "compare.png", bounds)
     text = f"# Strategy comparison\n\n{note}\n\n{md}\n"
     if plot_note:
         text += f"\n{plot_note}\n"
@@ -318,11 +396,15 @@ def _train_and_compare(
     payload = {
         "threats": threats,
         "suite": suite,
+        "union_only": bool(union_only),
+        "upper_bound_columns": bounds,
         "n_test": n,
         "seeds": seeds,
         "jobs": jobs,
         "wall_time": wall,
         "cpu_time": cpu,
+        "train_cpu_time": train_cpu,
+        "eval_cpu_time": eval_cpu,
         "runs": runs,
         "table": rows,
     }
