@@ -58,10 +58,11 @@ from unionrobust.attacks.base import (
     forward,
     loss_and_grad,
     misclassified,
+    restart_rows,
 )
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.pgd import single_threat
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_int, unknown_name
 from unionrobust.geometry import box_movable, l1_topk_direction
 from unionrobust.losses import get_loss, targeted_dlr
 from unionrobust.rng import KeyedRandom
@@ -259,21 +260,16 @@ class APGD(Attack):
         super().__init__(threat, seed=seed, amp=amp)
         if loss not in APGD_LOSSES:
             raise unknown_name("APGD loss", loss, APGD_LOSSES)
-        for label, value, low in (("steps", steps, 1), ("restarts", restarts, 1)):
-            if int(value) != value or int(value) < low:
-                raise UnionRobustError(f"APGD {label} must be an integer >= {low}, got {value!r}")
-        if int(n_targets) != n_targets or int(n_targets) < 1:
-            raise UnionRobustError(f"APGD n_targets must be an integer >= 1, got {n_targets!r}")
+        self.steps = check_int("APGD steps", steps, 1)
+        self.restarts = check_int("APGD restarts", restarts, 1)
+        self.n_targets = check_int("APGD n_targets", n_targets, 1)
         if not 0.0 < float(rho) < 1.0:
             raise UnionRobustError(f"APGD rho must lie in (0, 1), got {rho!r}")
         if not 0.0 < float(alpha) <= 1.0:
             raise UnionRobustError(f"APGD momentum alpha must lie in (0, 1], got {alpha!r}")
         if not 0.0 < float(l1_sparsity) <= 1.0:
             raise UnionRobustError(f"APGD l1_sparsity must lie in (0, 1], got {l1_sparsity!r}")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
         self.loss = loss
-        self.n_targets = int(n_targets)
         self.rho = float(rho)
         self.alpha = float(alpha)
         self.l1_sparsity = float(l1_sparsity)
@@ -327,11 +323,12 @@ class APGD(Attack):
             loss0 = get_loss(self.loss)(clean_logits, y)
 
         best = BestTracker(x, loss0, misclassified(clean_logits, y))
-        passes = [(t, r) for t in range(n_targets) for r in range(self.restarts)]
-        for number, (t, _r) in enumerate(passes):
-            idx = (~best.success).nonzero().squeeze(1)  # one host sync per pass
-            if idx.numel() == 0:
-                break
+        # targets × restarts passes, each on the rows not yet broken (the clean misclassified
+        # ones included: so not run_restarts, whose first pass takes the whole batch)
+        passes = [t for t in range(n_targets) for _ in range(self.restarts)]
+        for number, idx in restart_rows(len(passes), best, whole_first=False):
+            assert idx is not None
+            t = passes[number]
             if targets is None:
                 loss_fn = get_loss(self.loss)
             else:

@@ -136,6 +136,23 @@ def check_kind(cls: type[Attack], threat: ThreatModel | Union | Any) -> None:
             )
 
 
+def restart_rows(
+    restarts: int, tracker: BestTracker, whole_first: bool = True
+) -> Iterator[tuple[int, torch.Tensor | None]]:
+    """Yield ``(restart, rows)`` for ``restarts`` passes: ``rows`` None (the whole batch) for
+    the first pass if ``whole_first``, else the index of the examples ``tracker`` has not broken
+    yet (read when the pass starts, so a pass sees the previous ones' successes); stops early
+    once every example is broken. One host sync per pass."""
+    for r in range(restarts):
+        if r == 0 and whole_first:
+            yield 0, None
+            continue
+        idx = (~tracker.success).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
+        yield r, idx
+
+
 def run_restarts(
     restarts: int,
     x: torch.Tensor,
@@ -151,13 +168,10 @@ def run_restarts(
     remaining examples, merged back afterwards). Costs one host sync per restart; an example's
     result does not depend on the other examples of the batch.
     """
-    for r in range(restarts):
-        if r == 0:
-            attack_once(x, y, rand, tracker, 0)
+    for r, idx in restart_rows(restarts, tracker):
+        if idx is None:
+            attack_once(x, y, rand, tracker, r)
             continue
-        idx = (~tracker.success).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
         local = tracker.subset(idx)
         attack_once(x[idx], y[idx], rand.subset(idx), local, r)
         tracker.merge(local, idx)

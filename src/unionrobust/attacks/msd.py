@@ -44,21 +44,11 @@ from unionrobust.attacks.base import (
     upcast,
 )
 from unionrobust.attacks.best import BestTracker
-from unionrobust.attacks.pgd import (
-    INIT_COUNTER,
-    check_int,
-    check_positive,
-    check_start,
-    clip01,
-    random_start,
-)
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.attacks.pgd import check_start, clip01, random_start
+from unionrobust.errors import UnionRobustError, check_int, check_positive, unknown_name
 from unionrobust.losses import get_loss
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import INIT_COUNTER, MEMBER_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel, Union, as_union, parse
-
-#: counters of the per-example member choice of random starts
-MEMBER_COUNTER = 1 << 29
 
 #: how a step picks its candidate: a forward over all K·B (Alg. 1) or the gradient's estimate
 SELECTIONS = ("forward", "gradient")

@@ -24,31 +24,12 @@ from unionrobust.attacks.base import (
     run_restarts,
 )
 from unionrobust.attacks.best import BestTracker
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_int, check_positive, unknown_name
 from unionrobust.losses import get_loss
-from unionrobust.rng import KeyedRandom
+from unionrobust.rng import INIT_COUNTER, KeyedRandom
 from unionrobust.threats import L1, ThreatModel, Union, parse
 
 STARTS = ("zero", "random", "zero_then_random")
-
-#: counters of random starts live above 2**30, step counters below (no overlap of draws)
-INIT_COUNTER = 1 << 30
-
-
-def check_int(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < low:
-        raise UnionRobustError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def check_positive(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UnionRobustError(f"{name} must be a number, got {value!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise UnionRobustError(f"{name} must be a positive finite number, got {value!r}")
-    return v
 
 
 def check_start(start: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_positive, unknown_name
 from unionrobust.geometry import (
     box_movable,
     l1_topk_direction,
@@ -19,16 +19,6 @@ from unionrobust.geometry import (
 from unionrobust.threats.base import ThreatModel
 
 
-def _check_eps(name: str, eps: float) -> float:
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise UnionRobustError(f"{name}: radius must be a number, got {eps!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise UnionRobustError(f"{name}: radius must be a positive finite number, got {eps!r}")
-    return value
-
-
 def _per_example(alpha: float | torch.Tensor, ref: torch.Tensor) -> float | torch.Tensor:
     if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
         return alpha.reshape(-1, *([1] * (ref.dim() - 1)))
@@ -37,7 +27,7 @@ def _per_example(alpha: float | torch.Tensor, ref: torch.Tensor) -> float | torc
 
 class _Lp(ThreatModel):
     def __init__(self, eps: float) -> None:
-        self.eps = _check_eps(self.name, eps)
+        self.eps = check_positive(f"{self.name}: radius", eps)
 
     @property
     def size(self) -> float:
@@ -46,7 +36,7 @@ class _Lp(ThreatModel):
     def with_size(self, size: float) -> ThreatModel:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone.eps = _check_eps(self.name, size)
+        clone.eps = check_positive(f"{self.name}: radius", size)
         return clone
 
     def default_alpha(self, steps: int) -> float:
@@ -181,7 +171,7 @@ class L0(_Lp):
     name = "l0"
 
     def __init__(self, k: int) -> None:
-        k_f = _check_eps("l0", k)
+        k_f = check_positive("l0: radius", k)
         if k_f != int(k_f):
             raise UnionRobustError(f"l0: k must be a whole number, got {k!r}")
         self.eps = float(int(k_f))
