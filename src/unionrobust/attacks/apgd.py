@@ -61,12 +61,11 @@ from unionrobust.attacks.base import (
     restart_rows,
 )
 from unionrobust.attacks.best import BestTracker
-from unionrobust.attacks.pgd import single_threat
 from unionrobust.errors import UnionRobustError, check_int, unknown_name
 from unionrobust.geometry import box_movable, l1_topk_direction
 from unionrobust.losses import get_loss, targeted_dlr
 from unionrobust.rng import KeyedRandom
-from unionrobust.threats import L1, ThreatModel, Union
+from unionrobust.threats import L1, ThreatModel, Union, single_threat
 
 APGD_LOSSES = ("ce", "cw", "dlr", "dlr-targeted")
 #: fewest classes each loss is defined for

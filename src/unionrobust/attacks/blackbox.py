@@ -37,11 +37,10 @@ from torch import nn
 from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified, run_restarts
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
-from unionrobust.attacks.pgd import single_threat
 from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.losses import cw_margin
 from unionrobust.rng import STEP_COUNTER, KeyedRandom
-from unionrobust.threats import ThreatModel
+from unionrobust.threats import ThreatModel, single_threat
 
 
 def _rows(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

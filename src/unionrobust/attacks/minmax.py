@@ -45,7 +45,7 @@ from unionrobust.attacks.domains import (
     TransformDomains,
     UniversalGroups,
 )
-from unionrobust.attacks.pgd import check_start, random_start, single_threat
+from unionrobust.attacks.pgd import check_start, random_start
 from unionrobust.attacks.weighted import (
     ORDERS,
     TARGETS,
@@ -61,7 +61,7 @@ from unionrobust.errors import (
 )
 from unionrobust.losses import LossFn, get_loss
 from unionrobust.rng import INIT_COUNTER, KeyedRandom
-from unionrobust.threats import ThreatModel, Union
+from unionrobust.threats import ThreatModel, Union, single_threat
 
 __all__ = [
     "DomainMinMax",

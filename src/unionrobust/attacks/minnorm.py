@@ -48,7 +48,6 @@ from unionrobust.attacks.base import (
     misclassified,
     upcast,
 )
-from unionrobust.attacks.pgd import single_threat
 from unionrobust.errors import (
     UnionRobustError,
     check_finite,
@@ -58,7 +57,7 @@ from unionrobust.errors import (
 )
 from unionrobust.losses import cross_entropy, cw_margin
 from unionrobust.rng import INIT_COUNTER, KeyedRandom
-from unionrobust.threats import ThreatModel
+from unionrobust.threats import ThreatModel, single_threat
 
 
 @dataclass

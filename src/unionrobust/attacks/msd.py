@@ -44,11 +44,10 @@ from unionrobust.attacks.base import (
     upcast,
 )
 from unionrobust.attacks.best import BestTracker
-from unionrobust.attacks.pgd import check_start, clip01, random_start
-from unionrobust.errors import UnionRobustError, check_int, check_positive, unknown_name
-from unionrobust.losses import get_loss
+from unionrobust.attacks.pgd import clip01, descent_options, random_start
+from unionrobust.errors import UnionRobustError, check_positive, unknown_name
 from unionrobust.rng import INIT_COUNTER, MEMBER_COUNTER, KeyedRandom
-from unionrobust.threats import ThreatModel, Union, as_union, parse
+from unionrobust.threats import ThreatModel, Union, threat_union
 
 #: how a step picks its candidate: a forward over all K·B (Alg. 1) or the gradient's estimate
 SELECTIONS = ("forward", "gradient")
@@ -88,14 +87,9 @@ class MSD(Attack):
         amp: bool = False,
         select: str = "forward",
     ) -> None:
-        union = parse(threats) if isinstance(threats, str) else threats
-        if not isinstance(union, ThreatModel | Union):
-            raise UnionRobustError(
-                f"MSD needs a union of threat models or a spec, got {type(threats).__name__}"
-            )
-        union = as_union(union)
+        union = threat_union(threats, "MSD")
         super().__init__(union, seed=seed, amp=amp)
-        self.steps = check_int("steps", steps, 1)
+        descent_options(self, steps, restarts, start, loss, kappa)
         if alphas is None:
             self.alphas = tuple(m.default_alpha(self.steps) for m in union)
         else:
@@ -106,10 +100,6 @@ class MSD(Attack):
                     f"{union.spec!r}), got {len(alphas)}"
                 )
             self.alphas = tuple(check_positive("alpha", a) for a in alphas)
-        self.restarts = check_int("restarts", restarts, 1)
-        self.start = check_start(start)
-        self.loss_name = loss
-        self.loss_fn = get_loss(loss, kappa)
         self.select = check_select(select)
 
     def _run(

@@ -27,7 +27,7 @@ from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError, check_int, check_positive, unknown_name
 from unionrobust.losses import get_loss
 from unionrobust.rng import INIT_COUNTER, KeyedRandom
-from unionrobust.threats import L1, ThreatModel, Union, parse
+from unionrobust.threats import L1, ThreatModel, Union, single_threat
 
 STARTS = ("zero", "random", "zero_then_random")
 
@@ -43,20 +43,15 @@ def random_start(start: str, restart: int) -> bool:
     return start == "random" or (start == "zero_then_random" and restart > 0)
 
 
-def single_threat(threat: ThreatModel | Union | str, who: str) -> ThreatModel:
-    """The one threat model an attack runs against (a spec such as ``"l2:0.5"`` is parsed, a
-    one-member union unwrapped)."""
-    if isinstance(threat, str):
-        threat = parse(threat)
-    if isinstance(threat, Union):
-        if len(threat) != 1:
-            raise UnionRobustError(
-                f"{who} attacks one threat model; for the union {threat.spec!r} use MSD or WorstOf"
-            )
-        threat = threat[0]
-    if not isinstance(threat, ThreatModel):
-        raise UnionRobustError(f"threat must be a ThreatModel, got {type(threat).__name__}")
-    return threat
+def descent_options(
+    attack: Attack, steps: int, restarts: int, start: str, loss: str, kappa: float | None
+) -> None:
+    """Set the options PGD and MSD share: ``steps``, ``restarts``, ``start`` and the loss."""
+    attack.steps = check_int("steps", steps, 1)
+    attack.restarts = check_int("restarts", restarts, 1)
+    attack.start = check_start(start)
+    attack.loss_name = loss
+    attack.loss_fn = get_loss(loss, kappa)
 
 
 def clip01(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -98,14 +93,10 @@ class PGD(Attack):
     ) -> None:
         threat = single_threat(threat, type(self).__name__)
         super().__init__(threat, seed=seed, amp=amp)
-        self.steps = check_int("steps", steps, 1)
+        descent_options(self, steps, restarts, start, loss, kappa)
         self.alpha = (
             threat.default_alpha(self.steps) if alpha is None else check_positive("alpha", alpha)
         )
-        self.restarts = check_int("restarts", restarts, 1)
-        self.start = check_start(start)
-        self.loss_name = loss
-        self.loss_fn = get_loss(loss, kappa)
         if not float(momentum) >= 0:
             raise UnionRobustError(f"momentum must be >= 0, got {momentum!r}")
         self.momentum = float(momentum)

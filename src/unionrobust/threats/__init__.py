@@ -9,7 +9,7 @@ from unionrobust.threats.base import (
     as_union,
 )
 from unionrobust.threats.lp import L0, L1, L2, Linf
-from unionrobust.threats.parse import parse, parse_threat
+from unionrobust.threats.parse import parse, parse_threat, single_threat, threat_union
 from unionrobust.threats.spatial import RotationTranslation
 
 __all__ = [
@@ -26,4 +26,6 @@ __all__ = [
     "as_union",
     "parse",
     "parse_threat",
+    "single_threat",
+    "threat_union",
 ]

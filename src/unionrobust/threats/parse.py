@@ -5,7 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from unionrobust.errors import UnionRobustError, unknown_name
-from unionrobust.threats.base import ThreatModel, Union
+from unionrobust.threats.base import ThreatModel, Union, as_union
 from unionrobust.threats.lp import L0, L1, L2, Linf
 from unionrobust.threats.spatial import RotationTranslation
 
@@ -93,3 +93,30 @@ def parse(spec: str | ThreatModel | Union) -> Union:
                 "write e.g. 'linf:0.3, l2:2, l1:10'"
             )
     return Union([parse_threat(t) for t in tokens])
+
+
+def single_threat(threat: ThreatModel | Union | str, who: str) -> ThreatModel:
+    """The one threat model an attack runs against (a spec such as ``"l2:0.5"`` is parsed, a
+    one-member union unwrapped); ``who`` names the attack in errors."""
+    if isinstance(threat, str):
+        threat = parse(threat)
+    if isinstance(threat, Union):
+        if len(threat) != 1:
+            raise UnionRobustError(
+                f"{who} attacks one threat model; for the union {threat.spec!r} use MSD or WorstOf"
+            )
+        threat = threat[0]
+    if not isinstance(threat, ThreatModel):
+        raise UnionRobustError(f"threat must be a ThreatModel, got {type(threat).__name__}")
+    return threat
+
+
+def threat_union(threats: ThreatModel | Union | str, who: str) -> Union:
+    """The union a union attack runs against (a spec is parsed, one threat model wrapped)."""
+    if isinstance(threats, str):
+        return parse(threats)
+    if not isinstance(threats, ThreatModel | Union):
+        raise UnionRobustError(
+            f"{who} needs a union of threat models or a spec, got {type(threats).__name__}"
+        )
+    return as_union(threats)
