@@ -13,6 +13,7 @@ from unionrobust.errors import (
     UnionRobustError,
     check_choice,
     check_finite,
+    check_fraction,
     check_int,
     check_number,
     check_positive,
@@ -72,3 +73,29 @@ def test_attack_and_strategy_options_use_the_contract(value):
     with pytest.raises(UnionRobustError):
         DomainMinMax(Linf(0.1), gamma=value)
     assert PGD(Linf(0.1), steps=3).steps == 3
+
+
+@pytest.mark.parametrize("value", [*BAD_ALWAYS, 0, -0.2, 1.5])
+def test_check_fraction_rejects_with_one_line(value):
+    if isinstance(value, str) and value == "3":
+        value = "3.0"  # a numeric string outside (0, 1] still fails on range
+    with pytest.raises(UnionRobustError, match=r"^p must (lie in \(0, 1\]|be a number)") as err:
+        check_fraction("p", value)
+    assert "\n" not in str(err.value)
+
+
+def test_check_fraction_open_and_closed_at_one():
+    assert check_fraction("p", 1) == 1.0
+    assert check_fraction("p", 0.25, one=False) == 0.25
+    with pytest.raises(UnionRobustError, match=r"^rho must lie in \(0, 1\), got 1"):
+        check_fraction("rho", 1, one=False)
+
+
+def test_pgd_validators_are_the_shared_ones():
+    """PGD's options raise the one-line errors of errors.py (were bare OverflowError/ValueError
+    for inf/NaN before issue 10)."""
+    for bad in (math.inf, math.nan):
+        with pytest.raises(UnionRobustError, match=r"^steps must be an integer >= 1"):
+            PGD(Linf(0.1), steps=bad)
+    with pytest.raises(UnionRobustError, match=r"^alpha must be a positive finite number"):
+        PGD(Linf(0.1), alpha=math.inf)

@@ -134,6 +134,14 @@ def check_positive(name: str, value: object) -> float:
     return v
 
 
+def check_fraction(name: str, value: object, one: bool = True) -> float:
+    """``value`` as a float in (0, 1] (in (0, 1) if not ``one``): a rate, share or weight."""
+    v = _as_float(name, value, "a number")
+    if not (0.0 < v < 1.0 or (one and v == 1.0)):
+        raise UnionRobustError(f"{name} must lie in (0, 1{']' if one else ')'}, got {value!r}")
+    return v
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """``value`` if it is one of ``choices``; otherwise an error listing them."""
     valid = tuple(choices)

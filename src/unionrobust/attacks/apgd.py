@@ -61,7 +61,7 @@ from unionrobust.attacks.base import (
     restart_rows,
 )
 from unionrobust.attacks.best import BestTracker
-from unionrobust.errors import UnionRobustError, check_int, unknown_name
+from unionrobust.errors import UnionRobustError, check_fraction, check_int, unknown_name
 from unionrobust.geometry import box_movable, l1_topk_direction
 from unionrobust.losses import get_loss, targeted_dlr
 from unionrobust.rng import KeyedRandom
@@ -262,16 +262,10 @@ class APGD(Attack):
         self.steps = check_int("APGD steps", steps, 1)
         self.restarts = check_int("APGD restarts", restarts, 1)
         self.n_targets = check_int("APGD n_targets", n_targets, 1)
-        if not 0.0 < float(rho) < 1.0:
-            raise UnionRobustError(f"APGD rho must lie in (0, 1), got {rho!r}")
-        if not 0.0 < float(alpha) <= 1.0:
-            raise UnionRobustError(f"APGD momentum alpha must lie in (0, 1], got {alpha!r}")
-        if not 0.0 < float(l1_sparsity) <= 1.0:
-            raise UnionRobustError(f"APGD l1_sparsity must lie in (0, 1], got {l1_sparsity!r}")
+        self.rho = check_fraction("APGD rho", rho, one=False)
+        self.alpha = check_fraction("APGD momentum alpha", alpha)
+        self.l1_sparsity = check_fraction("APGD l1_sparsity", l1_sparsity)
         self.loss = loss
-        self.rho = float(rho)
-        self.alpha = float(alpha)
-        self.l1_sparsity = float(l1_sparsity)
         if not isinstance(large_eps, bool):
             raise UnionRobustError(f"APGD large_eps must be True or False, got {large_eps!r}")
         if large_eps and not isinstance(threat, L1):

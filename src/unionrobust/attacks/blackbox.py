@@ -37,7 +37,7 @@ from torch import nn
 from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified, run_restarts
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
-from unionrobust.errors import UnionRobustError, check_int, check_positive
+from unionrobust.errors import UnionRobustError, check_fraction, check_int, check_positive
 from unionrobust.losses import cw_margin
 from unionrobust.rng import STEP_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel, single_threat
@@ -133,9 +133,7 @@ class SaltPepper(MinNormAttack):
         super().__init__(threat, refine_steps=refine_steps, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
         self.repeats = check_int("repeats", repeats, 1)
-        self.max_p = check_positive("max_p", max_p)
-        if self.max_p > 1:
-            raise UnionRobustError(f"max_p must lie in (0, 1], got {max_p!r}")
+        self.max_p = check_fraction("max_p", max_p)
 
     def _search(self, model, x, y, rand, clean_logits, tracker) -> None:
         salt_pepper_search(
@@ -168,9 +166,7 @@ class Pointwise(MinNormAttack):
         self.binary_steps = check_int("binary_steps", binary_steps, 0)
         self.sp_steps = check_int("sp_steps", sp_steps, 1)
         self.sp_repeats = check_int("sp_repeats", sp_repeats, 1)
-        self.max_p = check_positive("max_p", max_p)
-        if self.max_p > 1:
-            raise UnionRobustError(f"max_p must lie in (0, 1], got {max_p!r}")
+        self.max_p = check_fraction("max_p", max_p)
 
     def _order(self, x, cur, rand, counter) -> tuple[torch.Tensor, int]:
         """Flat indices of the perturbed coordinates first, in a keyed random order, and the
@@ -256,9 +252,7 @@ class Square(Attack):
             raise UnionRobustError(f"Square supports linf and l2 threats, got {threat.spec!r}")
         super().__init__(threat, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
-        self.p_init = check_positive("p_init", p_init)
-        if self.p_init > 1:
-            raise UnionRobustError(f"p_init must lie in (0, 1], got {p_init!r}")
+        self.p_init = check_fraction("p_init", p_init)
         self.restarts = check_int("restarts", restarts, 1)
 
     def _run(self, model, x, y, rand, clean_logits) -> AttackResult:

@@ -51,6 +51,7 @@ from unionrobust.attacks.base import (
 from unionrobust.errors import (
     UnionRobustError,
     check_finite,
+    check_fraction,
     check_int,
     check_number,
     check_positive,
@@ -383,9 +384,7 @@ class FAB(MinNormAttack):
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
         self.eta = check_positive("eta", eta)
-        self.beta = check_number("beta", beta, 0.0, 1.0)
-        if self.beta in (0.0, 1.0):
-            raise UnionRobustError(f"beta must lie in (0, 1), got {beta!r}")
+        self.beta = check_fraction("beta", beta, one=False)
         self.alpha_max = check_number("alpha_max", alpha_max, 0.0, 1.0)
         self.candidates = None if candidates is None else check_int("candidates", candidates, 2)
 
@@ -450,9 +449,7 @@ class DDN(MinNormAttack):
     ) -> None:
         super().__init__(threat, refine_steps=refine_steps, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
-        self.gamma = check_number("gamma", gamma, 0.0, 1.0)
-        if self.gamma in (0.0, 1.0):
-            raise UnionRobustError(f"gamma must lie in (0, 1), got {gamma!r}")
+        self.gamma = check_fraction("gamma", gamma, one=False)
         self.init_norm = check_positive("init_norm", init_norm)
         self.alpha = check_positive("alpha", alpha)
         self.anneal = bool(anneal)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_fraction, unknown_name
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats.spatial import rotate_translate
 
@@ -97,9 +97,7 @@ class CenterCrop(Transform):
     name = "crop"
 
     def __init__(self, frac: float = 0.8) -> None:
-        if not 0 < float(frac) <= 1:
-            raise UnionRobustError(f"crop fraction must lie in (0, 1], got {frac!r}")
-        self.frac = float(frac)
+        self.frac = check_fraction("crop fraction", frac)
 
     def __call__(self, x, rand, counter):
         return zoom(x, self.frac)
