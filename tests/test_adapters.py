@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from unionrobust.attacks import adapters
-from unionrobust.attacks.minnorm import DDN, FAB
+from unionrobust.attacks.ddn import DDN
+from unionrobust.attacks.linearised import FAB
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import UnionRobustError
 from unionrobust.threats import L1, L2, Linf

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square, square_p
-from unionrobust.attacks.minnorm import DDN, FAB, DeepFool, MinNormResult, project_hyperplane_box
+from unionrobust.attacks.ddn import DDN
+from unionrobust.attacks.linearised import FAB, DeepFool, project_hyperplane_box
+from unionrobust.attacks.minnorm import MinNormResult
 from unionrobust.attacks.registry import attack_names, make_attack
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.engine import evaluate

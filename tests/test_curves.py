@@ -133,7 +133,7 @@ def test_min_norm_attack_gives_the_curve_from_one_run(linear):
 
 
 def test_deepfool_min_norm_curve(linear):
-    minnorm = pytest.importorskip("unionrobust.attacks.minnorm")
+    minnorm = pytest.importorskip("unionrobust.attacks.linearised")
     model, x, y, w, margin = linear
     grid = [0.05, 0.1, 0.2]
     curve = robustness_curve(model, x, y, "l2", grid, lambda t, s: minnorm.DeepFool(t, seed=s))

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from unionrobust.geometry import (
+    ball_box,
     project_box,
     project_l0_box,
     project_l1,
@@ -26,9 +27,8 @@ from unionrobust.geometry import (
     project_linf,
     project_linf_box,
     project_simplex,
-    projections,
 )
-from unionrobust.geometry.projections import l1_box_threshold, l2_box_scale
+from unionrobust.geometry.ball_box import l1_box_threshold, l2_box_scale
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -404,7 +404,7 @@ def test_l2_box_falls_back_to_sort_when_active_set_is_cut_short(monkeypatch):
     x = torch.rand(6, 50, generator=g)
     a = torch.randn(6, 50, generator=g)
     full = project_l2_box(a, x, 1.5)
-    monkeypatch.setattr(projections, "L2_BOX_ACTIVE_SET_ITERS", 0)
+    monkeypatch.setattr(ball_box, "L2_BOX_ACTIVE_SET_ITERS", 0)
     cut = project_l2_box(a, x, 1.5)
     assert torch.allclose(cut, full, atol=1e-6)
     for i in range(6):
@@ -432,7 +432,7 @@ def test_l1_box_falls_back_to_sort_when_newton_is_cut_short(monkeypatch):
     x = torch.rand(6, 50, generator=g)
     a = torch.randn(6, 50, generator=g)
     full = project_l1_box(a, x, 2.0)
-    monkeypatch.setattr(projections, "L1_BOX_NEWTON_ITERS", 0)
+    monkeypatch.setattr(ball_box, "L1_BOX_NEWTON_ITERS", 0)
     cut = project_l1_box(a, x, 2.0)
     assert torch.allclose(cut, full, atol=1e-6)
     for i in range(6):

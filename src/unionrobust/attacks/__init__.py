@@ -5,13 +5,15 @@ from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model, loss_and_grad
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square
+from unionrobust.attacks.ddn import DDN
+from unionrobust.attacks.linearised import FAB, DeepFool
 from unionrobust.attacks.minmax import (
     DomainMinMax,
     ModelEnsemble,
     TransformDomains,
     UniversalGroups,
 )
-from unionrobust.attacks.minnorm import DDN, FAB, DeepFool, MinNormResult
+from unionrobust.attacks.minnorm import MinNormResult
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
 from unionrobust.attacks.registry import ATTACKS, attack_names, default_attack, make_attack

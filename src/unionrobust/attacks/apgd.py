@@ -63,6 +63,7 @@ from unionrobust.attacks.base import (
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError, check_fraction, check_int, unknown_name
 from unionrobust.geometry import box_movable, l1_topk_direction
+from unionrobust.geometry.batch import rows as _rows
 from unionrobust.losses import get_loss, targeted_dlr
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import L1, ThreatModel, Union, single_threat
@@ -101,10 +102,6 @@ def checkpoints(steps: int) -> list[int]:
             out.append(w)
         p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
     return out
-
-
-def _rows(mask: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(-1, *([1] * (ref.dim() - 1)))
 
 
 class StepSizeRule:

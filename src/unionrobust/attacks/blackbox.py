@@ -38,13 +38,10 @@ from unionrobust.attacks.base import Attack, AttackResult, forward, misclassifie
 from unionrobust.attacks.best import BestTracker
 from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
 from unionrobust.errors import UnionRobustError, check_fraction, check_int, check_positive
+from unionrobust.geometry.batch import rows as _rows
 from unionrobust.losses import cw_margin
 from unionrobust.rng import STEP_COUNTER, KeyedRandom
 from unionrobust.threats import ThreatModel, single_threat
-
-
-def _rows(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, *([1] * (ref.dim() - 1)))
 
 
 def _pixel_shape(x: torch.Tensor) -> tuple[int, ...]:

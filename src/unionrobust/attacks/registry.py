@@ -23,7 +23,8 @@ from unionrobust.attacks.adapters import (
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square
-from unionrobust.attacks.minnorm import DDN, FAB, DeepFool
+from unionrobust.attacks.ddn import DDN
+from unionrobust.attacks.linearised import FAB, DeepFool
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
@@ -47,8 +48,8 @@ ATTACKS: dict[str, AttackFactory] = {
     "apgd-cw": partial(APGD, loss="cw"),
     "spatial-grid": GridAttack,
     "spatial-worst-of-k": WorstOfK,
-    # minimum-norm (attacks/minnorm.py), gradient-free (blackbox.py), peers (adapters.py: the
-    # peer packages are imported when the attack first runs)
+    # minimum-norm (attacks/linearised.py, ddn.py on minnorm.py), gradient-free (blackbox.py),
+    # peers (adapters.py: the peer packages are imported when the attack first runs)
     "deepfool": DeepFool,
     "fab": FAB,
     "ddn": DDN,

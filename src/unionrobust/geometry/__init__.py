@@ -1,12 +1,11 @@
 """Pure tensor geometry: projections and steepest-ascent directions (no models)."""
 
+from unionrobust.geometry.ball_box import project_l1_box, project_l2_box
 from unionrobust.geometry.projections import (
     project_box,
     project_l0_box,
     project_l1,
-    project_l1_box,
     project_l2,
-    project_l2_box,
     project_linf,
     project_linf_box,
     project_simplex,

@@ -13,9 +13,7 @@ import math
 import numpy as np
 import torch
 
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+from unionrobust.geometry.batch import flat as _flat
 
 
 def box_movable(
