@@ -18,11 +18,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square, square_p
+from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
 from unionrobust.attacks.ddn import DDN
 from unionrobust.attacks.linearised import FAB, DeepFool, project_hyperplane_box
 from unionrobust.attacks.minnorm import MinNormResult
 from unionrobust.attacks.registry import attack_names, make_attack
+from unionrobust.attacks.square import Square, square_p
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.suites import FULL_NATIVE, get_suite

@@ -4,7 +4,7 @@ from unionrobust.attacks.affine import AffineLp, AffineSpatial
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack, AttackResult, frozen_model, loss_and_grad
 from unionrobust.attacks.best import BestTracker
-from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square
+from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
 from unionrobust.attacks.ddn import DDN
 from unionrobust.attacks.linearised import FAB, DeepFool
 from unionrobust.attacks.minmax import (
@@ -18,6 +18,7 @@ from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
 from unionrobust.attacks.registry import ATTACKS, attack_names, default_attack, make_attack
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
+from unionrobust.attacks.square import Square
 from unionrobust.attacks.union import WorstOf
 
 __all__ = [

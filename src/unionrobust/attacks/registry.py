@@ -22,12 +22,13 @@ from unionrobust.attacks.adapters import (
 )
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack
-from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper, Square
+from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
 from unionrobust.attacks.ddn import DDN
 from unionrobust.attacks.linearised import FAB, DeepFool
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
+from unionrobust.attacks.square import Square
 from unionrobust.attacks.union import WorstOf
 from unionrobust.errors import UnionRobustError, check_choice, unknown_name
 from unionrobust.threats import SearchedThreat, ThreatModel, Union, parse
@@ -48,8 +49,8 @@ ATTACKS: dict[str, AttackFactory] = {
     "apgd-cw": partial(APGD, loss="cw"),
     "spatial-grid": GridAttack,
     "spatial-worst-of-k": WorstOfK,
-    # minimum-norm (attacks/linearised.py, ddn.py on minnorm.py), gradient-free (blackbox.py),
-    # peers (adapters.py: the peer packages are imported when the attack first runs)
+    # minimum-norm (attacks/linearised.py, ddn.py on minnorm.py), gradient-free (blackbox.py,
+    # square.py), peers (adapters.py: the peer packages are imported when the attack first runs)
     "deepfool": DeepFool,
     "fab": FAB,
     "ddn": DDN,

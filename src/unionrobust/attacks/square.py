@@ -1,0 +1,218 @@
+"""Square attack (Andriushchenko et al. 2020, Alg. 1): random search keeping a proposal if the
+margin z_y − max_{j≠y} z_j decreases, window side from the paper's p-schedule. ℓ∞ (Alg. 2):
+start from vertical ±ε stripes, each step sets one s × s window to ±ε per channel. ℓ2
+(Alg. 3, as the authors implement it): start from tiles of pseudo-Gaussian meta-patches, each
+step moves the mass of a second window into the first (plus a new meta-patch), rescaled to
+norm ε. Images (B, C, H, W), one forward per step.
+Never calls backward; randomness from the example-keyed :class:`~unionrobust.rng.KeyedRandom`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from unionrobust.attacks.base import Attack, AttackResult, forward, misclassified, run_restarts
+from unionrobust.attacks.best import BestTracker
+from unionrobust.errors import UnionRobustError, check_fraction, check_int
+from unionrobust.geometry.batch import rows as _rows
+from unionrobust.losses import cw_margin
+from unionrobust.threats import ThreatModel, single_threat
+
+
+def square_p(p_init: float, step: int, steps: int) -> float:
+    """The fraction of pixels changed at ``step`` (Andriushchenko et al. 2020, §3 and their
+    schedule for 10 000 queries, rescaled to ``steps``): p_init halved at 10, 50, 200, 500, 1000,
+    2000, 4000, 6000 and 8000 (per 10 000)."""
+    it = int(step / steps * 10000)
+    halvings = sum(it > t for t in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+    return p_init / 2**halvings
+
+
+class Square(Attack):
+    """Square attack, ℓ∞ and ℓ2 (see the module doc). ``steps`` queries after the initial one;
+    ``p_init`` the initial fraction of pixels per window (the paper's 0.05 for ImageNet-size
+    models; 0.3 suits MNIST/CIFAR, as in the authors' defaults); ``restarts`` random restarts on
+    the examples not yet broken."""
+
+    name = "square"
+
+    def __init__(
+        self,
+        threat: ThreatModel | str,
+        steps: int = 1000,
+        p_init: float = 0.3,
+        restarts: int = 1,
+        seed: int = 0,
+        amp: bool = False,
+    ) -> None:
+        threat = single_threat(threat, "Square")
+        if threat.name not in ("linf", "l2"):
+            raise UnionRobustError(f"Square supports linf and l2 threats, got {threat.spec!r}")
+        super().__init__(threat, seed=seed, amp=amp)
+        self.steps = check_int("steps", steps, 1)
+        self.p_init = check_fraction("p_init", p_init)
+        self.restarts = check_int("restarts", restarts, 1)
+
+    def _run(self, model, x, y, rand, clean_logits) -> AttackResult:
+        if x.dim() != 4:
+            raise UnionRobustError(
+                f"Square attacks images (B, C, H, W), got shape {tuple(x.shape)}"
+            )
+        # the margin m = z_y − max_{j≠y} z_j is minimised: loss −m, success m < 0 (the
+        # tracker's rule "success first, then the higher loss" is "the lower margin")
+        margin = -cw_margin(clean_logits, y)
+        tracker = BestTracker(x, -margin, margin < 0)
+
+        def once(xs, ys, rs, t, r):
+            xa, m = self._once(model, xs, ys, rs, r)
+            t.update(xa, -m, m < 0)
+
+        best = run_restarts(self.restarts, x, y, rand, tracker, once).x_adv
+        logits = forward(model, best, self.amp)
+        return AttackResult(best, misclassified(logits, y), cw_margin(logits, y))
+
+    def _once(self, model, x, y, rand, restart) -> tuple[torch.Tensor, torch.Tensor]:
+        l2 = self.threat.name == "l2"
+        base = restart * (self.steps + 1) * 8
+        cur = self._init_l2(x, rand, base) if l2 else self._init_linf(x, rand, base)
+        margin = -cw_margin(forward(model, cur, self.amp), y)
+        for i in range(self.steps):
+            if not bool((margin > 0).any()):
+                break
+            p = square_p(self.p_init, i, self.steps)
+            ctr = base + 8 * (i + 1)
+            propose = self._propose_l2 if l2 else self._propose_linf
+            cand = propose(x, cur, p, rand, ctr)
+            m = -cw_margin(forward(model, cand, self.amp), y)
+            accept = (m < margin) & (margin > 0)
+            cur = torch.where(_rows(accept, x), cand, cur)
+            margin = torch.where(accept, m, margin)
+        return cur, margin
+
+    # ℓ∞: Alg. 2 -------------------------------------------------------------------------------
+    def _init_linf(self, x, rand, ctr) -> torch.Tensor:
+        _, c, _, w = x.shape
+        stripes = _signs(rand.uniform(ctr, (c, 1, w), x.dtype))
+        return (x + self.threat.size * stripes).clamp(0.0, 1.0)
+
+    def _propose_linf(self, x, cur, p, rand, ctr) -> torch.Tensor:
+        _, c, h, w = x.shape
+        s = max(min(round(math.sqrt(p * h * w)), min(h, w) - 1), 1)
+        u = rand.uniform(ctr, (2 + c,), torch.float64)  # one keyed draw per step
+        window = _window(x, s, _offset(u[:, 0], h - s), _offset(u[:, 1], w - s))
+        signs = _signs(u[:, 2:]).to(x.dtype).reshape(-1, c, 1, 1)
+        return torch.where(window, (x + self.threat.size * signs).clamp(0.0, 1.0), cur)
+
+    # ℓ2: Alg. 3 -------------------------------------------------------------------------------
+    def _init_l2(self, x, rand, ctr) -> torch.Tensor:
+        """Tiles of side h // 5 (at least 1), each a meta-patch times a random sign per channel,
+        rescaled to ℓ2 norm ε (the authors' initialisation)."""
+        _, c, h, w = x.shape
+        s = max(h // 5, 1)
+        patch = meta_patch(s, x)
+        delta = torch.zeros_like(x)
+        top, left = (h - s * (h // s)) // 2, (w - s * (w // s)) // 2
+        tiles = [(r0, c0) for r0 in range(top, h - s + 1, s) for c0 in range(left, w - s + 1, s)]
+        signs = _signs(rand.uniform(ctr, (len(tiles), c, 1, 1), x.dtype))
+        for k, (r0, c0) in enumerate(tiles):
+            delta[:, :, r0 : r0 + s, c0 : c0 + s] += patch * signs[:, k]
+        norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+        return (x + self.threat.size * delta / _rows(norm, x)).clamp(0.0, 1.0)
+
+    def _propose_l2(self, x, cur, p, rand, ctr) -> torch.Tensor:
+        """One step of Alg. 3 (the authors' implementation): in window W1 the old content,
+        normalised, plus a random-sign meta-patch; window W2 zeroed; the budget freed in W1 ∪ W2
+        and unused by the image is given to W1; the whole perturbation rescaled to norm ε."""
+        eps = self.threat.size
+        _, c, h, w = x.shape
+        s = max(round(math.sqrt(p * h * w)), 3)
+        s = min(s + (s % 2 == 0), min(h, w) - 1)
+        u = rand.uniform(ctr, (5 + c,), torch.float64)  # one keyed draw per step
+        r1, c1 = _offset(u[:, 0], h - s), _offset(u[:, 1], w - s)
+        w1 = _window(x, s, r1, c1).to(x.dtype)
+        w2 = _window(x, s, _offset(u[:, 2], h - s), _offset(u[:, 3], w - s)).to(x.dtype)
+        both = torch.maximum(w1, w2)
+        delta = cur - x
+
+        def chan_norm(t: torch.Tensor) -> torch.Tensor:
+            return t.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+
+        norm_w1 = chan_norm(delta * w1)
+        norm_img = chan_norm(delta)
+        norm_both = chan_norm(delta * both)
+        patch = _place(meta_patch(s, x), x, s, r1, c1, u[:, 4] < 0.5) * w1
+        signs = _signs(u[:, 5:]).to(x.dtype).reshape(-1, c, 1, 1)
+        new = patch * signs + delta * w1 / (1e-10 + norm_w1)
+        budget = ((eps**2 - norm_img**2).clamp_min(0.0) / c + norm_both**2).sqrt()
+        new = new / chan_norm(new).clamp_min(1e-12) * budget
+        delta = delta * (1 - both) + new * w1
+        norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+        return (x + eps * delta / _rows(norm, x)).clamp(0.0, 1.0)
+
+
+def _signs(u: torch.Tensor) -> torch.Tensor:
+    """±1 from uniforms in [0, 1)."""
+    return torch.where(u < 0.5, -torch.ones_like(u), torch.ones_like(u))
+
+
+def _offset(u: torch.Tensor, high: int) -> torch.Tensor:
+    """Integers uniform in [0, high] from uniforms in [0, 1), shape (B,)."""
+    return (u * (high + 1)).floor().long().clamp(0, high)
+
+
+def _window(x: torch.Tensor, s: int, r0: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """Bool (B, 1, H, W): the s × s window with top-left corner (r0, c0) per example."""
+    _, _, h, w = x.shape
+    r0, c0 = r0.reshape(-1, 1, 1), c0.reshape(-1, 1, 1)
+    ar_h = torch.arange(h, device=x.device).reshape(1, h, 1)
+    ar_w = torch.arange(w, device=x.device).reshape(1, 1, w)
+    return ((ar_h >= r0) & (ar_h < r0 + s) & (ar_w >= c0) & (ar_w < c0 + s))[:, None]
+
+
+def _place(
+    patch: torch.Tensor,
+    x: torch.Tensor,
+    s: int,
+    r0: torch.Tensor,
+    c0: torch.Tensor,
+    flip: torch.Tensor,
+) -> torch.Tensor:
+    """The s × s ``patch`` (transposed where ``flip``) with its corner at (r0, c0), per
+    example, shape (B, 1, H, W); outside the window the edge values repeat (mask it)."""
+    b, _, h, w = x.shape
+    pb = torch.where(flip.reshape(-1, 1, 1), patch.T.expand(b, s, s), patch.expand(b, s, s))
+    ri = (torch.arange(h, device=x.device).reshape(1, h) - r0.reshape(-1, 1)).clamp(0, s - 1)
+    ci = (torch.arange(w, device=x.device).reshape(1, w) - c0.reshape(-1, 1)).clamp(0, s - 1)
+    rows = pb.gather(1, ri[:, :, None].expand(b, h, s))
+    return rows.gather(2, ci[:, None, :].expand(b, h, w))[:, None]
+
+
+def _rect_patch(a: int, bw: int) -> torch.Tensor:
+    """The authors' pseudo-Gaussian a × bw rectangle: nested centred rectangles, weight 1/(k+1)²
+    for the k-th, unit ℓ2 norm."""
+    delta = torch.zeros(a, bw, dtype=torch.float64)
+    if a == 0 or bw == 0:
+        return delta
+    xc, yc = a // 2 + 1, bw // 2 + 1
+    r, c = xc - 1, yc - 1
+    for k in range(max(xc, yc)):
+        delta[max(r, 0) : min(r + 2 * k + 1, a), max(c, 0) : min(c + 2 * k + 1, bw)] += (
+            1.0 / (k + 1) ** 2
+        )
+        r, c = r - 1, c - 1
+    return delta / delta.pow(2).sum().sqrt()
+
+
+def meta_patch(s: int, x: torch.Tensor) -> torch.Tensor:
+    """Andriushchenko et al. 2020, Alg. 3's s × s update: a pseudo-Gaussian bump on the upper
+    half and its negative on the lower half, unit ℓ2 norm (``dtype``/``device`` of ``x``)."""
+    delta = torch.zeros(s, s, dtype=torch.float64)
+    delta[: s // 2] = _rect_patch(s // 2, s)
+    delta[s // 2 :] = -_rect_patch(s - s // 2, s)
+    delta = delta / delta.pow(2).sum().sqrt().clamp_min(1e-12)
+    return delta.to(device=x.device, dtype=x.dtype)
+
+
+__all__ = ["Square", "square_p"]
