@@ -12,13 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from _helpers import CountingModel
-from unionrobust.attacks.apgd import (
-    APGD,
-    L1SparsityRule,
-    StepSizeRule,
-    checkpoints,
-    large_eps_stages,
-)
+from unionrobust.attacks.apgd import APGD, large_eps_stages
+from unionrobust.attacks.apgd_rules import L1SparsityRule, StepSizeRule, checkpoints
 from unionrobust.attacks.pgd import PGD
 from unionrobust.errors import UnionRobustError
 from unionrobust.losses import cw_margin
