@@ -11,6 +11,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.rng import (
@@ -19,6 +21,7 @@ from unionrobust.rng import (
     keyed_bits,
     keyed_normal,
     keyed_randint,
+    keyed_randint_window,
     keyed_uniform,
 )
 
@@ -149,7 +152,7 @@ def test_counter_ranges_are_disjoint_and_named_counters_lie_in_them():
 
 
 def test_attack_modules_use_the_table():
-    """The modules that still define their own copy (pgd, msd) agree with the table."""
+    """pgd and msd take their counters from the table (imported, no own copy)."""
     from unionrobust import rng
     from unionrobust.attacks import msd, pgd
 
@@ -182,3 +185,50 @@ def test_member_and_spatial_draws_no_longer_collide():
     new = lattice_half(SPATIAL_DRAW_COUNTER)
     agree = float((new == member).float().mean())
     assert 0.45 < agree < 0.55  # independent draws agree half the time
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**62),
+    start=st.integers(0, 2**32 - 64),
+    count=st.integers(1, 40),
+    low=st.integers(-50, 50),
+    span=st.integers(1, 2**31),
+)
+def test_randint_window_is_bit_identical_to_one_draw_per_counter(seed, start, count, low, span):
+    ids = torch.tensor([0, 1, 7, 2**40 + 3], dtype=torch.int64)
+    high = low + span - 1
+    table = keyed_randint_window(seed, ids, start, count, low, high)
+    ref = torch.stack([keyed_randint(seed, ids, start + j, low, high) for j in range(count)], 1)
+    assert torch.equal(table, ref)
+    windowed = KeyedRandom(seed, ids).with_window(start, count)
+    for j in (0, count - 1):
+        assert torch.equal(windowed.randint(start + j, low, high), ref[:, j])
+    # outside the window and after subset, the plain draw
+    assert torch.equal(
+        windowed.randint(start + count, low, high),
+        keyed_randint(seed, ids, start + count, low, high),
+    )
+    sub = windowed.subset(torch.tensor([2, 0]))
+    assert torch.equal(sub.randint(start, low, high), ref[[2, 0], 0])
+
+
+def test_pgd_l1_random_k_results_do_not_depend_on_the_batched_draws(monkeypatch):
+    """PGD/MSD draw a restart's random k all at once (``with_window``); turning that off (one
+    keyed_randint per step, as before) gives bit-identical adversarial examples."""
+    from unionrobust.attacks import MSD, PGD
+    from unionrobust.threats import L1
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 4)).eval()
+    x = torch.rand(6, 1, 6, 6)
+    y = model(x).argmax(1)
+    attacks = [
+        PGD(L1(0.6), steps=7, restarts=2, seed=5),
+        MSD("linf:0.02, l1:0.5", steps=5, restarts=2, start="random"),
+    ]
+    batched = [a(model, x, y).x_adv for a in attacks]
+    monkeypatch.setattr(KeyedRandom, "with_window", lambda self, start, count: self)
+    plain = [a(model, x, y).x_adv for a in attacks]
+    for b, p in zip(batched, plain, strict=True):
+        assert torch.equal(b, p)

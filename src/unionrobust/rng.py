@@ -79,6 +79,23 @@ COUNTER_RANGES: dict[str, tuple[int, int]] = {
 STREAM_UNIFORM, STREAM_NORMAL, STREAM_RANDINT = 0, 1, 2
 
 
+def _key_state(
+    seed: int, ids: torch.Tensor, counter: int | torch.Tensor, stream: int
+) -> torch.Tensor:
+    """The hash state of ``(seed, id, counter, stream)``: ``ids`` a (B, 1) int64 column,
+    ``counter`` an int (→ (B, 1)) or a (1, T) int64 row of counters (→ (B, T), element for
+    element the same values as T calls with one counter each)."""
+    seed = int(seed)
+    if not isinstance(counter, torch.Tensor):
+        counter = int(counter)
+    h = torch.full_like(ids, _mix32_int(((seed & _MASK32) ^ 0x243F6A88) & _MASK32))
+    h = _mix32(h ^ ((seed >> 32) & _MASK32))
+    h = _mix32(h ^ (ids & _MASK32))
+    h = _mix32(h ^ ((ids >> 32) & _MASK32))
+    h = _mix32(h ^ (counter & _MASK32))
+    return _mix32(h ^ ((int(stream) * 0x9E3779B9 + (counter >> 32)) & _MASK32))
+
+
 def keyed_bits(
     seed: int, example_ids: torch.Tensor, counter: int, numel: int, stream: int = 0
 ) -> torch.Tensor:
@@ -91,13 +108,7 @@ def keyed_bits(
     or seeds give distinct states (no structured collisions such as seed + id shifts).
     """
     ids = example_ids.to(torch.int64).reshape(-1, 1)
-    seed = int(seed)
-    h = torch.full_like(ids, _mix32_int(((seed & _MASK32) ^ 0x243F6A88) & _MASK32))
-    h = _mix32(h ^ ((seed >> 32) & _MASK32))
-    h = _mix32(h ^ (ids & _MASK32))
-    h = _mix32(h ^ ((ids >> 32) & _MASK32))
-    h = _mix32(h ^ (int(counter) & _MASK32))
-    h = _mix32(h ^ ((int(stream) * 0x9E3779B9 + (int(counter) >> 32)) & _MASK32))
+    h = _key_state(seed, ids, counter, stream)
     idx = torch.arange(numel, device=ids.device, dtype=torch.int64).reshape(1, -1)
     return _mix32((_mix32(h ^ idx) + idx * 0x9E3779B9) & _MASK32)
 
@@ -147,6 +158,16 @@ def keyed_normal(
     return z.to(dtype).reshape(example_ids.shape[0], *shape)
 
 
+def _randint_span(low: int, high: int) -> int:
+    """high − low + 1, checked."""
+    if high < low:
+        raise UnionRobustError(f"randint needs low <= high, got [{low}, {high}]")
+    span = high - low + 1
+    if span > 1 << 31:
+        raise UnionRobustError(f"randint range [{low}, {high}] is wider than 2**31")
+    return span
+
+
 def keyed_randint(
     seed: int, example_ids: torch.Tensor, counter: int, low: int, high: int
 ) -> torch.Tensor:
@@ -155,12 +176,23 @@ def keyed_randint(
     Drawn from its own stream by 64-bit multiply-shift of a 32-bit hash (bias < span/2**32).
     """
     low, high = int(low), int(high)
-    if high < low:
-        raise UnionRobustError(f"randint needs low <= high, got [{low}, {high}]")
-    span = high - low + 1
-    if span > 1 << 31:
-        raise UnionRobustError(f"randint range [{low}, {high}] is wider than 2**31")
+    span = _randint_span(low, high)
     bits = keyed_bits(seed, example_ids, counter, 1, STREAM_RANDINT).reshape(-1)
+    return low + ((bits * span) >> 32)
+
+
+def keyed_randint_window(
+    seed: int, example_ids: torch.Tensor, start: int, count: int, low: int, high: int
+) -> torch.Tensor:
+    """``keyed_randint`` for the counters ``start .. start + count − 1`` at once: shape
+    ``(B, count)``, column j bit-identical to ``keyed_randint(seed, ids, start + j, low, high)``
+    (one batch of hash ops instead of ``count`` small ones)."""
+    low, high = int(low), int(high)
+    span = _randint_span(low, high)
+    ids = example_ids.to(torch.int64).reshape(-1, 1)
+    counters = torch.arange(start, start + count, device=ids.device, dtype=torch.int64)
+    h = _key_state(seed, ids, counters.reshape(1, -1), STREAM_RANDINT)
+    bits = _mix32(_mix32(h))  # keyed_bits' element 0: idx = 0 drops out of both mixes
     return low + ((bits * span) >> 32)
 
 
@@ -173,12 +205,16 @@ class KeyedRandom:
     """Random draws for a batch, keyed by ``(seed, example id, counter)``.
 
     Pass one to threat models' ``random_init`` and ``step``; ``subset`` keeps the keys of the
-    examples that remain when an attack shrinks its batch.
+    examples that remain when an attack shrinks its batch. ``with_window(start, count)`` gives
+    the same keys with a window of step counters whose integer draws are computed all at once
+    on first use (bit-identical to drawing them one by one; see :func:`keyed_randint_window`).
     """
 
-    def __init__(self, seed: int, ids: torch.Tensor) -> None:
+    def __init__(self, seed: int, ids: torch.Tensor, window: tuple[int, int] | None = None) -> None:
         self.seed = int(seed)
         self.ids = ids.to(torch.int64)
+        self.window = window
+        self._tables: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
     def for_batch(
@@ -188,7 +224,11 @@ class KeyedRandom:
 
     def subset(self, index: torch.Tensor) -> KeyedRandom:
         """Keys of ``ids[index]`` (a bool mask or an index tensor)."""
-        return KeyedRandom(self.seed, self.ids[index])
+        return KeyedRandom(self.seed, self.ids[index], self.window)
+
+    def with_window(self, start: int, count: int) -> KeyedRandom:
+        """These keys, with ``randint`` over counters [start, start + count) drawn at once."""
+        return KeyedRandom(self.seed, self.ids, (int(start), int(count)))
 
     def uniform(self, counter: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32):
         return keyed_uniform(self.seed, self.ids, counter, tuple(shape), dtype)
@@ -197,4 +237,13 @@ class KeyedRandom:
         return keyed_normal(self.seed, self.ids, counter, tuple(shape), dtype)
 
     def randint(self, counter: int, low: int, high: int) -> torch.Tensor:
+        if self.window is not None:
+            start, count = self.window
+            if start <= counter < start + count:
+                key = (int(low), int(high))
+                table = self._tables.get(key)
+                if table is None:
+                    table = keyed_randint_window(self.seed, self.ids, start, count, *key)
+                    self._tables[key] = table
+                return table[:, counter - start]
         return keyed_randint(self.seed, self.ids, counter, low, high)

@@ -152,6 +152,8 @@ class MSD(Attack):
         x_adv = clip01(x, delta)
         logits, loss, grad = loss_and_grad(model, x_adv, y, self.loss_fn, self.amp)
         tracker.update(x_adv, loss, misclassified(logits, y), threat_index=index)
+        # the steps' integer draws (ℓ1 random k) come from one batched hash per restart
+        rand = rand.with_window(restart * self.steps * k, self.steps * k)
         for t in range(self.steps):
             counter = (restart * self.steps + t) * k
             cands = torch.stack(

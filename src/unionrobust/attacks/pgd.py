@@ -131,6 +131,8 @@ class PGD(Attack):
             delta = threat.random_init(x, rand, INIT_COUNTER + 4 * restart)
         else:
             delta = torch.zeros_like(x)
+        # the steps' integer draws (ℓ1 random k) come from one batched hash per restart
+        rand = rand.with_window(restart * self.steps, self.steps)
         momentum = None
         for t in range(self.steps):
             x_adv = clip01(x, delta)
