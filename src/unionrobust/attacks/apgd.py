@@ -6,13 +6,13 @@ One loop serves every threat model; what differs between norms lives in a *step 
 (:class:`StepSizeRule` for ℓ∞/ℓ2, :class:`L1SparsityRule` for ℓ1, in
 :mod:`unionrobust.attacks.apgd_rules`).
 
-* ``large_eps`` (ℓ1 only): the ε-schedule of Croce & Hein 2021 as AutoAttack runs it
-  (``use_largereps``, its ℓ1 "standard" version): each pass spends ⌈0.3N⌉ steps in the ball
-  of radius 3ε, ⌈0.3N⌉ at 2ε and the rest at ε (:data:`LARGE_EPS_SCHEDULE`). Every stage is a
-  fresh run of the rule (η⁽⁰⁾ = its radius) started from the previous stage's highest-loss
-  point projected onto its own ball ∩ box, with k from that point's sparsity. Only the
-  iterates of the last stage (radius ε) count as results, so the returned point lies in the
-  original ball ∩ box.
+``large_eps`` (ℓ1 only): the ε-schedule of Croce & Hein 2021 as AutoAttack runs it
+(``use_largereps``, its ℓ1 "standard" version): each pass spends ⌈0.3N⌉ steps in the ball
+of radius 3ε, ⌈0.3N⌉ at 2ε and the rest at ε (:data:`LARGE_EPS_SCHEDULE`). Every stage is a
+fresh run of the rule (η⁽⁰⁾ = its radius) started from the previous stage's highest-loss
+point projected onto its own ball ∩ box, with k from that point's sparsity. Only the
+iterates of the last stage (radius ε) count as results, so the returned point lies in the
+original ball ∩ box.
 
 Where the papers leave the order of operations open we read them as follows: f(x⁽ᵏ⁺¹⁾) > f(x⁽ᵏ⁾)
 is counted for every evaluated iterate since the previous checkpoint (w_j − w_{j−1} comparisons);
