@@ -19,7 +19,7 @@ from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.evaluation import evaluate, get_suite, multirobust
 from unionrobust.evaluation.corruptions import corruption_accuracy
 from unionrobust.evaluation.curves import union_curve
-from unionrobust.evaluation.engine import check_out_dir
+from unionrobust.evaluation.verdicts import check_out_dir
 from unionrobust.models import model_names
 from unionrobust.outdir import locked_folder, writing
 from unionrobust.reporting import format_report, write_reports

@@ -30,7 +30,7 @@ from torch import nn
 
 from unionrobust.attacks.base import frozen_model
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.checks import recheck
 from unionrobust.evaluation.inputs import as_tensors, resolve_device
 from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.threats import ThreatModel, Union, parse
