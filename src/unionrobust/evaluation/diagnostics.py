@@ -38,6 +38,8 @@ from torch import nn
 from unionrobust.attacks.base import frozen_model
 from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
 from unionrobust.evaluation.metrics import wilson_interval
+from unionrobust.models.normalize import Normalize
+from unionrobust.threats import parse
 
 #: attack names (registry names) that use no gradient of the model: decision-based, score-based
 #: or random search. Everything else in a suite is treated as first-order (gradient-based).
@@ -166,8 +168,6 @@ def _pixel_space_first_layer(
 ) -> tuple[nn.Module | None, torch.Tensor, torch.Tensor | None]:
     """(layer, weights (F, D) float64, bias (F,) or None) of the first layer, with a preceding
     Normalize((x − μ)/σ) folded in for conv layers."""
-    from unionrobust.models.normalize import Normalize
-
     norm = None
     layer = model_or_layer if isinstance(model_or_layer, _FIRST_LAYERS) else None
     if layer is None:
@@ -412,8 +412,6 @@ def run_diagnostics(
     ys = y[:max_points].to(dev).long()
     out: dict[str, Any] = {"points": int(xs.shape[0])}
     if threats is not None:
-        from unionrobust.threats import parse
-
         out["threats"] = parse(threats).spec
     out["training_mode"] = check_training_mode(model)
     out["randomized"] = check_randomized(model, xs)

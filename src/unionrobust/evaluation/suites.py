@@ -33,10 +33,13 @@ the names are those of :func:`unionrobust.attacks.registry.attack_names`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from unionrobust.attacks.apgd import APGD
+from unionrobust.attacks.pgd import PGD
 from unionrobust.attacks.registry import attack_names, default_attack, make_attack
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union, parse
@@ -126,14 +129,10 @@ class Suite:
 
 
 def _pgd(threat: ThreatModel, seed: int, **kw):
-    from unionrobust.attacks.pgd import PGD
-
     return PGD(threat, seed=seed, **kw)
 
 
 def _apgd(threat: ThreatModel, seed: int, **kw):
-    from unionrobust.attacks.apgd import APGD
-
     return APGD(threat, seed=seed, **kw)
 
 
@@ -267,8 +266,6 @@ FULL_PEERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 
 
 def _installed(package: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(package) is not None
 
 

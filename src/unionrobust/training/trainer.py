@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.models import save_weights
@@ -330,8 +331,6 @@ class Trainer:
         start = time.perf_counter()
         bar = None
         if t.progress and self.ctx.is_main:
-            from tqdm.auto import tqdm
-
             bar = tqdm(
                 total=t.epochs * self.steps_per_epoch, initial=self.global_step,
                 desc=f"train {self.cfg.strategy_name}", unit="step", leave=False,
