@@ -95,7 +95,7 @@ def _mnist(split: str, root, download: bool = False, **options) -> Dataset:
             )
         if root is None:
             raise UnionRobustError("download=True needs root=FOLDER to download into")
-        import torchvision
+        import torchvision  # optional dependency, checked above
 
         torchvision.datasets.MNIST(str(root), train=split == "train", download=True)
     folder = _root(root, "mnist", hint)

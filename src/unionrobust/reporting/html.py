@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from unionrobust.atomic import atomic_write_bytes, atomic_write_text
-from unionrobust.evaluation.diagnostics import filter_grid_png
+from unionrobust.evaluation.filters import filter_grid_png
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.reporting.markdown import (
     CURVES_PNG,
