@@ -166,6 +166,17 @@ def _run_entry(
     v.rejected.append(n_rejected)
 
 
+def _attack_passes(
+    run: _Run, suite: Suite, union: Union, seed: int, mode: str, clean_correct: torch.Tensor
+) -> _Verdicts:
+    """Every suite entry in order: per-threat cascade, union-only, or everything on everything."""
+    v = _Verdicts.start(clean_correct, len(suite.entries), len(union))
+    for e, entry in enumerate(suite.entries):
+        todo = v.todo(entry.threat_index, mode)
+        _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
+    return v
+
+
 def _report(
     union: Union,
     suite: Suite,
@@ -347,11 +358,7 @@ def evaluate(
         if diagnostics:  # after the clean pass, which reports a broken model in one line
             diag = run_diagnostics(model, x, y, union)
 
-        # ---- attacks: per-threat cascade, union-only, or everything on everything
-        v = _Verdicts.start(clean_correct, len(the_suite.entries), len(union))
-        for e, entry in enumerate(the_suite.entries):
-            todo = v.todo(entry.threat_index, mode)
-            _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
+        v = _attack_passes(run, the_suite, union, seed, mode, clean_correct)
     finally:
         if run.log is not None:
             run.log.close()
