@@ -1,5 +1,7 @@
 """Evaluation suites: which attacks run, in which order, for each threat model of a union.
 
+(~410 lines: the named suites and the user-suite grammar build the same Suite; kept together.)
+
 A :class:`Suite` is an ordered list of :class:`SuiteEntry` (threat member index, attack name,
 keyword parameters, factory). The cascade engine runs the entries in order, each only on the
 points still robust for its threat model.

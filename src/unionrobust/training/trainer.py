@@ -1,5 +1,7 @@
 """The training loop: strategy loss -> optimiser step, schedules, warm-up, checkpoints, evaluation.
 
+(~410 lines: the loop only; its parts live in build, batches, runstate, holdout, finite, lifetime.)
+
 One iteration (global step ``s`` of epoch ``e``, ``i`` within the epoch):
 
 1. learning rate ``schedule(e + i / steps_per_epoch)`` (stepped per iteration) and attack scale
