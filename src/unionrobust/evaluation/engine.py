@@ -339,13 +339,14 @@ def evaluate(
     mode = _check_options(batch_size, seed, cascade, union_only)
     if mode == UNION_ONLY:
         the_suite = the_suite.union_first()
+    dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
     ids = _example_ids(example_ids, x.shape[0])
     config = _run_config(union, the_suite, seed, batch_size, x.shape[0], cascade, union_only, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
         config |= _fingerprints(model, x, y, ids)
 
-    run = _Run(model, x, y, ids, device_for(model, device), batch_size, progress)
+    run = _Run(model, x, y, ids, dev, batch_size, progress)
     if out_dir is not None:
         run.log, records = VerdictLog.open(out_dir, config, resume)
         run.done = records_by_key(records)
