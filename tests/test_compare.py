@@ -8,7 +8,7 @@ import pytest
 
 from _helpers import TINY_TRAINING
 from unionrobust.cli.main import main
-from unionrobust.training.compare import _fmt, table, upper_bound_columns
+from unionrobust.training.compare_table import _fmt, table, upper_bound_columns
 
 TINY = ["--set", "training.epochs=1", *TINY_TRAINING, "--set", "eval.n=10"]
 

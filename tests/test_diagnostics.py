@@ -17,11 +17,10 @@ from unionrobust.evaluation.diagnostics import (
     check_probabilities,
     check_randomized,
     check_training_mode,
-    filter_grid_png,
     gradient_masking,
     run_diagnostics,
-    thresholding_filters,
 )
+from unionrobust.evaluation.filters import filter_grid_png, thresholding_filters
 from unionrobust.threats import parse
 
 THREAT = "linf:0.15"

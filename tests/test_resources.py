@@ -9,7 +9,7 @@ from unionrobust import resources
 from unionrobust.cli.main import main
 from unionrobust.errors import UnionRobustError
 from unionrobust.resources import GIB, available_memory, check_memory
-from unionrobust.theory.synthetic import theorem1_bytes
+from unionrobust.theory.theorem1 import theorem1_bytes
 from unionrobust.threats import RotationTranslation
 
 

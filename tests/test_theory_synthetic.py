@@ -23,8 +23,8 @@ from unionrobust.theory import (
     theorem1_experiment,
     union_risk_range,
 )
-from unionrobust.theory.synthetic import (
-    coupling_perturbations,
+from unionrobust.theory.synthetic import coupling_perturbations
+from unionrobust.theory.theorem1 import (
     l1_robust_classifier,
     linf_robust_classifier,
     nonlinear_family,

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import unionrobust.training.holdout as holdout
 from _helpers import tiny_data
 from _helpers import tiny_mlp as tiny_model
 from unionrobust.errors import UnionRobustError
@@ -165,6 +166,42 @@ def test_log_best_checkpoint_and_outputs(tmp_path):
         assert (tmp_path / name).is_file()
     with pytest.raises(UnionRobustError, match="already holds a run"):
         Trainer(cfg, tmp_path, model=tiny_model(), train_data=tiny_data(52))
+
+
+def test_holdout_union_only_keeps_the_chosen_checkpoint(tmp_path, monkeypatch):
+    """A non-quick held-out suite runs union-only: same union accuracies every epoch, so the
+    same best checkpoint, as the per-threat cascade."""
+    cfg = tiny_config(
+        strategy={"name": "pinf", "steps": 2},
+        training={"epochs": 3},
+        eval={"n": 16, "suite": "pgd, fgsm", "batch_size": 16},
+    )
+    assert holdout.holdout_union_only(cfg.eval)
+    assert not holdout.holdout_union_only(tiny_config(eval={"suite": "quick"}).eval)
+    assert not holdout.holdout_union_only(
+        tiny_config(eval={"suite": "standard", "select": "clean"}).eval
+    )
+    modes, runs = [], {}
+    real_evaluate = holdout.evaluate
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs["union_only"])
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(holdout, "evaluate", spy)
+    for union_only in (True, False):
+        monkeypatch.setattr(holdout, "holdout_union_only", lambda e, u=union_only: u)
+        out = tmp_path / str(union_only)
+        result = train(cfg, out, model=tiny_model(), train_data=tiny_data(60))
+        log = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+        runs[union_only] = (
+            result.best,
+            [r["union_acc"] for r in log],
+            [r["clean_acc"] for r in log],
+        )
+    assert modes == [True] * 3 + [False] * 3
+    assert runs[True] == runs[False]
+    assert len(runs[True][1]) == 3
 
 
 def test_resume_mid_epoch_in_process_is_bit_exact(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unionrobust.training.compare import compare
+
 HELP = "train P-inf, MAX, AVG, MSD, E-AT (or others) side by side and compare their robustness"
 DESCRIPTION = """\
 The main job: train small models with several strategies on the embedded MNIST subset
@@ -52,8 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unionrobust.training.compare import compare
-
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     compare(
         names, args.out, seeds=args.seeds, n_test=args.n, suite=args.suite,

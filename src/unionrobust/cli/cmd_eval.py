@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from unionrobust.attacks.registry import attack_names
 from unionrobust.cli.common import (
@@ -19,12 +21,13 @@ from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.evaluation import evaluate, get_suite, multirobust
 from unionrobust.evaluation.corruptions import corruption_accuracy
 from unionrobust.evaluation.curves import union_curve
-from unionrobust.evaluation.engine import check_out_dir
+from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.verdicts import check_out_dir
 from unionrobust.models import model_names
 from unionrobust.outdir import locked_folder, writing
 from unionrobust.reporting import format_report, write_reports
 from unionrobust.reporting.markdown import format_corruptions, format_curve, format_multirobust
-from unionrobust.threats import parse
+from unionrobust.threats import Union, parse
 
 HELP = "evaluate a model's robustness against a union of threat models"
 DESCRIPTION = """\
@@ -126,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "figures are then upper bounds (labelled so)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_extra_arguments(e)
+
+
+def _add_extra_arguments(e: argparse._ArgumentGroup) -> None:
+    """The optional measurements beyond the union table: curves, CIFAR-10-C, MultiRobustBench."""
     e.add_argument(
         "--curves",
         nargs="?",
@@ -168,10 +176,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.model == "list":
-        print("\n".join(model_names()))
-        return 0
+@dataclass
+class _Options:
+    """The parsed and checked options of one ``eval`` run (all checked before any loading)."""
+
+    threats: Union
+    scales: list[float] | None
+    batch_size: int
+    seed: int
+    mrb_grid: Any = None
+    mrb_reference: Any = None
+
+
+def _options(args: argparse.Namespace) -> _Options:
     if args.resume and not args.out:
         raise UnionRobustError("--resume needs --out DIR (the folder of the run to continue)")
     threats = parse(args.threats)
@@ -180,14 +197,77 @@ def run(args: argparse.Namespace) -> int:
     if scales is not None and args.curve_attack not in attack_names():
         raise unknown_name("attack", args.curve_attack, attack_names())
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
-    seed = int_arg(args.seed, "--seed", 0)
-    mrb_grid = mrb_reference = None
+    opts = _Options(threats, scales, batch_size, int_arg(args.seed, "--seed", 0))
     if args.mrb_grid is not None:
-        mrb_grid = multirobust.mrb_grid(args.mrb_grid, int_arg(args.mrb_every, "--mrb-every", 1))
+        every = int_arg(args.mrb_every, "--mrb-every", 1)
+        opts.mrb_grid = multirobust.mrb_grid(args.mrb_grid, every)
         if args.mrb_reference:
-            mrb_reference = multirobust.load_reference(args.mrb_reference)
+            opts.mrb_reference = multirobust.load_reference(args.mrb_reference)
     elif args.mrb_reference:
         raise UnionRobustError("--mrb-reference needs --mrb-grid NAME (e.g. cifar10)")
+    return opts
+
+
+def _warn(report: EvaluationReport) -> None:
+    """Diagnostics flags and non-finite logits, on stderr under the table."""
+    flags = report.diagnostics.get("flags", [])
+    if flags:
+        print("\nWARNING (diagnostics): " + ", ".join(flags), file=sys.stderr)
+    if report.nonfinite:
+        print(
+            f"\nWARNING: the model returned non-finite logits for {report.nonfinite} "
+            "example(s), counted as misclassified",
+            file=sys.stderr,
+        )
+
+
+def _extras(
+    args: argparse.Namespace, opts: _Options, model: Any, x: Any, y: Any, device: Any
+) -> dict[str, Any]:
+    """The optional measurements (curves, corruptions, MultiRobustBench), printed as they come."""
+    out: dict[str, Any] = {"curves": None, "corruptions": None, "multirobust": None}
+    if opts.scales is not None:
+        out["curves"] = union_curve(
+            model, x, y, opts.threats, opts.scales, args.curve_attack, seed=opts.seed,
+            batch_size=opts.batch_size,
+        )  # fmt: skip
+        for c in out["curves"]:
+            print("\n" + format_curve(c))
+    if args.cifar10c:
+        n = None if args.n is None else int_arg(args.n, "--n", 1)
+        out["corruptions"] = corruption_accuracy(
+            model, args.cifar10c, n=n, batch_size=opts.batch_size
+        )
+        print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(out["corruptions"]))
+    if opts.mrb_grid is not None:
+        mrb = multirobust.multirobust_evaluation(
+            model, x, y, opts.mrb_grid, opts.mrb_reference, suite=args.suite,
+            batch_size=opts.batch_size, seed=opts.seed, device=device,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        out["multirobust"] = mrb
+        print("\nMultiRobustBench grid (accuracy in %)\n\n" + "\n\n".join(format_multirobust(mrb)))
+    return out
+
+
+def _write(out_dir: str, report: EvaluationReport, model: Any, extras: dict[str, Any]) -> None:
+    """report.md/.html (and the grid's numbers added to report.json) into ``out_dir``."""
+    with writing(out_dir):
+        if extras["multirobust"] is not None:  # report.json (by evaluate) gains the grid
+            path = Path(out_dir) / "report.json"
+            write_report(
+                out_dir, {**json.loads(path.read_text()), "multirobustbench": extras["multirobust"]}
+            )
+        written = write_reports(out_dir, report, model=model, **extras)
+    names = ["report.json", "verdicts.csv", *written]
+    print(f"\nwrote {', '.join(str(Path(out_dir) / n) for n in names)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model == "list":
+        print("\n".join(model_names()))
+        return 0
+    opts = _options(args)
     with locked_folder(args.out):  # held until the last report file is written
         check_out_dir(args.out, args.resume, args.overwrite)
         model, x, y, device, meta = load_model_and_data(args, require_weights=True)
@@ -195,60 +275,21 @@ def run(args: argparse.Namespace) -> int:
             model,
             x,
             y,
-            threats=threats,
+            threats=opts.threats,
             suite=args.suite,
-            batch_size=batch_size,
+            batch_size=opts.batch_size,
             out_dir=args.out,
             resume=args.resume,
             overwrite=args.overwrite,
-            seed=seed,
+            seed=opts.seed,
             device=device,
             progress=not args.no_progress,
             meta=meta,
             union_only=args.union_only,
         )
         print(format_report(report, args.format))
-        flags = report.diagnostics.get("flags", [])
-        if flags:
-            print("\nWARNING (diagnostics): " + ", ".join(flags), file=sys.stderr)
-        if report.nonfinite:
-            print(
-                f"\nWARNING: the model returned non-finite logits for {report.nonfinite} "
-                "example(s), counted as misclassified",
-                file=sys.stderr,
-            )
-        curves = None
-        if scales is not None:
-            curves = union_curve(
-                model, x, y, threats, scales, args.curve_attack, seed=seed, batch_size=batch_size
-            )
-            for c in curves:
-                print("\n" + format_curve(c))
-        corruptions = None
-        if args.cifar10c:
-            n = None if args.n is None else int_arg(args.n, "--n", 1)
-            corruptions = corruption_accuracy(model, args.cifar10c, n=n, batch_size=batch_size)
-            print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(corruptions))
-        mrb = None
-        if mrb_grid is not None:
-            mrb = multirobust.multirobust_evaluation(
-                model, x, y, mrb_grid, mrb_reference, suite=args.suite, batch_size=batch_size,
-                seed=seed, device=device, progress=not args.no_progress,
-            )  # fmt: skip
-            print(
-                "\nMultiRobustBench grid (accuracy in %)\n\n" + "\n\n".join(format_multirobust(mrb))
-            )
+        _warn(report)
+        extras = _extras(args, opts, model, x, y, device)
         if args.out:
-            with writing(args.out):
-                if mrb is not None:  # report.json (written by evaluate) gains the grid's numbers
-                    path = Path(args.out) / "report.json"
-                    write_report(
-                        args.out, {**json.loads(path.read_text()), "multirobustbench": mrb}
-                    )
-                written = write_reports(
-                    args.out, report, model=model, curves=curves, corruptions=corruptions,
-                    multirobust=mrb,
-                )  # fmt: skip
-            names = ["report.json", "verdicts.csv", *written]
-            print(f"\nwrote {', '.join(str(Path(args.out) / n) for n in names)}")
+            _write(args.out, report, model, extras)
     return 0

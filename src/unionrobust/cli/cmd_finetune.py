@@ -6,6 +6,7 @@ import argparse
 
 from unionrobust.cli.cmd_train import fit_and_report
 from unionrobust.errors import UnionRobustError
+from unionrobust.training.config import load_config
 
 HELP = "fine-tune existing weights with E-AT (or any strategy), lr divided by 10 each epoch"
 DESCRIPTION = """\
@@ -67,8 +68,6 @@ def finetune_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unionrobust.training.config import load_config
-
     if args.epochs < 1:
         raise UnionRobustError(f"--epochs must be >= 1, got {args.epochs}")
     cfg = load_config(args.config, finetune_overrides(args) + list(args.overrides))

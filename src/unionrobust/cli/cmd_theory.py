@@ -7,7 +7,8 @@ import json
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.resources import check_memory
-from unionrobust.theory.synthetic import SyntheticTask, theorem1_bytes, theorem1_experiment
+from unionrobust.theory.synthetic import SyntheticTask
+from unionrobust.theory.theorem1 import theorem1_bytes, theorem1_experiment
 
 HELP = "Theorem 1 of Tramer & Boneh on the synthetic task: R_avg over l-inf and l1 >= 1/2"
 DESCRIPTION = """\

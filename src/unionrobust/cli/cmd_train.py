@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 
 from unionrobust.errors import UnionRobustError
+from unionrobust.training.config import builtin_configs, load_config, read_config_dict
+from unionrobust.training.distributed import shutdown
+from unionrobust.training.trainer import Trainer
 
 HELP = "train a model (MSD, MAX, AVG, SAT, E-AT, min-max, ...) from a YAML config"
 DESCRIPTION = """\
@@ -43,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_configs() -> int:
-    from unionrobust.training.config import builtin_configs, read_config_dict
-
     for name in builtin_configs():
         desc = str(read_config_dict(name).get("description", "")).strip().splitlines()
         print(f"{name:24s} {desc[0] if desc else ''}")
@@ -52,8 +53,6 @@ def list_configs() -> int:
 
 
 def resolve_config(args: argparse.Namespace):
-    from unionrobust.training.config import load_config
-
     config = args.config
     if config is None and args.resume and args.out:
         saved = Path(args.out) / "config.yaml"
@@ -90,9 +89,6 @@ def report(result) -> None:
 
 def fit_and_report(cfg, out: str, resume: bool) -> int:
     """Train ``cfg`` into ``out`` (all processes under torchrun); the main process reports."""
-    from unionrobust.training.distributed import shutdown
-    from unionrobust.training.trainer import Trainer
-
     trainer = Trainer(cfg, out, resume=resume)
     try:
         result = trainer.fit()

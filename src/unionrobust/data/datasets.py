@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from unionrobust.data.arrays import ImageArrayDataset
@@ -94,7 +95,7 @@ def _mnist(split: str, root, download: bool = False, **options) -> Dataset:
             )
         if root is None:
             raise UnionRobustError("download=True needs root=FOLDER to download into")
-        import torchvision
+        import torchvision  # optional dependency, checked above
 
         torchvision.datasets.MNIST(str(root), train=split == "train", download=True)
     folder = _root(root, "mnist", hint)
@@ -245,8 +246,6 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        import torch
-
         path, label = self.samples[index]
         with self._open(path) as im:
             arr = np.array(im.convert(self.mode), dtype=np.uint8)

@@ -1,10 +1,11 @@
 """Evaluation: suites, the cascade engine, per-example verdicts on disk and metrics."""
 
 from unionrobust.evaluation.attack_report import AttackReport, attack_report
+from unionrobust.evaluation.checks import recheck
 from unionrobust.evaluation.corruptions import corruption_accuracy
 from unionrobust.evaluation.curves import RobustnessCurve, robustness_curve, union_curve
 from unionrobust.evaluation.diagnostics import gradient_masking, run_diagnostics
-from unionrobust.evaluation.engine import evaluate, recheck
+from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.evaluation.multirobust import competitiveness_ratio, multirobust_evaluation
 from unionrobust.evaluation.report import EvaluationReport

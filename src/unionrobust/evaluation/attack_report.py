@@ -24,8 +24,7 @@ from unionrobust.atomic import atomic_path
 from unionrobust.attacks.base import Attack
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import clean_verdicts
-from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.checks import clean_verdicts, recheck
 from unionrobust.evaluation.inputs import as_tensors, chunks, device_for, progress_bar
 from unionrobust.evaluation.metrics import proportion
 from unionrobust.evaluation.verdicts import write_json

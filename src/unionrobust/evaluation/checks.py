@@ -14,6 +14,7 @@ from torch import nn
 
 from unionrobust.attacks.base import frozen_model, misclassified
 from unionrobust.errors import UnionRobustError, check_labels, check_logits
+from unionrobust.threats import DEFAULT_TOL, ThreatModel, Union
 
 
 def _first_line(err: BaseException) -> str:
@@ -64,3 +65,34 @@ def clean_verdicts(
 def predicts_wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Bool (B,): ``model`` misclassifies ``x`` or returns non-finite logits for it."""
     return misclassified(model_logits(model, x), y)
+
+
+def recheck(
+    model: nn.Module,
+    threat: ThreatModel | Union,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    tol: float = DEFAULT_TOL,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independently verify an attack's output: (broken (B,), norm (B,) float64).
+
+    Broken iff ``x_adv`` is finite, ``x_adv − x`` lies in the ball of ``threat`` and
+    ``x_adv`` in [0, 1] (both up to the threat's float tolerance), and the model misclassifies
+    ``x_adv`` clamped to [0, 1] (so the point judged is a valid image) or returns non-finite
+    logits there (a broken output is never robust). For a :class:`Union` "inside" means inside
+    some member's ball, and the norm is NaN (no single norm applies).
+    """
+    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+        shape = getattr(x_adv, "shape", None)
+        raise UnionRobustError(f"attack returned x_adv of shape {shape}, expected {tuple(x.shape)}")
+    xa = x_adv.detach().to(device=x.device, dtype=x.dtype)
+    finite_el = torch.isfinite(xa)
+    finite = finite_el.reshape(xa.shape[0], -1).all(dim=1)
+    xa = torch.where(finite_el, xa, x)
+    inside = threat.contains(xa - x, x, tol) & finite
+    xc = xa.clamp(0.0, 1.0)
+    broken = inside & predicts_wrong(model, xc, y)
+    if isinstance(threat, Union):
+        return broken, torch.full(broken.shape, float("nan"), dtype=torch.float64)
+    return broken, threat.norm(xc - x).double()

@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from unionrobust.attacks.base import frozen_model
+from unionrobust.data import get_dataset
+from unionrobust.data.arrays import as_tensors
+from unionrobust.data.datasets import CIFAR10C_CORRUPTIONS, DATA_ENV
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.evaluation.inputs import resolve_device
 
 
 def _folder(root: str | os.PathLike | None) -> Path:
-    from unionrobust.data.datasets import DATA_ENV
-
     if root is None:
         root = os.environ.get(DATA_ENV)
         if not root:
@@ -39,8 +40,6 @@ def _folder(root: str | os.PathLike | None) -> Path:
 
 def available_corruptions(root: str | os.PathLike | None = None) -> list[str]:
     """The known corruptions whose ``.npy`` file is in the CIFAR-10-C folder."""
-    from unionrobust.data.datasets import CIFAR10C_CORRUPTIONS
-
     folder = _folder(root)
     return [c for c in CIFAR10C_CORRUPTIONS if (folder / f"{c}.npy").is_file()]
 
@@ -62,10 +61,6 @@ def corruption_accuracy(
     severities}, "per_severity": {s: mean over corruptions}, "mean": overall mean, "n": images
     per cell}``. The model is left exactly as found.
     """
-    from unionrobust.data import get_dataset
-    from unionrobust.data.arrays import as_tensors
-    from unionrobust.data.datasets import CIFAR10C_CORRUPTIONS
-
     folder = _folder(root)
     if corruptions is None:
         names = available_corruptions(folder)

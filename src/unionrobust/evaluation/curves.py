@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from unionrobust.attacks.base import frozen_model
+from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.checks import recheck
 from unionrobust.evaluation.inputs import as_tensors, resolve_device
 from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.threats import ThreatModel, Union, parse
@@ -97,8 +98,6 @@ def _threat_kind(norm: str | ThreatModel) -> Callable[[float], ThreatModel]:
 def _build(attack: AttackSpec, threat: ThreatModel, seed: int, kwargs: dict[str, Any]):
     if callable(attack):
         return attack(threat, seed)
-    from unionrobust.attacks.registry import make_attack
-
     return make_attack(str(attack), threat, seed=seed, **kwargs)
 
 

@@ -16,11 +16,8 @@ point, and a resumed run gives exactly those of an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,92 +25,29 @@ import torch
 from torch import nn
 
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import clean_verdicts, predicts_wrong
+from unionrobust.evaluation.checks import clean_verdicts, recheck
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
 from unionrobust.evaluation.inputs import chunks as _chunks
 from unionrobust.evaluation.report import EVERYTHING, PER_THREAT, UNION_ONLY, EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
-    LOG_NAME,
     VerdictLog,
+    check_out_dir,
     config_hash,
     model_fingerprint,
     norms_from_json,
+    owning_out_dir,
     records_by_key,
     tensor_hash,
     write_outputs,
 )
-from unionrobust.outdir import locked_folder, refuse_existing
-from unionrobust.threats import DEFAULT_TOL, ThreatModel, Union, parse
+from unionrobust.threats import ThreatModel, Union, parse
 
 __all__ = ["as_tensors", "check_out_dir", "evaluate", "recheck", "resolve_device"]
 
 
 # --------------------------------------------------------------------------- helpers
-def recheck(
-    model: nn.Module,
-    threat: ThreatModel | Union,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_adv: torch.Tensor,
-    tol: float = DEFAULT_TOL,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Independently verify an attack's output: (broken (B,), norm (B,) float64).
-
-    Broken iff ``x_adv`` is finite, ``x_adv − x`` lies in the ball of ``threat`` and
-    ``x_adv`` in [0, 1] (both up to the threat's float tolerance), and the model misclassifies
-    ``x_adv`` clamped to [0, 1] (so the point judged is a valid image) or returns non-finite
-    logits there (a broken output is never robust). For a :class:`Union` "inside" means inside
-    some member's ball, and the norm is NaN (no single norm applies).
-    """
-    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
-        shape = getattr(x_adv, "shape", None)
-        raise UnionRobustError(f"attack returned x_adv of shape {shape}, expected {tuple(x.shape)}")
-    xa = x_adv.detach().to(device=x.device, dtype=x.dtype)
-    finite_el = torch.isfinite(xa)
-    finite = finite_el.reshape(xa.shape[0], -1).all(dim=1)
-    xa = torch.where(finite_el, xa, x)
-    inside = threat.contains(xa - x, x, tol) & finite
-    xc = xa.clamp(0.0, 1.0)
-    broken = inside & predicts_wrong(model, xc, y)
-    if isinstance(threat, Union):
-        return broken, torch.full(broken.shape, float("nan"), dtype=torch.float64)
-    return broken, threat.norm(xc - x).double()
-
-
-def check_out_dir(out_dir: str | os.PathLike | None, resume: bool, overwrite: bool) -> None:
-    """Refuse to replace an earlier run in ``out_dir`` unless ``resume`` or ``overwrite``."""
-    if resume and overwrite:
-        raise UnionRobustError(
-            "give resume=True (--resume) or overwrite=True (--overwrite), not both"
-        )
-    if not resume and not overwrite:
-        refuse_existing(
-            out_dir,
-            (LOG_NAME, "report.json"),
-            "continue it with --resume (resume=True), replace it with --overwrite "
-            "(overwrite=True), or choose another output folder",
-        )
-
-
-def _owning_out_dir(run: Callable[..., EvaluationReport]) -> Callable[..., EvaluationReport]:
-    """Run ``run`` holding its ``out_dir``'s lock, after refusing a folder that already holds
-    a run unless ``resume`` or ``overwrite`` is given (both checked before any work)."""
-    signature = inspect.signature(run)
-
-    @functools.wraps(run)
-    def wrapper(*args: Any, **kwargs: Any) -> EvaluationReport:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        out_dir, resume = bound.arguments["out_dir"], bound.arguments["resume"]
-        with locked_folder(out_dir):
-            check_out_dir(out_dir, resume, bound.arguments["overwrite"])
-            return run(*args, **kwargs)
-
-    return wrapper
-
-
 # --------------------------------------------------------------------------- engine
 @dataclass
 class _Run:
@@ -232,6 +166,17 @@ def _run_entry(
     v.rejected.append(n_rejected)
 
 
+def _attack_passes(
+    run: _Run, suite: Suite, union: Union, seed: int, mode: str, clean_correct: torch.Tensor
+) -> _Verdicts:
+    """Every suite entry in order: per-threat cascade, union-only, or everything on everything."""
+    v = _Verdicts.start(clean_correct, len(suite.entries), len(union))
+    for e, entry in enumerate(suite.entries):
+        todo = v.todo(entry.threat_index, mode)
+        _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
+    return v
+
+
 def _report(
     union: Union,
     suite: Suite,
@@ -279,7 +224,75 @@ def _check_options(batch_size: Any, seed: Any, cascade: bool, union_only: bool) 
     return UNION_ONLY if union_only else PER_THREAT if cascade else EVERYTHING
 
 
-@_owning_out_dir
+def _example_ids(example_ids: torch.Tensor | None, count: int) -> torch.Tensor:
+    """The examples' global ids (default 0..count−1), checked distinct, on the host."""
+    ids = torch.arange(count) if example_ids is None else torch.as_tensor(example_ids).long()
+    if ids.shape != (count,) or torch.unique(ids).numel() != count:
+        raise UnionRobustError(f"example_ids must be {count} distinct integers")
+    return ids.cpu()
+
+
+def _run_config(
+    union: Union,
+    suite: Suite,
+    seed: int,
+    batch_size: int,
+    count: int,
+    cascade: bool,
+    union_only: bool,
+    meta: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The run's configuration, as kept in the report and checked on resume."""
+    return {
+        "threats": union.spec,
+        "suite": suite.name,
+        "entries": suite.describe(),
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "n": count,
+        "cascade": bool(cascade),
+        "union_only": bool(union_only),
+        "meta": dict(meta or {}),
+    }
+
+
+def _fingerprints(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor
+) -> dict[str, str]:
+    """Hashes of the ids, data and model that a resumed run must match."""
+    return {
+        "ids_hash": tensor_hash([ids]),
+        "data_hash": tensor_hash([x, y]),
+        "model_hash": model_fingerprint(model),
+    }
+
+
+def _clean_pass(run: _Run) -> tuple[torch.Tensor, int]:
+    """Clean verdicts of every example (replayed from the log when resuming) and the count of
+    non-finite logit rows (not correct; a whole non-finite batch is an error)."""
+    count = run.x.shape[0]
+    clean_correct = torch.zeros(count, dtype=torch.bool)
+    nonfinite = 0
+    with progress_bar(count, "clean", run.progress) as bar:
+        for k, idx in enumerate(_chunks(torch.arange(count), run.batch_size)):
+            rec = run.replay(("clean", -1, k), run.ids[idx])
+            if rec is not None:
+                correct = torch.tensor(rec["correct"], dtype=torch.bool)
+                bad = int(rec.get("nonfinite", 0))
+            else:
+                xb, yb = run.x_on(idx)
+                correct_dev, bad_dev = clean_verdicts(run.model, xb, yb)
+                correct, bad = correct_dev.cpu(), int(bad_dev.sum())
+                if run.log is not None:
+                    run.log.write_clean(k, run.ids[idx], correct, bad)
+            clean_correct[idx] = correct
+            nonfinite += bad
+            if bar is not None:
+                bar.update(idx.numel())
+    return clean_correct, nonfinite
+
+
+@owning_out_dir
 def evaluate(
     model: nn.Module,
     x_or_dataset: Any,
@@ -328,69 +341,28 @@ def evaluate(
         the_suite = the_suite.union_first()
     dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
-    count = x.shape[0]
-    ids = torch.arange(count) if example_ids is None else torch.as_tensor(example_ids).long()
-    if ids.shape != (count,) or torch.unique(ids).numel() != count:
-        raise UnionRobustError(f"example_ids must be {count} distinct integers")
-    ids = ids.cpu()
-
-    entries = the_suite.entries
-    config = {
-        "threats": union.spec,
-        "suite": the_suite.name,
-        "entries": the_suite.describe(),
-        "seed": int(seed),
-        "batch_size": batch_size,
-        "n": count,
-        "cascade": bool(cascade),
-        "union_only": bool(union_only),
-        "meta": dict(meta or {}),
-    }
+    ids = _example_ids(example_ids, x.shape[0])
+    config = _run_config(union, the_suite, seed, batch_size, x.shape[0], cascade, union_only, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
-        config["ids_hash"] = tensor_hash([ids])
-        config["data_hash"] = tensor_hash([x, y])
-        config["model_hash"] = model_fingerprint(model)
+        config |= _fingerprints(model, x, y, ids)
 
     run = _Run(model, x, y, ids, dev, batch_size, progress)
     if out_dir is not None:
         run.log, records = VerdictLog.open(out_dir, config, resume)
         run.done = records_by_key(records)
-    log, x_on, replay = run.log, run.x_on, run.replay
 
     diag: dict[str, Any] = {}
     try:
-        # ---- clean pass (non-finite logits: not correct, and an error for a whole batch)
         t0 = time.perf_counter()
-        clean_correct = torch.zeros(count, dtype=torch.bool)
-        nonfinite = 0
-        with progress_bar(count, "clean", progress) as bar:
-            for k, idx in enumerate(_chunks(torch.arange(count), batch_size)):
-                rec = replay(("clean", -1, k), ids[idx])
-                if rec is not None:
-                    correct = torch.tensor(rec["correct"], dtype=torch.bool)
-                    bad = int(rec.get("nonfinite", 0))
-                else:
-                    xb, yb = x_on(idx)
-                    correct_dev, bad_dev = clean_verdicts(model, xb, yb)
-                    correct, bad = correct_dev.cpu(), int(bad_dev.sum())
-                    if log is not None:
-                        log.write_clean(k, ids[idx], correct, bad)
-                clean_correct[idx] = correct
-                nonfinite += bad
-                if bar is not None:
-                    bar.update(idx.numel())
+        clean_correct, nonfinite = _clean_pass(run)
         t_clean = time.perf_counter() - t0
         if diagnostics:  # after the clean pass, which reports a broken model in one line
             diag = run_diagnostics(model, x, y, union)
 
-        # ---- attacks: per-threat cascade, union-only, or everything on everything
-        v = _Verdicts.start(clean_correct, len(entries), len(union))
-        for e, entry in enumerate(entries):
-            todo = v.todo(entry.threat_index, mode)
-            _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
+        v = _attack_passes(run, the_suite, union, seed, mode, clean_correct)
     finally:
-        if log is not None:
-            log.close()
+        if run.log is not None:
+            run.log.close()
 
     timings = {"clean": t_clean, "entries": v.seconds, "total": time.perf_counter() - t_start}
     report = _report(union, the_suite, config, run, clean_correct, v, timings, nonfinite)

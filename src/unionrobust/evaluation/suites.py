@@ -1,5 +1,7 @@
 """Evaluation suites: which attacks run, in which order, for each threat model of a union.
 
+(~410 lines: the named suites and the user-suite grammar build the same Suite; kept together.)
+
 A :class:`Suite` is an ordered list of :class:`SuiteEntry` (threat member index, attack name,
 keyword parameters, factory). The cascade engine runs the entries in order, each only on the
 points still robust for its threat model.
@@ -33,10 +35,13 @@ the names are those of :func:`unionrobust.attacks.registry.attack_names`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from unionrobust.attacks.apgd import APGD
+from unionrobust.attacks.pgd import PGD
 from unionrobust.attacks.registry import attack_names, default_attack, make_attack
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union, parse
@@ -126,14 +131,10 @@ class Suite:
 
 
 def _pgd(threat: ThreatModel, seed: int, **kw):
-    from unionrobust.attacks.pgd import PGD
-
     return PGD(threat, seed=seed, **kw)
 
 
 def _apgd(threat: ThreatModel, seed: int, **kw):
-    from unionrobust.attacks.apgd import APGD
-
     return APGD(threat, seed=seed, **kw)
 
 
@@ -267,8 +268,6 @@ FULL_PEERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 
 
 def _installed(package: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(package) is not None
 
 
@@ -318,12 +317,8 @@ def suite_names() -> list[str]:
     return list(SUITES)
 
 
-def _attack_names() -> list[str]:
-    return list(attack_names())
-
-
 def _user_entries(threats: Union, names: Sequence[str], index: int) -> list[SuiteEntry]:
-    valid = _attack_names()
+    valid = list(attack_names())
     out = []
     for n in names:
         name = n.strip()
@@ -338,6 +333,24 @@ def _split_names(text: str) -> list[str]:
     if not names or any(not t for t in names):
         raise UnionRobustError(f"empty attack name in {text!r}")
     return names
+
+
+def _parse_text(key: str) -> dict[str | int, list[str]] | list[str]:
+    """A suite text that is not a suite name: ``"linf:0.3=pgd+apgd-ce; l1:10=apgd-ce"`` (per
+    threat) or ``"pgd, mim"`` / one attack name (for every threat)."""
+    if "=" in key:
+        mapping: dict[str | int, list[str]] = {}
+        for part in key.split(";"):
+            spec, eq, names = part.partition("=")
+            if not eq or not spec.strip():
+                raise UnionRobustError(
+                    f"per-threat suite {key!r} must look like 'linf:0.3=pgd+apgd-ce; l1:10=pgd'"
+                )
+            mapping[spec.strip()] = _split_names(names.replace("+", ","))
+        return mapping
+    if "," not in key and ";" not in key and key not in attack_names():
+        raise unknown_name("suite or attack", key, suite_names() + list(attack_names()))
+    return _split_names(key)
 
 
 def get_suite(
@@ -361,20 +374,7 @@ def get_suite(
         key = suite.strip()
         if key in SUITES:
             return Suite(key, union, tuple(_spatial_aware(SUITES[key], union)))
-        if "=" in key:  # "linf:0.3=pgd+apgd-ce; l1:10=apgd-ce"
-            mapping: dict[str | int, list[str]] = {}
-            for part in key.split(";"):
-                spec, eq, names = part.partition("=")
-                if not eq or not spec.strip():
-                    raise UnionRobustError(
-                        f"per-threat suite {key!r} must look like 'linf:0.3=pgd+apgd-ce; l1:10=pgd'"
-                    )
-                mapping[spec.strip()] = _split_names(names.replace("+", ","))
-            suite = mapping
-        elif "," not in key and ";" not in key and key not in _safe_attack_names():
-            raise unknown_name("suite or attack", key, suite_names() + _safe_attack_names())
-        else:
-            suite = _split_names(key)
+        suite = _parse_text(key)
     if isinstance(suite, Mapping):
         entries: list[SuiteEntry] = []
         specs = [m.spec for m in union]
@@ -401,13 +401,6 @@ def get_suite(
 
 def suite_names_for(entries: Sequence[SuiteEntry], index: int) -> list[str]:
     return [e.attack for e in entries if e.threat_index == index]
-
-
-def _safe_attack_names() -> list[str]:
-    try:
-        return _attack_names()
-    except ImportError:
-        return []
 
 
 def _member_index(key: str | int, union: Union, specs: list[str]) -> int:

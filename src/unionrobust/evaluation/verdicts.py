@@ -19,12 +19,14 @@ Final files (report.json, verdicts.csv) are written atomically with :func:`atomi
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import inspect
 import io
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from torch import nn
 
 from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
-from unionrobust.outdir import writing
+from unionrobust.outdir import locked_folder, refuse_existing, writing
 
 LOG_NAME = "verdicts.jsonl"
 LOG_FORMAT = 1
@@ -44,6 +46,38 @@ RECORD_KEYS = {
 }
 #: how to go on after a failed write: the log keeps every finished chunk
 AFTER_WRITE_ERROR = "free space, then continue with --resume (resume=True); finished work is kept"
+
+
+def check_out_dir(out_dir: str | os.PathLike | None, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace an earlier run in ``out_dir`` unless ``resume`` or ``overwrite``."""
+    if resume and overwrite:
+        raise UnionRobustError(
+            "give resume=True (--resume) or overwrite=True (--overwrite), not both"
+        )
+    if not resume and not overwrite:
+        refuse_existing(
+            out_dir,
+            (LOG_NAME, "report.json"),
+            "continue it with --resume (resume=True), replace it with --overwrite "
+            "(overwrite=True), or choose another output folder",
+        )
+
+
+def owning_out_dir(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``run`` holding its ``out_dir``'s lock, after refusing a folder that already holds
+    a run unless ``resume`` or ``overwrite`` is given (both checked before any work)."""
+    signature = inspect.signature(run)
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out_dir, resume = bound.arguments["out_dir"], bound.arguments["resume"]
+        with locked_folder(out_dir):
+            check_out_dir(out_dir, resume, bound.arguments["overwrite"])
+            return run(*args, **kwargs)
+
+    return wrapper
 
 
 def tensor_hash(tensors: Iterable[torch.Tensor]) -> str:

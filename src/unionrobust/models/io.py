@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unionrobust.atomic import atomic_path
@@ -67,8 +68,6 @@ def save_weights(
             )
         # clone: safetensors refuses tensors that share storage (tied weights, views)
         tensors[str(key)] = value.detach().to("cpu").contiguous().clone()
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt", "writer": "unionrobust"})
     return Path(path)
@@ -102,8 +101,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read and unwrap the tensors of a weights file (safetensors or torch, no pickle code)."""
     p = weights_path(path)
     if p.suffix == ".safetensors" or _looks_like_safetensors(p):
-        from safetensors.torch import load_file
-
         try:
             return dict(load_file(str(p), device="cpu"))
         except Exception as exc:  # SafetensorError, OSError, ValueError, ...

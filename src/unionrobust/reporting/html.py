@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from unionrobust.atomic import atomic_write_bytes, atomic_write_text
+from unionrobust.evaluation.filters import filter_grid_png
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.reporting.markdown import (
     CURVES_PNG,
@@ -26,6 +27,7 @@ from unionrobust.reporting.markdown import (
     render_markdown,
     report_sections,
 )
+from unionrobust.reporting.plots import MATPLOTLIB_NOTE, curves_png, multirobust_png
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
@@ -92,9 +94,6 @@ def report_pictures(
 ) -> tuple[dict[str, bytes | None], dict[str, str]]:
     """(pictures, notes): the first-layer filter grid of ``model``, the curves plot and the
     MultiRobustBench grid plot."""
-    from unionrobust.evaluation.diagnostics import filter_grid_png
-    from unionrobust.reporting.plots import MATPLOTLIB_NOTE, curves_png, multirobust_png
-
     pictures: dict[str, bytes | None] = {}
     notes: dict[str, str] = {}
     if model is not None:

@@ -169,6 +169,27 @@ def report_sections(
     diag = report.diagnostics if diagnostics is None else diagnostics
     pictures = pictures or {}
     notes = notes or {}
+    out = [_summary_section(report, diag), *_attack_sections(report)]
+    out.append(_diagnostics_section(diag, pictures, notes))
+    if curves:
+        c = Section("Robustness curves")
+        for curve in curves:
+            c.table(format_curve(curve))
+        c.text("Bands and intervals: 95% Wilson score.")
+        _picture(c, CURVES_PNG, pictures, notes)
+        out.append(c)
+    if corruptions:
+        out.append(
+            Section("CIFAR-10-C accuracy")
+            .table(format_corruptions(corruptions))
+            .text(f"{corruptions['n']} images per corruption and severity.")
+        )
+    if multirobust:
+        out.append(_multirobust_section(multirobust, pictures, notes))
+    return out
+
+
+def _summary_section(report: EvaluationReport, diag: dict[str, Any] | None) -> Section:
     meta = report.config.get("meta", {}) if report.config else {}
     facts = ", ".join(f"{k}: {v}" for k, v in meta.items() if v is not None)
     title = Section("Summary")
@@ -186,8 +207,11 @@ def report_sections(
         "95% CI: Wilson score (average: normal approximation). Union accuracy = 1 - R_max, "
         "average = 1 - R_avg (Maini et al. 2020 §2)."
     )
-    out = [title]
-    out.append(
+    return title
+
+
+def _attack_sections(report: EvaluationReport) -> list[Section]:
+    breakdown = (
         Section("Per attack (run order)")
         .table(format_breakdown(report))
         .text(
@@ -202,7 +226,10 @@ def report_sections(
             "the cascade only attacks points still robust"
             + (" for the union: per-threat rows are upper bounds." if report.union_only else ".")
         )
-    out.append(msd)
+    return [breakdown, msd]
+
+
+def _diagnostics_section(diag: dict[str, Any] | None, pictures: dict, notes: dict) -> Section:
     d = Section("Diagnostics")
     if diag:
         d.table(format_diagnostics(diag))
@@ -211,38 +238,26 @@ def report_sections(
     if FILTERS_PNG in pictures or FILTERS_PNG in notes:
         d.text("First-layer filters (MSD App. E; grey = 0, white > 0, black < 0):")
         _picture(d, FILTERS_PNG, pictures, notes)
-    out.append(d)
-    if curves:
-        c = Section("Robustness curves")
-        for curve in curves:
-            c.table(format_curve(curve))
-        c.text("Bands and intervals: 95% Wilson score.")
-        _picture(c, CURVES_PNG, pictures, notes)
-        out.append(c)
-    if corruptions:
-        out.append(
-            Section("CIFAR-10-C accuracy")
-            .table(format_corruptions(corruptions))
-            .text(f"{corruptions['n']} images per corruption and severity.")
-        )
-    if multirobust:
-        m = Section("MultiRobustBench grid")
-        for table in format_multirobust(multirobust):
-            m.table(table)
-        _picture(m, MRB_PNG, pictures, notes)
-        m.text(
-            f"Suite {multirobust['suite']}, {multirobust['n_examples']} examples; "
-            f"{multirobust['monotone']}. CR (Dai et al. 2023): accuracy / reference accuracy "
-            "averaged (CR_ind_avg) or minimised (CR_ind_worst) over clean and every strength, "
-            "x 100, over the families run here (the leaderboard's CR also covers the families not "
-            "run); "
-            + ("no reference given (--mrb-reference). " if not multirobust.get("cr") else "")
-            + "Not run: "
-            + ", ".join(multirobust.get("not_run", []))
-            + "."
-        )
-        out.append(m)
-    return out
+    return d
+
+
+def _multirobust_section(multirobust: dict[str, Any], pictures: dict, notes: dict) -> Section:
+    m = Section("MultiRobustBench grid")
+    for table in format_multirobust(multirobust):
+        m.table(table)
+    _picture(m, MRB_PNG, pictures, notes)
+    m.text(
+        f"Suite {multirobust['suite']}, {multirobust['n_examples']} examples; "
+        f"{multirobust['monotone']}. CR (Dai et al. 2023): accuracy / reference accuracy "
+        "averaged (CR_ind_avg) or minimised (CR_ind_worst) over clean and every strength, "
+        "x 100, over the families run here (the leaderboard's CR also covers the families not "
+        "run); "
+        + ("no reference given (--mrb-reference). " if not multirobust.get("cr") else "")
+        + "Not run: "
+        + ", ".join(multirobust.get("not_run", []))
+        + "."
+    )
+    return m
 
 
 def _picture(sec: Section, name: str, pictures: dict, notes: dict) -> None:

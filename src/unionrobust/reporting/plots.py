@@ -19,6 +19,7 @@ import torch
 
 from unionrobust.atomic import atomic_write_bytes
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.multirobust import CLEAN, eps_key
 
 MATPLOTLIB_NOTE = (
     "plot not drawn: matplotlib is not installed (pip install matplotlib); "
@@ -107,8 +108,6 @@ def multirobust_figure(result: dict[str, Any], dpi: int = 100) -> Any:
     """The matplotlib Figure of :func:`multirobust_png` (needs matplotlib)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from unionrobust.evaluation.multirobust import CLEAN, eps_key
 
     grid, accs, cis = result["grid"], result["accuracies"], result["ci95"]
     panels = len(grid) + 1

@@ -13,10 +13,8 @@ std over seeds (as Croce & Hein report). Writes ``results.md``, ``results.json``
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,13 +23,18 @@ from typing import Any
 
 import torch
 
-from unionrobust.atomic import atomic_savefig, atomic_write_text
+from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation import evaluate
 from unionrobust.evaluation.suites import get_suite
+from unionrobust.models import load_weights
 from unionrobust.outdir import locked_folder
-from unionrobust.training.build import build_strategy
+from unionrobust.training.build import build_model_from, build_strategy, load_split
+from unionrobust.training.compare_table import bounds_note, plot, table, upper_bound_columns
 from unionrobust.training.config import builtin_configs, load_config
+from unionrobust.training.data import Source
 from unionrobust.training.lifetime import stop_workers, worker_init
+from unionrobust.training.trainer import Trainer, can_resume
 
 DEFAULT_STRATEGIES = ("pinf", "max", "avg", "msd", "eat")
 BASE = "mnist-small"
@@ -45,118 +48,12 @@ def config_for(strategy: str, overrides: Sequence[str] = (), base: str = BASE):
     return load_config(base, [f"strategy={{name: {strategy}}}", *overrides])
 
 
-def _fmt(values: list[float], pct: bool = True) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return "–"
-    scale = 100.0 if pct else 1.0
-    mean = statistics.fmean(vals) * scale
-    if len(vals) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(vals) * scale:.1f}"
-
-
-def _cell(r: dict[str, Any], col: str) -> str:
-    """One accuracy cell: ``value [lo, hi]`` (95 %) for one seed, else mean ± std."""
-    vals = r["per_threat"][col] if col in r["per_threat"] else r[col]
-    cis = (r.get("ci95") or {}).get(col)
-    if len(vals) != 1 or not cis:
-        return _fmt(vals)
-    lo, hi = cis[0]
-    return f"{100 * vals[0]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def table(rows: list[dict[str, Any]], threats: list[str], upper_bounds: Sequence[str] = ()) -> str:
-    """Markdown table of the aggregated rows (one per strategy); the cells of the columns named
-    in ``upper_bounds`` start with "≤" (their figures are upper bounds)."""
-    cols = ["clean", *threats, "union", "average"]
-    head = ["strategy", *cols, "s/epoch"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["strategy"]]
-        cells += [("≤ " if c in upper_bounds else "") + _cell(r, c) for c in cols]
-        cells.append(_fmt(r["time_per_epoch"], pct=False))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def upper_bound_columns(suite: str, union_only: bool, threats: Sequence[str]) -> list[str]:
-    """Columns whose figures are upper bounds: all robust ones for the ``quick`` suite (PGD-20
-    only), the per-threat and average ones in union-only mode (the union is exact there)."""
-    if suite == "quick":
-        return [*threats, "union", "average"]
-    return [*threats, "average"] if union_only else []
-
-
-def _plot(
-    rows: list[dict[str, Any]], threats: list[str], path: Path, bounds: Sequence[str] = ()
-) -> str | None:
-    """Grouped bars per strategy; whiskers: the 95 % interval (one seed) or ± std (seeds)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'unionrobust[plot]'): no plot written"
-    cols = ["clean", *threats, "union", "average"]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6))
-    width = 0.8 / len(cols)
-    for j, col in enumerate(cols):
-        means, errs = [], []
-        for r in rows:
-            vals = r["per_threat"][col] if col in threats else r[col]
-            mean = statistics.fmean(vals)
-            cis = (r.get("ci95") or {}).get(col)
-            if len(vals) == 1 and cis:  # the 95 % interval
-                lo, hi = cis[0]
-                err = (mean - lo, hi - mean)
-            else:  # the spread over seeds
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                err = (sd, sd)
-            means.append(100 * mean)
-            errs.append((100 * err[0], 100 * err[1]))
-        xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
-        yerr = [[e[0] for e in errs], [e[1] for e in errs]]
-        ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None, label=col,
-               capsize=2, error_kw={"elinewidth": 0.8})  # fmt: skip
-        ax.containers[-1].set_label(f"≤ {col}" if col in bounds else col)
-    ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows])
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
-    return None
-
-
-def _bounds_note(suite: str, bounds: Sequence[str]) -> str:
-    if not bounds:
-        return "every accuracy is the strict figure of the suite; "
-    if suite == "quick":
-        return (
-            "≤: upper bounds — the quick suite runs PGD-20 only (use --suite standard for "
-            "strict figures); "
-        )
-    return (
-        "≤: upper bounds — in union-only mode a point broken for one threat is not attacked "
-        "for the others; the union accuracy is exact (--no-union-only for exact per-threat "
-        "figures); "
-    )
-
-
 #: rough relative cost per step (attacks run per batch), to start the longest jobs first
 COST = {"max": 3.0, "avg": 3.0, "msd": 2.5, "minmax": 3.0, "natural": 0.1}
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (strategy, seed) and evaluate its best checkpoint on the test points."""
-    from unionrobust.evaluation import evaluate
-    from unionrobust.models import load_weights
-    from unionrobust.training.build import build_model_from, load_split
-    from unionrobust.training.data import Source
-    from unionrobust.training.trainer import Trainer, can_resume
-
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     cpu0 = time.process_time()
@@ -353,6 +250,30 @@ def _train_and_compare(
     key = {(j["strategy"], j["seed"]): i for i, j in enumerate(todo)}
     runs.sort(key=lambda r: key[(r["strategy"], r["seed"])])
     threats = runs[0]["threats"]
+    rows = _aggregate(runs, strategies, threats)
+    payload = {
+        "threats": threats,
+        "suite": suite,
+        "union_only": bool(union_only),
+        "upper_bound_columns": upper_bound_columns(suite, union_only, threats),
+        "n_test": runs[0]["n_test"],
+        "seeds": seeds,
+        "jobs": jobs,
+        "wall_time": time.perf_counter() - start,
+        "cpu_time": _cpu_seconds(),
+        "train_cpu_time": sum(r["train_cpu_seconds"] for r in runs),
+        "eval_cpu_time": sum(r["eval_cpu_seconds"] for r in runs),
+        "runs": runs,
+        "table": rows,
+    }
+    _write_results(out, payload, echo)
+    return payload
+
+
+def _aggregate(
+    runs: list[dict[str, Any]], strategies: Sequence[str], threats: list[str]
+) -> list[dict[str, Any]]:
+    """One row per strategy: every figure as the list of its seeds' values."""
     rows = []
     for strategy in strategies:
         mine = [r for r in runs if r["strategy"] == strategy]
@@ -367,51 +288,43 @@ def _train_and_compare(
                 "time_per_epoch": [r["time_per_epoch"] for r in mine],
             }
         )
-    bounds = upper_bound_columns(suite, union_only, threats)
-    md = table(rows, threats, bounds)
-    wall = time.perf_counter() - start
-    cpu = _cpu_seconds()
-    n = runs[0]["n_test"]
-    train_cpu = sum(r["train_cpu_seconds"] for r in runs)
-    eval_cpu = sum(r["eval_cpu_seconds"] for r in runs)
-    note = (
-        f"Accuracy (%) on the first {n} test points of the embedded MNIST against the union "
-        f"{', '.join(threats)} (suite '{suite}', {runs[0]['mode']} mode), checkpoint with the "
-        "best held-out union accuracy; "
+    return rows
+
+
+def _note(payload: dict[str, Any]) -> str:
+    """The sentence above the table: what was measured, how, and what it cost."""
+    p = payload
+    suite, seeds, bounds = p["suite"], p["seeds"], p["upper_bound_columns"]
+    return (
+        f"Accuracy (%) on the first {p['n_test']} test points of the embedded MNIST against the "
+        f"union {', '.join(p['threats'])} (suite '{suite}', {p['runs'][0]['mode']} mode), "
+        "checkpoint with the best held-out union accuracy; "
         + (
             f"mean ± std over {seeds} seeds; "
             if seeds > 1
             else "1 seed, [95 % interval] (Wilson; average: normal approx.); "
         )
-        + _bounds_note(suite, bounds)
-        + f"{jobs} training process(es); total wall time {wall:.0f} s, CPU time {cpu:.0f} s "
-        f"(training {train_cpu:.0f} s, evaluation {eval_cpu:.0f} s) on {os.cpu_count()} "
-        "core(s) (wall time ≈ CPU time / cores on an idle machine)."
+        + bounds_note(suite, bounds)
+        + f"{p['jobs']} training process(es); total wall time {p['wall_time']:.0f} s, CPU time "
+        f"{p['cpu_time']:.0f} s (training {p['train_cpu_time']:.0f} s, evaluation "
+        f"{p['eval_cpu_time']:.0f} s) on {os.cpu_count()} core(s) (wall time ≈ CPU time / "
+        "cores on an idle machine)."
     )
-    plot_note = _plot(rows, threats, out / "compare.png", bounds)
+
+
+def _write_results(out: Path, payload: dict[str, Any], echo: Callable[[str], None]) -> None:
+    """results.md (note, table, plot note), results.json and compare.png; echo the table."""
+    threats, bounds, rows = payload["threats"], payload["upper_bound_columns"], payload["table"]
+    md = table(rows, threats, bounds)
+    note = _note(payload)
+    plot_note = plot(rows, threats, out / "compare.png", bounds)
     text = f"# Strategy comparison\n\n{note}\n\n{md}\n"
     if plot_note:
         text += f"\n{plot_note}\n"
     atomic_write_text(out / "results.md", text)
-    payload = {
-        "threats": threats,
-        "suite": suite,
-        "union_only": bool(union_only),
-        "upper_bound_columns": bounds,
-        "n_test": n,
-        "seeds": seeds,
-        "jobs": jobs,
-        "wall_time": wall,
-        "cpu_time": cpu,
-        "train_cpu_time": train_cpu,
-        "eval_cpu_time": eval_cpu,
-        "runs": runs,
-        "table": rows,
-    }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
     echo("")
     echo(note)
     echo(md)
     echo(plot_note or f"plot: {out / 'compare.png'}")
     echo(f"wrote {out / 'results.md'} and {out / 'results.json'}")
-    return payload

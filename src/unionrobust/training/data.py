@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unionrobust.data.arrays import as_tensors
 from unionrobust.errors import UnionRobustError
 
 
@@ -52,8 +53,6 @@ class Source:
             self._ds, self._x, self._y = data, None, None
             total = len(data)
         else:
-            from unionrobust.data.arrays import as_tensors
-
             self._x, self._y = as_tensors(data)
             self._ds = None
             total = self._x.shape[0]

@@ -38,11 +38,20 @@ def holdout_split(cfg: Config, train: Source, eval_data: Any) -> tuple[Source, S
     return train, evaluation
 
 
+def holdout_union_only(e: EvalConfig) -> bool:
+    """Whether the held-out evaluation runs in union-only mode: when it selects the checkpoint
+    by union accuracy with a suite other than ``quick`` (whose one PGD per threat gains little).
+    Union-only gives the same union verdicts with fewer attacks; the logged per-threat and
+    average figures are then upper bounds (``evaluate(..., union_only=True)``)."""
+    return e.select == "union" and str(e.suite).strip() != "quick"
+
+
 def holdout_metrics(
     model: nn.Module, src: Source | None, threats: Union, e: EvalConfig, ctx: DistContext
 ) -> dict[str, float]:
     """Clean, per-threat (``threat:SPEC``), union and average accuracy on ``src`` with the
-    ``eval.suite``; sharded by example under DDP and merged exactly."""
+    ``eval.suite`` (union-only when :func:`holdout_union_only`); sharded by example under DDP
+    and merged exactly."""
     if src is None or len(src) == 0:
         return {}
     local = shard(torch.arange(len(src)), ctx)
@@ -50,6 +59,7 @@ def holdout_metrics(
     report = evaluate(
         model, x, y, threats=threats, suite=e.suite, batch_size=e.batch_size,
         seed=e.seed, device=ctx.device, progress=False, example_ids=local,
+        union_only=holdout_union_only(e),
     )  # fmt: skip
     d = report.to_dict()
     flat = {

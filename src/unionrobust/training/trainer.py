@@ -1,5 +1,7 @@
 """The training loop: strategy loss -> optimiser step, schedules, warm-up, checkpoints, evaluation.
 
+(~410 lines: the loop only; its parts live in build, batches, runstate, holdout, finite, lifetime.)
+
 One iteration (global step ``s`` of epoch ``e``, ``i`` within the epoch):
 
 1. learning rate ``schedule(e + i / steps_per_epoch)`` (stepped per iteration) and attack scale
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.models import save_weights
@@ -330,8 +333,6 @@ class Trainer:
         start = time.perf_counter()
         bar = None
         if t.progress and self.ctx.is_main:
-            from tqdm.auto import tqdm
-
             bar = tqdm(
                 total=t.epochs * self.steps_per_epoch, initial=self.global_step,
                 desc=f"train {self.cfg.strategy_name}", unit="step", leave=False,

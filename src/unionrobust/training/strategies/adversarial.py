@@ -31,6 +31,7 @@ from unionrobust.errors import UnionRobustError, check_int, unknown_name
 from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union
 from unionrobust.training.strategies.base import (
     Strategy,
+    StrategyOutput,
     member_labels,
     scaled_threat,
     train_forward,
@@ -190,6 +191,22 @@ class AdversarialStrategy(Strategy):
         clean forward (only made when the attack loss needs it)."""
         clean = self.eval_logits(model, x)
         return [self.run_attack(i, model, x, y, example_ids, seed, clean) for i in members]
+
+    def one_attack_step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        example_ids: torch.Tensor | None,
+        seed: int,
+    ) -> tuple[AttackResult, StrategyOutput]:
+        """The step of a strategy with one attack (member 0): its result, and the loss at its
+        output with the attack's success rate as ``attack_success``."""
+        (res,) = self.attack_members([0], model, x, y, example_ids, seed)
+        loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
+        return res, StrategyOutput(
+            loss, logits, {"attack_success": float(res.success.float().mean())}
+        )
 
     def loss_step(
         self,

@@ -68,13 +68,11 @@ class MSDStrategy(AdversarialStrategy):
         example_ids: torch.Tensor | None,
         seed: int,
     ) -> StrategyOutput:
-        (res,) = self.attack_members([0], model, x, y, example_ids, seed)
-        loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
+        res, out = self.one_attack_step(model, x, y, example_ids, seed)
         k = len(self.threats)
         index = res.threat_index if res.threat_index is not None else torch.full_like(y, -1)
         counts = torch.bincount(index + 1, minlength=k + 1).float() / max(x.shape[0], 1)
         counts = counts.tolist()
         stats = {f"won_{lab}": float(c) for lab, c in zip(self.labels, counts[1:], strict=True)}
         stats["won_none"] = float(counts[0])
-        stats["attack_success"] = float(res.success.float().mean())
-        return StrategyOutput(loss, logits, stats)
+        return StrategyOutput(out.loss, out.logits, {**stats, **out.stats})

@@ -65,6 +65,4 @@ class SingleThreat(AdversarialStrategy):
         example_ids: torch.Tensor | None,
         seed: int,
     ) -> StrategyOutput:
-        (res,) = self.attack_members([0], model, x, y, example_ids, seed)
-        loss, logits, _ = self.loss_step(model, x, y, [res.x_adv])
-        return StrategyOutput(loss, logits, {"attack_success": float(res.success.float().mean())})
+        return self.one_attack_step(model, x, y, example_ids, seed)[1]

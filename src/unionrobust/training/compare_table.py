@@ -1,0 +1,113 @@
+"""The strategy comparison's results as text and a picture: the markdown table, the note on
+upper bounds, and the grouped-bar plot (:mod:`unionrobust.training.compare` runs the comparison;
+this module sits in ``training`` because the layers above it may not be imported from there)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unionrobust.atomic import atomic_savefig
+
+
+def _fmt(values: list[float], pct: bool = True) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "–"
+    scale = 100.0 if pct else 1.0
+    mean = statistics.fmean(vals) * scale
+    if len(vals) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(vals) * scale:.1f}"
+
+
+def _cell(r: dict[str, Any], col: str) -> str:
+    """One accuracy cell: ``value [lo, hi]`` (95 %) for one seed, else mean ± std."""
+    vals = r["per_threat"][col] if col in r["per_threat"] else r[col]
+    cis = (r.get("ci95") or {}).get(col)
+    if len(vals) != 1 or not cis:
+        return _fmt(vals)
+    lo, hi = cis[0]
+    return f"{100 * vals[0]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def table(rows: list[dict[str, Any]], threats: list[str], upper_bounds: Sequence[str] = ()) -> str:
+    """Markdown table of the aggregated rows (one per strategy); the cells of the columns named
+    in ``upper_bounds`` start with "≤" (their figures are upper bounds)."""
+    cols = ["clean", *threats, "union", "average"]
+    head = ["strategy", *cols, "s/epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["strategy"]]
+        cells += [("≤ " if c in upper_bounds else "") + _cell(r, c) for c in cols]
+        cells.append(_fmt(r["time_per_epoch"], pct=False))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def upper_bound_columns(suite: str, union_only: bool, threats: Sequence[str]) -> list[str]:
+    """Columns whose figures are upper bounds: all robust ones for the ``quick`` suite (PGD-20
+    only), the per-threat and average ones in union-only mode (the union is exact there)."""
+    if suite == "quick":
+        return [*threats, "union", "average"]
+    return [*threats, "average"] if union_only else []
+
+
+def plot(
+    rows: list[dict[str, Any]], threats: list[str], path: Path, bounds: Sequence[str] = ()
+) -> str | None:
+    """Grouped bars per strategy; whiskers: the 95 % interval (one seed) or ± std (seeds)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'unionrobust[plot]'): no plot written"
+    cols = ["clean", *threats, "union", "average"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6))
+    width = 0.8 / len(cols)
+    for j, col in enumerate(cols):
+        means, errs = [], []
+        for r in rows:
+            vals = r["per_threat"][col] if col in threats else r[col]
+            mean = statistics.fmean(vals)
+            cis = (r.get("ci95") or {}).get(col)
+            if len(vals) == 1 and cis:  # the 95 % interval
+                lo, hi = cis[0]
+                err = (mean - lo, hi - mean)
+            else:  # the spread over seeds
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                err = (sd, sd)
+            means.append(100 * mean)
+            errs.append((100 * err[0], 100 * err[1]))
+        xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
+        yerr = [[e[0] for e in errs], [e[1] for e in errs]]
+        ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None, label=col,
+               capsize=2, error_kw={"elinewidth": 0.8})  # fmt: skip
+        ax.containers[-1].set_label(f"≤ {col}" if col in bounds else col)
+    ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    return None
+
+
+def bounds_note(suite: str, bounds: Sequence[str]) -> str:
+    if not bounds:
+        return "every accuracy is the strict figure of the suite; "
+    if suite == "quick":
+        return (
+            "≤: upper bounds — the quick suite runs PGD-20 only (use --suite standard for "
+            "strict figures); "
+        )
+    return (
+        "≤: upper bounds — in union-only mode a point broken for one threat is not attacked "
+        "for the others; the union accuracy is exact (--no-union-only for exact per-threat "
+        "figures); "
+    )
