@@ -31,7 +31,7 @@ from _common import (
 
 from unionrobust.attacks.registry import make_attack
 from unionrobust.data import load_embedded_mnist
-from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.checks import recheck
 from unionrobust.threats import parse
 
 EPS = {"linf": 0.1, "l2": 1.0, "l1": 5.0}

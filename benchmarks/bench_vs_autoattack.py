@@ -44,7 +44,7 @@ from _common import frozen, machine_note, markdown_table, set_threads
 from unionrobust.atomic import atomic_write_text
 from unionrobust.data import load_embedded_mnist
 from unionrobust.evaluation import evaluate
-from unionrobust.evaluation.engine import recheck
+from unionrobust.evaluation.checks import recheck
 from unionrobust.models import load_weights, save_weights
 from unionrobust.threats import parse
 from unionrobust.training import load_config, train
