@@ -61,3 +61,11 @@ def test_minmax_number_options_fail_in_one_line(flag, value, message, capsys):
     assert main([*argv, flag, value, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_minmax_ensemble_refuses_more_points_than_the_split(capsys):
+    """Issue 11: a too-large --n was clamped silently in ensemble mode (its own data loader)."""
+    argv = ["minmax", "ensemble", "--ensemble", "mlp, mlp", "--n", "100000", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds only 1000 examples" in err and "\n" not in err

@@ -99,3 +99,16 @@ def test_pgd_validators_are_the_shared_ones():
             PGD(Linf(0.1), steps=bad)
     with pytest.raises(UnionRobustError, match=r"^alpha must be a positive finite number"):
         PGD(Linf(0.1), alpha=math.inf)
+
+
+@pytest.mark.parametrize(
+    "ids", [torch.zeros(3), torch.zeros(2, dtype=torch.int64), [0, 1, 2], torch.zeros(3, 1).long()]
+)
+def test_example_ids_check_is_one_rule_for_attacks_and_strategies(ids):
+    """One check (errors.check_example_ids) for attacks and training strategies: integer ids,
+    one per example; float ids used to pass the strategy's copy of the check."""
+    x, y = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    for run in (PGD("linf:0.1", steps=1), make_strategy("pinf", "linf:0.1", steps=1)):
+        with pytest.raises(UnionRobustError, match=r"example_ids must be an integer tensor"):
+            run(model, x, y, example_ids=ids)

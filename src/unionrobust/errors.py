@@ -45,6 +45,21 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
         )
 
 
+def check_example_ids(example_ids: object, batch: int) -> None:
+    """Raise unless ``example_ids`` is None or an integer tensor of shape (batch,): the ids that
+    key an example's random draws (:mod:`unionrobust.rng`)."""
+    if example_ids is not None and (
+        not isinstance(example_ids, torch.Tensor)
+        or example_ids.dim() != 1
+        or example_ids.shape[0] != batch
+        or example_ids.is_floating_point()
+    ):
+        shape = getattr(example_ids, "shape", type(example_ids).__name__)
+        raise UnionRobustError(
+            f"example_ids must be an integer tensor of shape ({batch},), got {shape}"
+        )
+
+
 def check_labels(y: torch.Tensor, batch: int, num_classes: int | None = None) -> None:
     """Raise if ``y`` is not a vector of ``batch`` integer labels in ``[0, num_classes)``."""
     if not isinstance(y, torch.Tensor):

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from unionrobust.attacks.best import BestTracker
-from unionrobust.errors import UnionRobustError, check_images, check_labels, check_logits
+from unionrobust.errors import (
+    UnionRobustError,
+    check_example_ids,
+    check_images,
+    check_labels,
+    check_logits,
+)
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import AdditiveThreat, ThreatModel, Union
 
@@ -226,16 +232,7 @@ class Attack(ABC):
         check_images(x)
         check_labels(y, x.shape[0])
         y = y.to(device=x.device, dtype=torch.int64)
-        if example_ids is not None and (
-            not isinstance(example_ids, torch.Tensor)
-            or example_ids.dim() != 1
-            or example_ids.shape[0] != x.shape[0]
-            or example_ids.is_floating_point()
-        ):
-            shape = getattr(example_ids, "shape", type(example_ids).__name__)
-            raise UnionRobustError(
-                f"example_ids must be an integer tensor of shape ({x.shape[0]},), got {shape}"
-            )
+        check_example_ids(example_ids, x.shape[0])
         if x.shape[0] == 0:  # nothing to attack: an empty result, the model is not called
             return self.empty_result(model, x)
         rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device, example_ids)

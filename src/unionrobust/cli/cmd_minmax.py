@@ -13,7 +13,7 @@ from unionrobust.cli.common import (
     load_model_and_data,
     write_report,
 )
-from unionrobust.data import as_tensors, get_dataset
+from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError, check_number, unknown_name
 from unionrobust.evaluation.engine import resolve_device
 from unionrobust.evaluation.minmax import (
@@ -119,11 +119,11 @@ def _ensemble(args, x):
     return models, labels
 
 
-def load_data(args):
+def _ensemble_data(args):
+    """The data of ensemble mode (no --model to load it with): the library's loader, which
+    refuses a --n larger than the split."""
     n = None if args.n is None else int_arg(args.n, "--n", 1)
-    x, y = as_tensors(get_dataset(args.data, split=args.split, root=args.root), n)
-    if x.shape[0] == 0:
-        raise UnionRobustError(f"dataset {args.data!r} ({args.split}) is empty")
+    x, y, _ = load_data(args.data, args.split, args.root, n)
     return x, y
 
 
@@ -132,7 +132,7 @@ def build_domains(args):
     if args.mode == "ensemble":
         if args.model or args.model_module:
             raise UnionRobustError("ensemble mode takes --ensemble, not --model/--model-module")
-        x, y = load_data(args)
+        x, y = _ensemble_data(args)
         models, labels = _ensemble(args, x)
         device = resolve_device(args.device, models[0])
         return ModelEnsemble([m.to(device) for m in models], labels), x, y, device

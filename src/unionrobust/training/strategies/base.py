@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unionrobust.errors import UnionRobustError, check_images, check_labels
+from unionrobust.errors import UnionRobustError, check_example_ids, check_images, check_labels
 from unionrobust.rng import keyed_bits
 from unionrobust.threats import L0, ThreatModel, Union, parse
 from unionrobust.training.strategies.objective import Objective
@@ -129,12 +129,8 @@ class Strategy(ABC):
         check_images(x)
         check_labels(y, x.shape[0])
         y = y.to(device=x.device, dtype=torch.int64)
+        check_example_ids(example_ids, x.shape[0])
         if example_ids is not None:
-            if not isinstance(example_ids, torch.Tensor) or example_ids.shape != (x.shape[0],):
-                raise UnionRobustError(
-                    f"example_ids must be a tensor of shape ({x.shape[0]},), "
-                    f"got {getattr(example_ids, 'shape', type(example_ids).__name__)}"
-                )
             example_ids = example_ids.to(device=x.device, dtype=torch.int64)
         out = self._step(model, x.detach(), y, example_ids, batch_seed(self.seed, self.batches))
         self.batches += 1
