@@ -22,15 +22,16 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert "| strategy | clean | linf:0.3 | l2:2 | l1:10 | union | average | s/epoch |" in printed
     md = (out / "results.md").read_text()
     assert "first 20 test points" in md and "| pinf |" in md and "| eat |" in md
-    # the default evaluation: standard suite, per-threat mode (every figure exact), 95 % intervals
-    assert "suite 'standard', per-threat mode" in md and "≤" not in md
+    # the default evaluation: standard suite, union-only, upper bounds marked, 95 % intervals
+    assert "suite 'standard', union-only mode" in md and "≤: upper bounds" in md
     row = next(line for line in md.splitlines() if line.startswith("| pinf |")).split(" | ")
+    assert row[2].startswith("≤ ") and not row[5].startswith("≤") and row[6].startswith("≤ ")
     assert all("[" in cell for cell in row[1:7])
     data = json.loads((out / "results.json").read_text())
     assert [r["strategy"] for r in data["runs"]] == ["pinf", "eat"]
-    assert data["suite"] == "standard" and data["union_only"] is False
+    assert data["suite"] == "standard" and data["union_only"] is True
     for r in data["runs"]:
-        assert r["n_test"] == 20 and r["epochs"] == 1 and r["mode"] == "per-threat"
+        assert r["n_test"] == 20 and r["epochs"] == 1 and r["mode"] == "union-only"
         assert r["ci95"]["union"][0] <= r["union"] <= r["ci95"]["union"][1]
         assert r["train_cpu_seconds"] > 0 and r["eval_cpu_seconds"] > 0
         assert 0 <= r["union"] <= min(r["per_threat"].values()) <= r["clean"] <= 1
@@ -43,19 +44,6 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
         assert "matplotlib is not installed" in md
     assert main(["compare", "--strategies", "pinf,nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown strategy 'nope'" in capsys.readouterr().err
-
-
-def test_compare_union_only_marks_per_threat_upper_bounds(tmp_path, capsys):
-    out = tmp_path / "cmp"
-    code = main(["compare", "--strategies", "pinf", "--n", "20", "--jobs", "1", "--union-only",
-                 "--out", str(out), "--no-progress", *TINY])  # fmt: skip
-    assert code == 0
-    md = (out / "results.md").read_text()
-    assert "suite 'standard', union-only mode" in md and "≤: upper bounds" in md
-    row = next(line for line in md.splitlines() if line.startswith("| pinf |")).split(" | ")
-    assert row[2].startswith("≤ ") and not row[5].startswith("≤") and row[6].startswith("≤ ")
-    data = json.loads((out / "results.json").read_text())
-    assert data["union_only"] is True and data["runs"][0]["mode"] == "union-only"
 
 
 def test_table_reports_mean_and_std_over_seeds():

@@ -3,7 +3,7 @@
 For each strategy and seed: train with the built-in config ``mnist-small-<strategy>`` (or
 ``mnist-small`` with that strategy), pick the checkpoint with the best held-out union accuracy
 (the papers early-stop), evaluate it on the first ``n_test`` test points against the union with
-the chosen suite (default ``standard``: APGD-CE + APGD-T, per-threat mode), and tabulate clean,
+the chosen suite (default ``standard``: APGD-CE + APGD-T, union-only mode), and tabulate clean,
 per-threat, union and average accuracy and time per epoch: with one seed each accuracy with its
 95 % interval (Wilson; the average's by normal approximation), with several the mean ± sample
 std over seeds (as Croce & Hein report). Writes ``results.md``, ``results.json`` and
@@ -162,7 +162,7 @@ def compare(
     seeds: int = 1,
     n_test: int = 500,
     suite: str = "standard",
-    union_only: bool = False,
+    union_only: bool = True,
     overrides: Sequence[str] = (),
     base: str = BASE,
     progress: bool = True,
