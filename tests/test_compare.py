@@ -46,6 +46,17 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert "unknown strategy 'nope'" in capsys.readouterr().err
 
 
+def test_compare_no_union_only_gives_exact_per_threat_figures(tmp_path):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--strategies", "pinf", "--n", "20", "--jobs", "1",
+                 "--no-union-only", "--out", str(out), "--no-progress", *TINY])  # fmt: skip
+    assert code == 0
+    md = (out / "results.md").read_text()
+    assert "suite 'standard', per-threat mode" in md and "≤" not in md
+    data = json.loads((out / "results.json").read_text())
+    assert data["union_only"] is False and data["runs"][0]["mode"] == "per-threat"
+
+
 def test_table_reports_mean_and_std_over_seeds():
     rows = [{"strategy": "msd", "clean": [0.9, 0.8], "union": [0.5, 0.3], "average": [0.6, 0.6],
              "per_threat": {"linf:0.3": [0.5, 0.5]}, "time_per_epoch": [10.0, 12.0]}]  # fmt: skip
