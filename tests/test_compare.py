@@ -20,6 +20,7 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| strategy | clean | linf:0.3 | l2:2 | l1:10 | union | average | s/epoch |" in printed
+    assert "average ≤ " in printed  # the progress line labels union-only's upper bound too
     md = (out / "results.md").read_text()
     assert "first 20 test points" in md and "| pinf |" in md and "| eat |" in md
     # the default evaluation: standard suite, union-only, upper bounds marked, 95 % intervals

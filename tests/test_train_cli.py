@@ -35,7 +35,10 @@ def test_train_then_resume_a_finished_run(tmp_path, capsys):
     args = ["train", "--config", "mnist-small-pinf", "--set", "training.epochs=1", *TINY,
             "--set", "eval.n=10"]  # fmt: skip
     assert main([*args, "--out", str(out)]) == 0
-    assert "trained 1 epochs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "trained 1 epochs" in printed
+    # the configs' held-out suite is quick (PGD-20): its figures are labelled upper bounds
+    assert "(suite quick: upper bounds" in printed
     log = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and "union_acc" in log[0]
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0  # nothing left

@@ -67,13 +67,23 @@ def resolve_config(args: argparse.Namespace):
     return load_config(config, overrides)
 
 
-def report(result) -> None:
+def strength_note(suite: str) -> str:
+    """How to read held-out robust accuracies measured with ``suite``: only the named strong
+    suites give strict figures; anything else (the configs' default ``quick``: PGD-20) is an
+    upper bound, and says so."""
+    if suite in ("standard", "full"):
+        return f"suite {suite}"
+    return f"suite {suite}: upper bounds; evaluate best.safetensors with --suite standard"
+
+
+def report(result, suite: str = "quick") -> None:
     last = result.history[-1] if result.history else {}
     keys = ["clean_acc", "union_acc", "average_acc"]
     shown = ", ".join(f"{k[:-4]} {last[k]:.1%}" for k in keys if k in last)
     print(
         f"trained {result.epochs} epochs ({result.steps} steps, "
-        f"{result.time_per_epoch:.1f} s/epoch)" + (f"; held-out: {shown}" if shown else "")
+        f"{result.time_per_epoch:.1f} s/epoch)"
+        + (f"; held-out: {shown} ({strength_note(suite)})" if shown else "")
     )
     if result.best:
         print(
@@ -95,7 +105,7 @@ def fit_and_report(cfg, out: str, resume: bool) -> int:
     finally:
         shutdown(trainer.ctx)
     if trainer.ctx.is_main:
-        report(result)
+        report(result, str(cfg.eval.suite))
     return 0
 
 
