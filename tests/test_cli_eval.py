@@ -142,7 +142,8 @@ def test_attack_end_to_end(weights, tmp_path, capsys):
     )
     assert code == 0
     screen = capsys.readouterr().out
-    assert "success rate" in screen and "robust accuracy" in screen
+    assert "success rate" in screen and "robust accuracy  ≤ " in screen
+    assert "an upper bound: one attack" in screen  # one attack's number is labelled as such
     report = json.loads((out / "report.json").read_text())
     saved = load_file(str(out / "adversarial.safetensors"))
     x, y = as_tensors(get_dataset("mnist-embedded", "test"), 16)

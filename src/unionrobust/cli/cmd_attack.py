@@ -120,8 +120,9 @@ def format_attack(report: AttackReport) -> str:
         f"clean accuracy   {100 * d['clean_accuracy']:.1f}%",
         f"success rate     {100 * d['success_rate']:.1f}% of correctly classified points "
         f"({int((report.success & ok).sum())}/{int(ok.sum())})",
-        f"robust accuracy  {100 * d['robust_accuracy']:.1f}%  95% CI [{100 * lo:.1f}, "
-        f"{100 * hi:.1f}]",
+        f"robust accuracy  ≤ {100 * d['robust_accuracy']:.1f}%  95% CI [{100 * lo:.1f}, "
+        f"{100 * hi:.1f}] (an upper bound: one attack; 'unionrobust eval --suite standard' "
+        "for the strong number)",
     ]
     if len(report.threats) > 1:
         by = d["successes_by_threat"]
