@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from _helpers import CountingModel
-from unionrobust.attacks.apgd import APGD, large_eps_stages
+from unionrobust.attacks.apgd import APGD, large_eps_stages, to_surface
 from unionrobust.attacks.apgd_rules import L1SparsityRule, StepSizeRule, checkpoints
 from unionrobust.attacks.pgd import PGD
 from unionrobust.errors import UnionRobustError
@@ -145,15 +145,17 @@ def test_l1_rule_adapts_sparsity_and_step():
     norm=st.sampled_from(VARIANTS),
     eps=st.floats(0.01, 3.0),
     loss=st.sampled_from(["ce", "dlr", "dlr-targeted", "cw"]),
+    start=st.sampled_from(["random", "surface"]),
 )
-def test_outputs_in_box_and_ball(tiny_cnn, toy_images, norm, eps, loss):
+def test_outputs_in_box_and_ball(tiny_cnn, toy_images, norm, eps, loss, start):
     if norm == "linf":
         eps = min(eps, 1.0)
     model = tiny_cnn()
     x, y = toy_images(6)
     y[:4] = _predicted(model, x)[:4]
     threat = _threat(norm, eps)
-    res = APGD(threat, steps=6, restarts=2, loss=loss, n_targets=2, **_large(norm))(model, x, y)
+    attack = APGD(threat, steps=6, restarts=2, loss=loss, n_targets=2, start=start, **_large(norm))
+    res = attack(model, x, y)
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     assert threat.contains(res.x_adv - x, x).all()
@@ -201,6 +203,52 @@ def test_same_seed_same_result_other_seed_differs(tiny_cnn, toy_images, norm):
     assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.loss, b.loss)
     assert torch.equal(a.success, b.success)
     assert not torch.equal(a.x_adv, c.x_adv)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    norm=st.sampled_from(["linf", "l2", "l1"]),
+    seed=st.integers(0, 2**31 - 1),
+    inner=st.booleans(),
+)
+def test_surface_start_is_the_scaled_point_projected(norm, seed, inner):
+    """to_surface against a slow reference: δ·ε/‖δ‖ when that stays in the box (x in the
+    middle, small ε), else in ball ∩ box with norm ≤ ε; zero rows stay zero."""
+    g = torch.Generator().manual_seed(seed)
+    d = 20
+    eps = (
+        {"linf": 0.05, "l2": 0.1, "l1": 0.2}[norm]
+        if inner
+        else {"linf": 0.9, "l2": 3.0}.get(norm, 8.0)
+    )
+    threat = _threat(norm, eps)
+    x = (
+        0.4 + 0.2 * torch.rand(4, d, generator=g, dtype=torch.float64)
+        if inner
+        else torch.rand(4, d, generator=g, dtype=torch.float64)
+    )
+    delta = threat.project((torch.rand(4, d, generator=g, dtype=torch.float64) - 0.5) * eps, x)
+    delta[3] = 0.0
+    out = to_surface(threat, delta, x)
+    assert threat.contains(out, x).all()
+    assert torch.equal(out[3], torch.zeros(d, dtype=out.dtype))
+    for i in range(3):
+        size = {"linf": delta[i].abs().max(), "l2": delta[i].norm(), "l1": delta[i].abs().sum()}
+        expected = delta[i] * (eps / float(size[norm]))
+        if inner:  # the box does not bind: exactly on the sphere, same direction
+            assert torch.allclose(out[i], expected, atol=1e-9)
+        else:
+            assert float(threat.norm(out[i : i + 1])[0]) <= eps * (1 + 1e-9)
+
+
+def test_surface_start_changes_the_run(tiny_cnn, toy_images):
+    model = tiny_cnn()
+    x, _ = toy_images(6)
+    y = _predicted(model, x)
+    a = APGD(L2(0.5), steps=1, seed=3)(model, x, y)
+    b = APGD(L2(0.5), steps=1, seed=3, start="surface")(model, x, y)
+    assert not torch.allclose(a.x_adv, b.x_adv)
+    assert "start='surface'" in repr(APGD(L2(0.5), start="surface"))
 
 
 @pytest.mark.parametrize("norm", VARIANTS)
@@ -270,6 +318,7 @@ def test_dlr_needs_three_classes_targeted_four(linear_model):
         ({"l1_sparsity": 0.0}, "l1_sparsity"),
         ({"large_eps": True}, "large_eps is the ℓ1 schedule"),
         ({"large_eps": "yes"}, "large_eps must be True or False"),
+        ({"start": "edge"}, "unknown APGD start 'edge'; valid: random, surface"),
     ],
 )
 def test_bad_parameters(kwargs, match):

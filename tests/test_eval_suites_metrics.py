@@ -28,29 +28,43 @@ def test_unknown_suite_lists_valid_names():
     assert all(name in msg for name in suite_names()) and "\n" not in msg
 
 
-def test_standard_suite_is_apgd_ce_then_targeted_dlr_per_threat():
+def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
     from unionrobust.attacks.apgd import APGD
 
     suite = get_suite("standard", THREATS)
+    survivors = {False: ["apgd-t"], True: ["apgd-ce", "apgd-cw", "apgd-ce"]}
     assert [(e.threat_index, e.attack) for e in suite.entries] == [
-        (i, a) for i in range(3) for a in ("apgd-ce", "apgd-t")
+        (i, a) for i in range(3) for a in ("apgd-ce", "apgd-t", *survivors[i == 2])
     ]
     union = parse(THREATS)
-    for e in suite.entries:
-        attack = e.build(union[e.threat_index], 5)
-        assert isinstance(attack, APGD)
-        assert attack.threat == union[e.threat_index] and attack.seed == 5
-        assert attack.steps == 100
-        assert attack.loss == ("ce" if e.attack == "apgd-ce" else "dlr-targeted")
-        l1 = isinstance(attack.threat, L1)
-        if e.attack == "apgd-t":  # AutoAttack 'standard': 9 targets, 5 for l1
-            assert attack.n_targets == (5 if l1 else 9) and attack.restarts == 1
+    for i in range(3):
+        entries = [e for e in suite.entries if e.threat_index == i]
+        attacks = [e.build(union[i], 5) for e in entries]
+        assert all(isinstance(a, APGD) and a.threat == union[i] for a in attacks)
+        l1 = isinstance(union[i], L1)
+        # AutoAttack 'standard': APGD-CE 1 restart (ℓ1: 5), APGD-T 9 targets (ℓ1: 5), 100 steps,
+        # ℓ1 with the large-ε schedule of "Mind the box" (use_largereps), in the entry's
+        # description too (the run's config hash)
+        ce, t = attacks[:2]
+        assert (ce.loss, ce.steps, ce.restarts, ce.seed) == ("ce", 100, 5 if l1 else 1, 5)
+        assert (t.loss, t.steps, t.restarts, t.seed) == ("dlr-targeted", 100, 1, 5)
+        assert t.n_targets == (5 if l1 else 9)
+        assert all(a.large_eps == l1 for a in attacks)
+        assert all(dict(e.params).get("large_eps", False) == l1 for e in entries)
+        # the survivor round: every pass with fresh random starts (its own seed), ℓ1 longer
+        rest = attacks[2:]
+        assert len({a.seed for a in rest} - {5}) == len(rest)
+        if l1:
+            assert [(a.loss, a.steps, a.restarts) for a in rest] == [
+                ("ce", 300, 2),
+                ("cw", 300, 2),
+                ("ce", 1000, 1),
+            ]
         else:
-            assert attack.restarts == (5 if l1 else 1)
-        # ℓ1: the large-ε schedule of "Mind the box" (AutoAttack's use_largereps), in the
-        # entry's description too (the run's config hash)
-        assert attack.large_eps == l1
-        assert dict(e.params).get("large_eps", False) == l1
+            assert [(a.loss, a.steps, a.n_targets, a.start) for a in rest] == [
+                ("dlr-targeted", 100, 9, "surface")
+            ]
+        assert len(set(suite.labels())) == len(suite)  # every pass told apart in progress
 
 
 @pytest.mark.parametrize(

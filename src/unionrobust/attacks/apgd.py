@@ -51,6 +51,8 @@ from unionrobust.rng import KeyedRandom
 from unionrobust.threats import L1, ThreatModel, Union, single_threat
 
 APGD_LOSSES = ("ce", "cw", "dlr", "dlr-targeted")
+#: x⁽⁰⁾: the threat's random point in ball ∩ box, or that point pushed out to the ball's surface
+APGD_STARTS = ("random", "surface")
 #: fewest classes each loss is defined for
 MIN_CLASSES = {"ce": 2, "cw": 2, "dlr": 3, "dlr-targeted": 4}
 
@@ -70,6 +72,16 @@ def large_eps_stages(steps: int) -> list[tuple[float, int]]:
     return [*head, (LARGE_EPS_SCHEDULE[-1][0], rest)]
 
 
+def to_surface(threat: ThreatModel, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``delta`` scaled out to the threat's radius, then projected onto ball ∩ box: AutoAttack's
+    APGD starts on the sphere (ℓ2: ε·n/‖n‖ for Gaussian n; ℓ∞: ε·u/‖u‖∞ for uniform u), farther
+    out than a point drawn inside the ball, so a pass from there explores other basins. Rows
+    with δ = 0 (nothing movable in the box) stay at 0."""
+    size = threat.norm(delta)
+    scale = torch.where(size > 0, threat.size / size.clamp_min(1e-12), torch.ones_like(size))
+    return threat.project(delta * _rows(scale.to(delta.dtype), delta), x)
+
+
 class APGD(Attack):
     """Auto-PGD for one threat model (ℓ∞, ℓ2, ℓ1 "Mind the box"); see the module docstring.
 
@@ -77,9 +89,12 @@ class APGD(Attack):
     dlr-targeted}, ``n_targets`` target classes for dlr-targeted, ``rho`` the oscillation
     threshold of checkpoint condition 1, ``alpha`` the momentum weight, ``l1_sparsity`` the
     initial fraction of coordinates an ℓ1 step moves (0.2 for evaluation; E-AT uses 0.05–0.1
-    for training), ``large_eps`` (ℓ1 only) the 3ε → 2ε → ε schedule of Croce & Hein 2021
-    ("Mind the box"; AutoAttack's ``use_largereps``, on in the ``standard`` suite's ℓ1
-    entries). ``threat``: a threat model, a one-member union or a spec such as ``"l1:10"``.
+    for training), ``start`` ``"random"`` (the threat's random point in ball ∩ box) or
+    ``"surface"`` (that point scaled out to the ball's surface, as AutoAttack starts; used by
+    the ``standard`` suite's second targeted pass), ``large_eps`` (ℓ1 only) the
+    3ε → 2ε → ε schedule of Croce & Hein 2021 ("Mind the box"; AutoAttack's
+    ``use_largereps``, on in the ``standard`` suite's ℓ1 entries). ``threat``: a threat
+    model, a one-member union or a spec such as ``"l1:10"``.
     """
 
     name = "apgd"
@@ -97,6 +112,7 @@ class APGD(Attack):
         amp: bool = False,
         l1_sparsity: float = 0.2,
         large_eps: bool = False,
+        start: str = "random",
     ) -> None:
         threat = single_threat(threat, "APGD")
         super().__init__(threat, seed=seed, amp=amp)
@@ -117,11 +133,15 @@ class APGD(Attack):
                 "an ℓ1 threat (drop large_eps)"
             )
         self.large_eps = large_eps
+        if start not in APGD_STARTS:
+            raise unknown_name("APGD start", start, APGD_STARTS)
+        self.start = start
 
     def __repr__(self) -> str:
         return (
             f"APGD({self.threat!r}, steps={self.steps}, restarts={self.restarts}, "
-            f"loss={self.loss!r}{', large_eps=True' if self.large_eps else ''})"
+            f"loss={self.loss!r}{', large_eps=True' if self.large_eps else ''}"
+            f"{'' if self.start == 'random' else f', start={self.start!r}'})"
         )
 
     # -- the per-norm rule lives here, and only here -------------------------------------------
@@ -205,6 +225,8 @@ class APGD(Attack):
             rule = self._rule(threat, steps, x)
             if delta is None:
                 delta, warm = rule.start(x, rand, counter), False
+                if self.start == "surface":
+                    delta = to_surface(threat, delta, x)
             else:  # the previous stage's x_max, projected onto this stage's smaller ball
                 delta, warm = threat.project(delta, x), True
             final = number == len(stages) - 1
