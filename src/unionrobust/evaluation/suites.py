@@ -170,9 +170,10 @@ def _quick(threats: Union) -> list[SuiteEntry]:
 
 
 #: ``standard``'s survivor round, run after AutoAttack's budget on the points still robust:
-#: (ℓ1?) -> [(name, APGD parameters)], each pass with its own seed offset (fresh random starts)
-SURVIVOR_ROUND: dict[bool, list[tuple[str, dict[str, Any]]]] = {
-    False: [
+#: "l1" or "other" (ℓ∞, ℓ2, …) -> [(name, APGD parameters)], each pass with its own seed
+#: offset (fresh random starts)
+SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "other": [
         (
             "apgd-t",
             {
@@ -184,7 +185,7 @@ SURVIVOR_ROUND: dict[bool, list[tuple[str, dict[str, Any]]]] = {
             },
         ),
     ],
-    True: [
+    "l1": [
         ("apgd-ce", {"steps": 300, "restarts": 2, "loss": "ce"}),
         ("apgd-cw", {"steps": 300, "restarts": 2, "loss": "cw"}),
         ("apgd-ce", {"steps": 1000, "restarts": 1, "loss": "ce"}),
@@ -215,7 +216,7 @@ def _standard(threats: Union) -> list[SuiteEntry]:
                 **extra,
             )
         )
-        for offset, (name, params) in enumerate(SURVIVOR_ROUND[l1], start=1):
+        for offset, (name, params) in enumerate(SURVIVOR_ROUND["l1" if l1 else "other"], start=1):
             out.append(_entry(i, name, _apgd, seed_offset=offset, **params, **extra))
     return out
 
