@@ -205,6 +205,11 @@ def test_same_seed_same_result_other_seed_differs(tiny_cnn, toy_images, norm):
     assert not torch.equal(a.x_adv, c.x_adv)
 
 
+#: radii small enough that δ·ε/‖δ‖ stays in the box for x ∈ [0.4, 0.6]; and large ones
+SURFACE_EPS_INNER = {"linf": 0.05, "l2": 0.1, "l1": 0.2}
+SURFACE_EPS_BOX = {"linf": 0.9, "l2": 3.0, "l1": 8.0}
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     norm=st.sampled_from(["linf", "l2", "l1"]),
@@ -213,20 +218,15 @@ def test_same_seed_same_result_other_seed_differs(tiny_cnn, toy_images, norm):
 )
 def test_surface_start_is_the_scaled_point_projected(norm, seed, inner):
     """to_surface against a slow reference: δ·ε/‖δ‖ when that stays in the box (x in the
-    middle, small ε), else in ball ∩ box with norm ≤ ε; zero rows stay zero."""
+    middle, small ε), else that point projected onto ball ∩ box (the projection has its own
+    reference tests); zero rows stay zero."""
     g = torch.Generator().manual_seed(seed)
     d = 20
-    eps = (
-        {"linf": 0.05, "l2": 0.1, "l1": 0.2}[norm]
-        if inner
-        else {"linf": 0.9, "l2": 3.0}.get(norm, 8.0)
-    )
+    eps = (SURFACE_EPS_INNER if inner else SURFACE_EPS_BOX)[norm]
     threat = _threat(norm, eps)
-    x = (
-        0.4 + 0.2 * torch.rand(4, d, generator=g, dtype=torch.float64)
-        if inner
-        else torch.rand(4, d, generator=g, dtype=torch.float64)
-    )
+    x = torch.rand(4, d, generator=g, dtype=torch.float64)
+    if inner:
+        x = 0.4 + 0.2 * x
     delta = threat.project((torch.rand(4, d, generator=g, dtype=torch.float64) - 0.5) * eps, x)
     delta[3] = 0.0
     out = to_surface(threat, delta, x)
@@ -239,6 +239,8 @@ def test_surface_start_is_the_scaled_point_projected(norm, seed, inner):
             assert torch.allclose(out[i], expected, atol=1e-9)
         else:
             assert float(threat.norm(out[i : i + 1])[0]) <= eps * (1 + 1e-9)
+            projected = threat.project(expected[None], x[i : i + 1])[0]
+            assert torch.allclose(out[i], projected, atol=1e-9)
 
 
 def test_surface_start_changes_the_run(tiny_cnn, toy_images):

@@ -19,7 +19,8 @@ Named suites (``suite_names()``):
   AutoAttack starts, ``start="surface"``); ℓ1 longer runs (300 steps with the CE and
   the margin loss, 1,000 steps with CE), because ℓ1-APGD's sparse search misses points that
   sit within a few hundredths of the decision margin when it stops at 100 steps (issue 8,
-  benchmarks/RESULTS.md). The round costs little: it only runs on the survivors.
+  benchmarks/RESULTS.md). The round runs only on the survivors, so its cost grows with the
+  robust accuracy: up to about 3× the first round's on a model that keeps most points.
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
   sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
