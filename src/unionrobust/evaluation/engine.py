@@ -134,13 +134,14 @@ def _run_entry(
     far, or the union's with ``union_bar``."""
     t = entry.threat_index
     threat = union[t]
+    key = entry.key(union)
     v.attacked.append(int(todo.numel()))
     attack = None
     seconds = 0.0
     n_rejected = 0
-    with progress_bar(int(todo.numel()), entry.label(union), run.progress) as bar:
+    with progress_bar(int(todo.numel()), key, run.progress) as bar:
         for k, idx in enumerate(_chunks(todo, run.batch_size)):
-            rec = run.replay(("attack", e, k), run.ids[idx])
+            rec = run.replay(("attack", key, k), run.ids[idx])
             if rec is not None:
                 b = torch.tensor(rec["broken"], dtype=torch.bool)
                 nrm = norms_from_json(rec["norms"])
@@ -152,7 +153,7 @@ def _run_entry(
                 b, nrm, r = _attack_chunk(run, attack, threat, idx)
                 dt = time.perf_counter() - tc
                 if run.log is not None:
-                    run.log.write_attack(e, k, run.ids[idx], b, nrm, r, dt)
+                    run.log.write_attack(key, k, run.ids[idx], b, nrm, r, dt)
             n_rejected += r
             seconds += dt
             v.broken[idx, e] = b
@@ -275,7 +276,7 @@ def _clean_pass(run: _Run) -> tuple[torch.Tensor, int]:
     nonfinite = 0
     with progress_bar(count, "clean", run.progress) as bar:
         for k, idx in enumerate(_chunks(torch.arange(count), run.batch_size)):
-            rec = run.replay(("clean", -1, k), run.ids[idx])
+            rec = run.replay(("clean", None, k), run.ids[idx])
             if rec is not None:
                 correct = torch.tensor(rec["correct"], dtype=torch.bool)
                 bad = int(rec.get("nonfinite", 0))

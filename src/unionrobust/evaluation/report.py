@@ -96,6 +96,12 @@ class EvaluationReport:
         return before.all(dim=1) if self.union_only else before[:, self.entry_threat[e]]
 
     @property
+    def entry_keys(self) -> list[str]:
+        """Each entry's key (``attack@threat`` or ``attack@threat#pass``), as in progress, the
+        verdict log, verdicts.csv and the tables."""
+        return [d["key"] for d in self.entries]
+
+    @property
     def union_robust(self) -> torch.Tensor:
         """Bool (n,): robust for every threat of the union."""
         return self.threat_robust().all(dim=1)
@@ -142,6 +148,7 @@ class EvaluationReport:
             rows.append(
                 {
                     "entry": e,
+                    "key": desc["key"],
                     "threat": self.threats[t],
                     "attack": desc["attack"],
                     "params": desc.get("params", {}),
@@ -199,14 +206,11 @@ class EvaluationReport:
         }
 
     def verdict_rows(self) -> list[dict[str, Any]]:
-        """One row per example: id, label, clean correct, per entry broken/norm, per threat
+        """One row per example: id, label, clean correct, per entry (by key) broken/norm, per threat
         robust (``robust_upper_bound[...]`` in union-only mode), union robust (the columns of
         verdicts.csv)."""
         robust_col = "robust_upper_bound" if self.per_threat_upper_bound else "robust"
-        labels = [
-            f"{d['attack']}@{self.threats[self.entry_threat[e]]}"
-            for e, d in enumerate(self.entries)
-        ]
+        labels = self.entry_keys
         r = self.threat_robust()
         u = r.all(dim=1)
         rows = []

@@ -2,13 +2,14 @@
 
 Layout of ``<out_dir>/verdicts.jsonl``:
 
-- line 1, the header: ``{"type": "header", "format": 1, "config_hash": ..., "config": {...}}``
+- line 1, the header: ``{"type": "header", "format": 2, "config_hash": ..., "config": {...}}``
   (threats, suite entries, seed, batch size, example ids, data and model fingerprints);
 - then one record per finished chunk, in the order the engine runs them:
   ``{"type": "clean", "chunk": k, "ids": [...], "correct": [...], "nonfinite": m}`` for the
   clean pass (``m`` rows with non-finite logits, counted as not correct) and
-  ``{"type": "attack", "entry": e, "chunk": k, "ids": [...], "broken": [...], "norms": [...],
-  "rejected": r, "seconds": s}`` for attack entry ``e``.
+  ``{"type": "attack", "entry": key, "chunk": k, "ids": [...], "broken": [...], "norms": [...],
+  "rejected": r, "seconds": s}`` for the suite entry named ``key``
+  (:meth:`unionrobust.evaluation.suites.SuiteEntry.key`, e.g. ``"apgd-t@l2:2#2"``).
 
 Every record is flushed and ``os.fsync``-ed before the engine moves on, so after a kill the log
 holds every finished chunk and at most one truncated last line, which :func:`read_log` drops.
@@ -38,7 +39,7 @@ from unionrobust.errors import UnionRobustError
 from unionrobust.outdir import locked_folder, refuse_existing, writing
 
 LOG_NAME = "verdicts.jsonl"
-LOG_FORMAT = 1
+LOG_FORMAT = 2  # 2: attack records name their entry by its key
 #: keys every record of a type must hold (a clean record may also hold "nonfinite")
 RECORD_KEYS = {
     "clean": ("chunk", "ids", "correct"),
@@ -174,7 +175,7 @@ class VerdictLog:
 
     def write_attack(
         self,
-        entry: int,
+        entry: str,
         chunk: int,
         ids: torch.Tensor,
         broken: torch.Tensor,
@@ -226,8 +227,13 @@ def read_log(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[
     if not parsed:
         return None, [], 0
     header = parsed[0]
-    if header.get("type") != "header" or header.get("format") != LOG_FORMAT:
-        raise UnionRobustError(f"{path} is not a unionrobust verdict log (format {LOG_FORMAT})")
+    if not isinstance(header, dict) or header.get("type") != "header":
+        raise UnionRobustError(f"{path} is not a unionrobust verdict log")
+    if header.get("format") != LOG_FORMAT:
+        raise UnionRobustError(
+            f"cannot resume: {path} has verdict-log format {header.get('format')!r}, this "
+            f"version writes format {LOG_FORMAT}; start again with --overwrite (overwrite=True)"
+        )
     return header, parsed[1:], good
 
 
@@ -254,12 +260,9 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "differs in: " + ", ".join(keys) if keys else "different format"
 
 
-def records_by_key(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """Index records by (type, entry, chunk); entry is -1 for the clean pass."""
-    out = {}
-    for r in records:
-        out[(r["type"], int(r.get("entry", -1)), int(r["chunk"]))] = r
-    return out
+def records_by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str | None, int], dict]:
+    """Index records by (type, entry key, chunk); the key is None for the clean pass."""
+    return {(r["type"], r.get("entry"), int(r["chunk"])): r for r in records}
 
 
 def norms_from_json(values: list[float | None]) -> torch.Tensor:

@@ -53,13 +53,13 @@ def per_attack_table(report: EvaluationReport) -> str:
     n = max(report.n_examples, 1)
     cc = report.clean_correct
     rows = []
-    for e, desc in enumerate(report.entries):
+    for e, key in enumerate(report.entry_keys):
         t = report.entry_threat[e]
         alone = "-" if report.cascade else _pct(int((cc & ~report.broken[:, e]).sum()) / n)
         rows.append(
             [
                 report.threats[t],
-                desc["attack"],
+                key,
                 alone,
                 _pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
             ]
@@ -67,7 +67,7 @@ def per_attack_table(report: EvaluationReport) -> str:
     for spec in report.threats:
         rows.append([spec, "**all attacks**", "", _pct(report.per_threat_accuracy[spec])])
     rows.append(["**union**", "**all attacks**", "", _pct(report.union_accuracy)])
-    return format_table(["threat", "attack", "alone", "with the attacks above"], rows)
+    return format_table(["threat", "entry", "alone", "with the attacks above"], rows)
 
 
 def format_diagnostics(diag: dict[str, Any]) -> str:

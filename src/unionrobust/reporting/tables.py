@@ -95,7 +95,7 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
             [
                 r["entry"] + 1,
                 r["threat"],
-                r["attack"],
+                r["key"],
                 r["attacked"],
                 r["broken"],
                 r["rejected"],
@@ -107,7 +107,7 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
     headers = [
         "#",
         "threat",
-        "attack",
+        "entry",
         "attacked",
         "broken",
         "rejected",
