@@ -29,7 +29,8 @@ from unionrobust.evaluation.checks import clean_verdicts, recheck
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
 from unionrobust.evaluation.inputs import chunks as _chunks
-from unionrobust.evaluation.report import EVERYTHING, PER_THREAT, UNION_ONLY, EvaluationReport
+from unionrobust.evaluation.mode import EvaluationMode
+from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
     VerdictLog,
@@ -99,13 +100,9 @@ class _Verdicts:
             clean_correct.reshape(-1, 1).repeat(1, n_threats),
         )
 
-    def todo(self, t: int, mode: str) -> torch.Tensor:
-        """Indices the next entry (of threat ``t``) attacks: in per-threat mode the points
-        still robust for t, in union-only mode those still robust for every threat."""
-        if mode == EVERYTHING:
-            return torch.arange(self.robust.shape[0])
-        mask = self.robust.all(dim=1) if mode == UNION_ONLY else self.robust[:, t]
-        return torch.nonzero(mask).reshape(-1)
+    def todo(self, t: int, mode: EvaluationMode) -> torch.Tensor:
+        """Indices the next entry (of threat ``t``) attacks (:meth:`EvaluationMode.attacked`)."""
+        return torch.nonzero(mode.attacked(self.robust, t)).reshape(-1)
 
 
 def _attack_chunk(
@@ -168,13 +165,18 @@ def _run_entry(
 
 
 def _attack_passes(
-    run: _Run, suite: Suite, union: Union, seed: int, mode: str, clean_correct: torch.Tensor
+    run: _Run,
+    suite: Suite,
+    union: Union,
+    seed: int,
+    mode: EvaluationMode,
+    clean_correct: torch.Tensor,
 ) -> _Verdicts:
     """Every suite entry in order: per-threat cascade, union-only, or everything on everything."""
     v = _Verdicts.start(clean_correct, len(suite.entries), len(union))
     for e, entry in enumerate(suite.entries):
         todo = v.todo(entry.threat_index, mode)
-        _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
+        _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode is EvaluationMode.UNION_ONLY)
     return v
 
 
@@ -205,24 +207,17 @@ def _report(
         timings=timings,
         config=config,
         config_hash=config_hash(config),
-        cascade=bool(config["cascade"]),
-        union_only=bool(config["union_only"]),
+        mode=EvaluationMode.of(config["mode"]),
         nonfinite=nonfinite,
     )
 
 
-def _check_options(batch_size: Any, seed: Any, cascade: bool, union_only: bool) -> str:
-    """Validate the run options; return the mode (per-threat, union-only or everything)."""
+def _check_options(batch_size: Any, seed: Any) -> None:
+    """Validate the run options."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UnionRobustError(f"seed must be an integer, got {seed!r}")
-    if union_only and not cascade:
-        raise UnionRobustError(
-            "union_only=True skips points broken for any threat; it cannot be combined with "
-            "cascade=False (every attack on every point)"
-        )
-    return UNION_ONLY if union_only else PER_THREAT if cascade else EVERYTHING
 
 
 def _example_ids(example_ids: torch.Tensor | None, count: int) -> torch.Tensor:
@@ -239,8 +234,7 @@ def _run_config(
     seed: int,
     batch_size: int,
     count: int,
-    cascade: bool,
-    union_only: bool,
+    mode: EvaluationMode,
     meta: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The run's configuration, as kept in the report and checked on resume."""
@@ -251,8 +245,7 @@ def _run_config(
         "seed": int(seed),
         "batch_size": batch_size,
         "n": count,
-        "cascade": bool(cascade),
-        "union_only": bool(union_only),
+        "mode": mode.value,
         "meta": dict(meta or {}),
     }
 
@@ -308,6 +301,7 @@ def evaluate(
     progress: bool = True,
     n: int | None = None,
     *,
+    mode: EvaluationMode | str | None = None,
     cascade: bool = True,
     union_only: bool = False,
     example_ids: torch.Tensor | None = None,
@@ -325,25 +319,29 @@ def evaluate(
     configuration required, else an error); a folder that already holds a run needs
     ``resume`` or ``overwrite``. Non-finite logits: see :mod:`unionrobust.evaluation.checks`
     (``report.nonfinite`` counts them). ``device``: None = the model's, "auto" = CUDA if available.
-    ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
-    benchmarks). ``union_only=True``: a point broken for any threat is not attacked again, and
-    the suite runs in union-first order (:meth:`Suite.union_first`); same union verdicts,
-    faster, per-threat figures are upper bounds. ``example_ids``: global ids of the examples
-    (default 0..n−1), which key the attacks' randomness. ``meta``: JSON-able facts about the run
-    (model name, data spec) kept in the report and checked on resume. ``diagnostics``: run the
-    model checks and the gradient-masking flag of :mod:`unionrobust.evaluation.diagnostics`
-    (``report.diagnostics``). The model is left exactly as found.
+    ``mode`` (:class:`~unionrobust.evaluation.mode.EvaluationMode` or its name, default
+    ``per-threat``): ``everything`` runs every attack on every point (same verdicts, slower; for
+    checks and benchmarks); ``union-only``: a point broken for any threat is not attacked again,
+    and the suite runs in union-first order (:meth:`Suite.union_first`); same union verdicts,
+    faster, per-threat figures are upper bounds (``report.upper_bounds``). The older flags
+    ``union_only=True`` / ``cascade=False`` still select those modes. ``example_ids``: global
+    ids of the examples (default 0..n−1), which key the attacks' randomness. ``meta``:
+    JSON-able facts about the run (model name, data spec) kept in the report and checked on
+    resume. ``diagnostics``: run the model checks and the gradient-masking flag of
+    :mod:`unionrobust.evaluation.diagnostics` (``report.diagnostics``). The model is left
+    exactly as found.
     """
     t_start = time.perf_counter()
     union = parse(threats)
     the_suite: Suite = get_suite(suite, union)
-    mode = _check_options(batch_size, seed, cascade, union_only)
-    if mode == UNION_ONLY:
+    _check_options(batch_size, seed)
+    the_mode = EvaluationMode.resolve(mode, cascade, union_only)
+    if the_mode is EvaluationMode.UNION_ONLY:
         the_suite = the_suite.union_first()
     dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
     ids = _example_ids(example_ids, x.shape[0])
-    config = _run_config(union, the_suite, seed, batch_size, x.shape[0], cascade, union_only, meta)
+    config = _run_config(union, the_suite, seed, batch_size, x.shape[0], the_mode, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
         config |= _fingerprints(model, x, y, ids)
 
@@ -360,7 +358,7 @@ def evaluate(
         if diagnostics:  # after the clean pass, which reports a broken model in one line
             diag = run_diagnostics(model, x, y, union)
 
-        v = _attack_passes(run, the_suite, union, seed, mode, clean_correct)
+        v = _attack_passes(run, the_suite, union, seed, the_mode, clean_correct)
     finally:
         if run.log is not None:
             run.log.close()

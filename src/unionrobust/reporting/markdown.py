@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from unionrobust.evaluation.mode import FIGURES, EvaluationMode
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
-from unionrobust.evaluation.report import UPPER_BOUND_NOTE, EvaluationReport
+from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.reporting.tables import format_breakdown, format_summary, format_table
 
 #: picture names used by the reports (and file names next to report.md)
@@ -55,7 +56,7 @@ def per_attack_table(report: EvaluationReport) -> str:
     rows = []
     for e, key in enumerate(report.entry_keys):
         t = report.entry_threat[e]
-        alone = "-" if report.cascade else _pct(int((cc & ~report.broken[:, e]).sum()) / n)
+        alone = "-" if report.mode.cascade else _pct(int((cc & ~report.broken[:, e]).sum()) / n)
         rows.append(
             [
                 report.threats[t],
@@ -195,11 +196,14 @@ def _summary_section(report: EvaluationReport, diag: dict[str, Any] | None) -> S
     title = Section("Summary")
     title.text(
         f"Threats: {', '.join(report.threats)}; suite: {report.suite}; "
-        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode}; "
+        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode.value}; "
         f"unionrobust {report.version}" + (f". {facts}" if facts else "")
     )
-    if report.per_threat_upper_bound:
-        title.text(f"**Per-threat figures are upper bounds**: {UPPER_BOUND_NOTE}.")
+    if report.upper_bounds:
+        figures = ", ".join(f for f in FIGURES if f in report.upper_bounds)
+        title.text(
+            f"**Upper bounds ({figures})**: {report.mode.bound_note(report.suite)}."
+        )
     if diag and diag.get("flags"):
         title.text("**Warnings: " + ", ".join(diag["flags"]) + "** (see Diagnostics)")
     title.table(format_summary(report))
@@ -220,11 +224,12 @@ def _attack_sections(report: EvaluationReport) -> list[Section]:
         )
     )
     msd = Section("Per attack and threat (as MSD Tables 3-4)").table(per_attack_table(report))
-    if report.cascade:
+    if report.mode.cascade:
+        union_only = report.mode is EvaluationMode.UNION_ONLY
         msd.text(
-            "'alone' needs every attack run on every point (evaluate(..., cascade=False)); "
+            "'alone' needs every attack run on every point (evaluate(..., mode='everything')); "
             "the cascade only attacks points still robust"
-            + (" for the union: per-threat rows are upper bounds." if report.union_only else ".")
+            + (" for the union: per-threat rows are upper bounds." if union_only else ".")
         )
     return [breakdown, msd]
 

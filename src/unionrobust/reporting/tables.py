@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unionrobust.evaluation.report import UPPER_BOUND_NOTE, EvaluationReport
+from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.verdicts import write_csv, write_json, write_outputs
 
 FORMATS = ("markdown", "plain")
@@ -60,10 +60,14 @@ def format_table(
 
 
 def format_summary(report: EvaluationReport, fmt: str = "markdown") -> str:
-    """Clean, per-threat, union and average accuracy with 95% intervals (in union-only mode
-    the per-threat and average rows say "upper bound")."""
+    """Clean, per-threat, union and average accuracy with 95% intervals; the rows of figures
+    that are upper bounds (:attr:`EvaluationReport.upper_bounds`) say so."""
     ci = report.intervals()
-    bound = " (upper bound)" if report.per_threat_upper_bound else ""
+    bounds = report.upper_bounds
+
+    def bound(figure: str) -> str:
+        return " (upper bound)" if figure in bounds else ""
+
     n = report.n_examples
     acc = report.per_threat_accuracy
     robust = report.threat_robust()
@@ -71,17 +75,18 @@ def format_summary(report: EvaluationReport, fmt: str = "markdown") -> str:
         ["clean", _pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
     ]
     for i, spec in enumerate(report.threats):
-        label = spec + bound if i in report.entry_threat else f"{spec} (no attack run!)"
+        ran = i in report.entry_threat
+        label = spec + bound("per-threat") if ran else f"{spec} (no attack run!)"
         rows.append([label, _pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
     rows.append(
         [
-            "union (1 - R_max)",
+            "union (1 - R_max)" + bound("union"),
             _pct(report.union_accuracy),
             _ci(ci["union"]),
             int(report.union_robust.sum()),
         ]
     )
-    avg = f"average (1 - R_avg){bound}"
+    avg = "average (1 - R_avg)" + bound("average")
     rows.append([avg, _pct(report.average_accuracy), _ci(ci["average"]), "-"])
     return format_table(["accuracy", "value", "95% CI", f"robust / {n}"], rows, fmt)
 
@@ -122,14 +127,14 @@ def format_report(report: EvaluationReport, fmt: str = "markdown") -> str:
     """The summary and the per-attack breakdown, with a title line."""
     title = (
         f"Union robustness: {', '.join(report.threats)}; suite {report.suite}; "
-        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode}"
+        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode.value}"
     )
     note = (
         "95% CI: Wilson score (average: normal approx.). 'rejected': claimed successes that "
         "failed the re-check (outside the ball/box or not misclassified)."
     )
-    if report.per_threat_upper_bound:
-        note += f" NOTE: {UPPER_BOUND_NOTE}."
+    if report.upper_bounds:
+        note += f" NOTE: {report.mode.bound_note(report.suite)}."
     return "\n\n".join([title, format_summary(report, fmt), format_breakdown(report, fmt), note])
 
 
