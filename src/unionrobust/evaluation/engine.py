@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import clean_verdicts, recheck
+from unionrobust.evaluation.checks import checked_attack, clean_verdicts, recheck, rejected
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
 from unionrobust.evaluation.inputs import chunks as _chunks
@@ -113,10 +113,9 @@ def _attack_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Attack examples ``idx`` and re-check the result: (broken, norms, rejected claims)."""
     xb, yb = run.x_on(idx)
-    result = attack(run.model, xb, yb, example_ids=run.ids[idx].to(run.dev))
-    b_dev, nrm_dev = recheck(run.model, threat, xb, yb, result.x_adv)
-    claimed = result.success.to(b_dev.device).bool()
-    return b_dev.cpu(), nrm_dev.cpu(), int((claimed & ~b_dev).sum())
+    ids = run.ids[idx].to(run.dev)
+    result, b_dev, nrm_dev = checked_attack(run.model, attack, threat, xb, yb, ids)
+    return b_dev.cpu(), nrm_dev.cpu(), int(rejected(result, b_dev).sum())
 
 
 def _run_entry(

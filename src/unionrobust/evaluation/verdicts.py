@@ -35,7 +35,7 @@ from torch import nn
 
 from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
-from unionrobust.outdir import locked_folder, refuse_existing, writing
+from unionrobust.outdir import clear_run, locked_folder, refuse_existing, writing
 
 LOG_NAME = "verdicts.jsonl"
 LOG_FORMAT = 1
@@ -44,6 +44,10 @@ RECORD_KEYS = {
     "clean": ("chunk", "ids", "correct"),
     "attack": ("entry", "chunk", "ids", "broken", "norms", "rejected", "seconds"),
 }
+#: an evaluation's files in its folder (report.md/.html and pictures are written by
+#: :mod:`unionrobust.reporting`); the log last, see :func:`~unionrobust.outdir.clear_run`
+RUN_FILES = ("report.json", "verdicts.csv", "report.md", "report.html", "filters.png",
+             "curves.png", "mrb.png", LOG_NAME)  # fmt: skip
 #: how to go on after a failed write: the log keeps every finished chunk
 AFTER_WRITE_ERROR = "free space, then continue with --resume (resume=True); finished work is kept"
 
@@ -65,7 +69,8 @@ def check_out_dir(out_dir: str | os.PathLike | None, resume: bool, overwrite: bo
 
 def owning_out_dir(run: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``run`` holding its ``out_dir``'s lock, after refusing a folder that already holds
-    a run unless ``resume`` or ``overwrite`` is given (both checked before any work)."""
+    a run unless ``resume`` or ``overwrite`` is given (both checked before any work); with
+    ``overwrite`` the earlier run's files are removed before the new run writes anything."""
     signature = inspect.signature(run)
 
     @functools.wraps(run)
@@ -75,6 +80,8 @@ def owning_out_dir(run: Callable[..., Any]) -> Callable[..., Any]:
         out_dir, resume = bound.arguments["out_dir"], bound.arguments["resume"]
         with locked_folder(out_dir):
             check_out_dir(out_dir, resume, bound.arguments["overwrite"])
+            if bound.arguments["overwrite"]:
+                clear_run(out_dir, RUN_FILES)
             return run(*args, **kwargs)
 
     return wrapper
