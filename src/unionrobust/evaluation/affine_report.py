@@ -94,7 +94,7 @@ def affine_report(
     :func:`~unionrobust.evaluation.evaluate`."""
     s1, s2 = affine_pair(threats)
     betas = check_betas(betas)
-    batch_size = check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch size", batch_size, 1)
     attacks = {
         b: affine_attack(s1, s2, k=k, betas=[b], steps=steps, loss=loss, seed=seed) for b in betas
     }

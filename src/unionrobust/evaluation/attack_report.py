@@ -140,7 +140,7 @@ def attack_report(
     ``seed`` — MSD searches all balls at once, any other attack runs per member, worst case
     kept — or an :class:`Attack`) on every example; data as for :func:`evaluate`."""
     union = parse(threats)
-    batch_size = check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch size", batch_size, 1)
     if isinstance(attack, str):
         name, atk = attack, union_attack(attack, union, steps, restarts, seed)
     else:

@@ -34,7 +34,7 @@ def attack_in_batches(
     results do not depend on the batch size; universal groups are never split), merged. Each
     batch first passes the clean check of every model (:func:`clean_verdicts`): a model with
     non-finite logits on a whole batch is an error, never a 100 % attack success."""
-    batch = check_int("batch_size", batch_size, 1)
+    batch = check_int("batch size", batch_size, 1)
     if isinstance(domains, UniversalGroups):
         batch = max(domains.group, batch - batch % domains.group)
     parts = []

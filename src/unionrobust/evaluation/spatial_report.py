@@ -80,7 +80,7 @@ def spatial_report(
     """Run the search ``attack`` (grid or worst-of-k) on every example, each output re-checked;
     data as for :func:`~unionrobust.evaluation.evaluate`."""
     atk, threat = attack, attack.threat
-    batch_size = check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch size", batch_size, 1)
     dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
     count = x.shape[0]
