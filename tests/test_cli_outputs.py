@@ -239,3 +239,49 @@ def test_affine_report_counts_rechecked_verdicts_not_the_attacks_claims(monkeypa
         assert torch.equal(honest.robust[b], boast.robust[b])
     assert boast.rejected > 0 and honest.rejected == 0
     assert honest.union_accuracy == float((honest.robust[0.0] & honest.robust[1.0]).double().mean())
+
+
+# --------------------------------------------------------------------------- public names
+def test_public_names_are_unambiguous_with_deprecated_aliases():
+    import typing
+
+    import unionrobust as ur
+    from unionrobust.threats import Union
+
+    namespace: dict = {}
+    exec("from typing import Union\nfrom unionrobust import *", namespace)
+    assert namespace["Union"] is typing.Union  # a star import no longer shadows typing.Union
+    assert namespace["ThreatUnion"] is Union and "get_model" not in ur.__all__
+    with pytest.warns(DeprecationWarning, match="ThreatUnion"):
+        assert ur.Union is Union
+    with pytest.warns(DeprecationWarning, match="load_model"):
+        assert ur.get_model is not None
+    with pytest.raises(AttributeError):
+        ur.no_such_name  # noqa: B018
+    from unionrobust.evaluation import engine
+    from unionrobust.evaluation.inputs import read_examples
+
+    x, y = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2])
+    assert "as_tensors" not in engine.__all__
+    with pytest.warns(DeprecationWarning, match="read_examples"):
+        old = engine.as_tensors(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(old, read_examples(x, y), strict=True))
+    from unionrobust import reporting
+
+    assert "write_report" not in reporting.__all__ and callable(reporting.write_report)
+
+
+def test_load_model_is_the_one_loader(tmp_path):
+    import unionrobust as ur
+    from unionrobust.errors import UnionRobustError
+
+    with pytest.raises(UnionRobustError, match="untrained=True"):
+        ur.load_model("small-cnn", num_classes=10)
+    model = ur.load_model("small-cnn", untrained=True, num_classes=10)
+    path = tmp_path / "w.safetensors"
+    ur.save_weights(model, path)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(ur.load_model("small-cnn", path)(x), model(x))
+    src = tmp_path / "net.py"
+    src.write_text("import torch\ndef build():\n    return torch.nn.Linear(2, 2)\n")
+    assert isinstance(ur.load_model(module=f"{src}:build"), torch.nn.Linear)

@@ -193,13 +193,13 @@ def owned_folder(
 
 
 @contextlib.contextmanager
-def writing(folder: str | os.PathLike, then: str = "") -> Iterator[None]:
+def writing(folder: str | os.PathLike, then: str = "", what: str = "") -> Iterator[None]:
     """Turn an ``OSError`` while writing into ``folder`` (a full disk, a read-only file system)
-    into a one-line error; ``then`` says how to continue. Files written earlier stay."""
+    into a one-line error; ``what``: the file(s) being written, ``then``: how to continue.
+    The writers are atomic, so files written earlier stay intact."""
     try:
         yield
     except OSError as exc:
         hint = f"; {then}" if then else ""
-        raise UnionRobustError(
-            f"cannot write to {str(folder)!r}: {exc.strerror or exc}{hint}"
-        ) from None
+        target = f"{what} in {str(folder)!r}" if what else f"to {str(folder)!r}"
+        raise UnionRobustError(f"cannot write {target}: {exc.strerror or exc}{hint}") from None

@@ -1,5 +1,5 @@
 """What the commands that run a model on data share: their arguments and how they resolve
-(through :func:`unionrobust.models.get_model` and :func:`unionrobust.data.load_data`)."""
+(through :func:`unionrobust.models.load_model` and :func:`unionrobust.data.load_data`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.inputs import resolve_device
 from unionrobust.evaluation.verdicts import write_json
-from unionrobust.models import get_model, load_model
-from unionrobust.models.loader import check_model_request
+from unionrobust.models import load_model
 from unionrobust.models.robustbench import is_robustbench_name
 from unionrobust.outdir import clear_run, writing
 
@@ -124,8 +123,7 @@ def load_model_and_data(args: argparse.Namespace, require_weights: bool = False)
         )
         untrained = True
     x, y, num_classes = load_data(args.data, args.split, args.root, n)
-    check_model_request(args.model, args.weights, module=args.model_module, untrained=untrained)
-    model = get_model(
+    model = load_model(
         args.model,
         args.weights,
         module=args.model_module,

@@ -21,7 +21,7 @@ from torch import nn
 from unionrobust.attacks.affine import affine_attack, affine_contains, check_betas
 from unionrobust.errors import UnionRobustError, check_int
 from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
-from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar
+from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.threats import ThreatModel, Union, parse
 
 
@@ -99,7 +99,7 @@ def affine_report(
         b: affine_attack(s1, s2, k=k, betas=[b], steps=steps, loss=loss, seed=seed) for b in betas
     }
     dev = device_for(model, device)
-    x, y = as_tensors(x_or_dataset, y, n)
+    x, y = read_examples(x_or_dataset, y, n)
     count = x.shape[0]
     clean = torch.zeros(count, dtype=torch.bool)
     robust = {b: torch.zeros(count, dtype=torch.bool) for b in betas}

@@ -25,7 +25,7 @@ from unionrobust.attacks.base import Attack
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import check_int
 from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
-from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar
+from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.evaluation.metrics import proportion
 from unionrobust.evaluation.verdicts import write_json
 from unionrobust.outdir import writing
@@ -146,7 +146,7 @@ def attack_report(
     else:
         name, atk = type(attack).__name__, attack
     dev = device_for(model, device)
-    x, y = as_tensors(x_or_dataset, y, n)
+    x, y = read_examples(x_or_dataset, y, n)
     count = x.shape[0]
     x_adv = x.clone()
     clean_ok = torch.zeros(count, dtype=torch.bool)

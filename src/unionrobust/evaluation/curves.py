@@ -31,7 +31,7 @@ from torch import nn
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.checks import clean_verdicts, recheck
-from unionrobust.evaluation.inputs import as_tensors, resolve_device
+from unionrobust.evaluation.inputs import read_examples, resolve_device
 from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.threats import ThreatModel, Union, parse
 
@@ -168,7 +168,7 @@ def robustness_curve(
     """
     grid = _grid(eps_grid)
     make = _threat_kind(norm)
-    x, y = as_tensors(x, y)
+    x, y = read_examples(x, y)
     dev = resolve_device(None, model)
     x, y = x.to(dev), y.to(dev)
     n = x.shape[0]

@@ -27,8 +27,14 @@ from torch import nn
 from unionrobust.errors import UnionRobustError, check_int
 from unionrobust.evaluation.checks import checked_attack, clean_verdicts, recheck, rejected
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
-from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
+from unionrobust.evaluation.inputs import as_tensors as as_tensors  # deprecated re-export
 from unionrobust.evaluation.inputs import chunks as _chunks
+from unionrobust.evaluation.inputs import (
+    device_for,
+    progress_bar,
+    read_examples,
+    resolve_device,
+)
 from unionrobust.evaluation.report import EVERYTHING, PER_THREAT, UNION_ONLY, EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
 from unionrobust.evaluation.verdicts import (
@@ -44,7 +50,7 @@ from unionrobust.evaluation.verdicts import (
 )
 from unionrobust.threats import ThreatModel, Union, parse
 
-__all__ = ["as_tensors", "check_out_dir", "evaluate", "recheck", "resolve_device"]
+__all__ = ["check_out_dir", "evaluate", "recheck", "resolve_device"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -337,7 +343,7 @@ def evaluate(
     if mode == UNION_ONLY:
         the_suite = the_suite.union_first()
     dev = device_for(model, device)
-    x, y = as_tensors(x_or_dataset, y, n)
+    x, y = read_examples(x_or_dataset, y, n)
     ids = _example_ids(example_ids, x.shape[0])
     config = _run_config(union, the_suite, seed, batch_size, x.shape[0], cascade, union_only, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise

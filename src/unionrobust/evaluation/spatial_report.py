@@ -19,7 +19,7 @@ from torch import nn
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.errors import check_int
 from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
-from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar
+from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.evaluation.metrics import proportion
 
 
@@ -82,7 +82,7 @@ def spatial_report(
     atk, threat = attack, attack.threat
     batch_size = check_int("batch size", batch_size, 1)
     dev = device_for(model, device)
-    x, y = as_tensors(x_or_dataset, y, n)
+    x, y = read_examples(x_or_dataset, y, n)
     count = x.shape[0]
     clean = torch.zeros(count, dtype=torch.bool)
     broken = torch.zeros(count, dtype=torch.bool)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.atomic import atomic_write_text
+from unionrobust.atomic import append_line, atomic_write_text
 from unionrobust.errors import UnionRobustError
 from unionrobust.outdir import clear_run, locked_folder, refuse_existing, writing
 
@@ -159,12 +159,9 @@ class VerdictLog:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably (flush + fsync)."""
-        line = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
-        folder = self.path.parent
-        with writing(folder, AFTER_WRITE_ERROR), open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        line = json.dumps(record, allow_nan=False, separators=(",", ":"))
+        with writing(self.path.parent, AFTER_WRITE_ERROR):
+            append_line(self.path, line)
 
     def write_clean(
         self, chunk: int, ids: torch.Tensor, correct: torch.Tensor, nonfinite: int = 0

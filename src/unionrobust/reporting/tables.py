@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ __all__ = [
     "format_table",
     "write_csv",
     "write_json",
-    "write_report",
 ]
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal ("12.5%"); None or NaN as "-"."""
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
 
@@ -68,21 +69,21 @@ def format_summary(report: EvaluationReport, fmt: str = "markdown") -> str:
     acc = report.per_threat_accuracy
     robust = report.threat_robust()
     rows = [
-        ["clean", _pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
+        ["clean", pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
     ]
     for i, spec in enumerate(report.threats):
         label = spec + bound if i in report.entry_threat else f"{spec} (no attack run!)"
-        rows.append([label, _pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
+        rows.append([label, pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
     rows.append(
         [
             "union (1 - R_max)",
-            _pct(report.union_accuracy),
+            pct(report.union_accuracy),
             _ci(ci["union"]),
             int(report.union_robust.sum()),
         ]
     )
     avg = f"average (1 - R_avg){bound}"
-    rows.append([avg, _pct(report.average_accuracy), _ci(ci["average"]), "-"])
+    rows.append([avg, pct(report.average_accuracy), _ci(ci["average"]), "-"])
     return format_table(["accuracy", "value", "95% CI", f"robust / {n}"], rows, fmt)
 
 
@@ -99,8 +100,8 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
                 r["attacked"],
                 r["broken"],
                 r["rejected"],
-                _pct(r["threat_accuracy_after"]),
-                _pct(r["union_accuracy_after"]),
+                pct(r["threat_accuracy_after"]),
+                pct(r["union_accuracy_after"]),
                 "-" if secs is None else f"{secs:.1f}",
             ]
         )
@@ -134,5 +135,14 @@ def format_report(report: EvaluationReport, fmt: str = "markdown") -> str:
 
 
 def write_report(report: EvaluationReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Atomically write ``out_dir``/report.json and ``out_dir``/verdicts.csv."""
+    """Deprecated: :func:`unionrobust.evaluation.verdicts.write_outputs` (report.json and
+    verdicts.csv, which ``evaluate(out_dir=...)`` already writes); report.md/.html:
+    :func:`unionrobust.reporting.write_reports`."""
+    warnings.warn(
+        "unionrobust.reporting.write_report is deprecated: evaluate(out_dir=...) writes "
+        "report.json and verdicts.csv (unionrobust.evaluation.verdicts.write_outputs); "
+        "write_reports writes report.md/.html",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return write_outputs(report, out_dir)
