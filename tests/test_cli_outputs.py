@@ -285,3 +285,19 @@ def test_load_model_is_the_one_loader(tmp_path):
     src = tmp_path / "net.py"
     src.write_text("import torch\ndef build():\n    return torch.nn.Linear(2, 2)\n")
     assert isinstance(ur.load_model(module=f"{src}:build"), torch.nn.Linear)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--model", "mlp", "--n", "4", "--suite", "quick", "--cifar10c", "nowhere"],
+         "does not exist"),
+        (["eval", "--model", "mlp", "--n", "4", "--suite", "quick", "--curves", "1",
+          "--curve-attack", "nope"], "unknown attack 'nope'"),
+        (["minmax", "universal", "--model", "mlp", "--n", "4", "--fixed-weights", "1,-1"],
+         "weights"),
+    ],
+)  # fmt: skip
+def test_other_late_options_are_refused_before_any_work(argv, message, capsys, no_work):
+    assert cli(*argv) == 2
+    assert message in one_line_error(capsys)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from unionrobust.attacks.domains import ModelEnsemble, TransformDomains, UniversalGroups
+from unionrobust.attacks.minmax import DomainMinMax
 from unionrobust.attacks.transforms import make_transforms
 from unionrobust.cli.common import (
     add_model_data_arguments,
@@ -176,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         weightings["fixed"] = [
             check_number("--fixed-weights", v) for v in args.fixed_weights.split(",")
         ]
+    for weights in weightings.values():  # bad options fail before loading
+        DomainMinMax(threat, weights=weights, **options)
     batch = int_arg(args.batch_size, "--batch-size", 1)
     with owned_folder(args.out, RUN_FILES, args.overwrite):
         domains, x, y, device = build_domains(args)

@@ -21,7 +21,7 @@ from torch import nn
 from unionrobust.attacks.registry import attack_names
 from unionrobust.errors import UnionRobustError, check_choice
 from unionrobust.evaluation import multirobust
-from unionrobust.evaluation.corruptions import corruption_accuracy
+from unionrobust.evaluation.corruptions import corruption_accuracy, present_corruptions
 from unionrobust.evaluation.curves import check_union_curve, union_curve
 from unionrobust.threats import Union
 
@@ -48,6 +48,8 @@ class Extras:
         if self.scales is not None:
             check_choice("attack", self.curve_attack, attack_names())
             check_union_curve(threats, self.scales, self.curve_attack, seed)
+        if self.cifar10c:
+            present_corruptions(self.cifar10c)
         if self.mrb_grid is None:
             if self.mrb_reference:
                 raise UnionRobustError("--mrb-reference needs --mrb-grid NAME (e.g. cifar10)")
