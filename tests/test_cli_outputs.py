@@ -26,6 +26,8 @@ TINY = {
                 "--n-trans", "3", "--n", "4", "--untrained", "--no-progress"],
     "minmax": ["minmax", "universal", "--model", "mlp", "--group-size", "2", "--n", "4",
                "--steps", "2", "--untrained", "--no-progress"],
+    "attack": ["attack", "--model", "mlp", "--threats", "linf:0.1", "--steps", "2", "--n", "4",
+               "--untrained", "--no-progress"],
 }  # fmt: skip
 NAN_MODULE = (
     "import torch\n"
@@ -57,7 +59,7 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the command started its work")
 
-    for name in ("cmd_affine", "cmd_spatial", "cmd_minmax", "cmd_eval"):
+    for name in ("cmd_affine", "cmd_spatial", "cmd_minmax", "cmd_eval", "cmd_attack"):
         module = __import__(f"unionrobust.cli.{name}", fromlist=["x"])
         monkeypatch.setattr(module, "load_model_and_data", refuse)
 
@@ -75,6 +77,24 @@ def test_an_earlier_run_is_not_replaced_without_overwrite(command, tmp_path, cap
     assert (out / "report.json").read_bytes() == before
     assert cli(*TINY[command], "--out", str(out), "--seed", "3", "--overwrite") == 0
     assert json.loads((out / "report.json").read_text())
+
+
+def test_a_killed_attack_overwrite_never_mixes_two_runs(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("unionrobust.evaluation.attack_report")
+    out = tmp_path / "run"
+    assert cli(*TINY["attack"], "--out", str(out)) == 0
+    real = module.save_file
+
+    def killed(*args, **kwargs):  # dies writing the new run's first file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_file", killed)
+    assert cli(*TINY["attack"], "--out", str(out), "--n", "3", "--overwrite") == 130
+    assert not (out / "report.json").exists()  # the old report is not left beside new tensors
+    monkeypatch.setattr(module, "save_file", real)
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("command", sorted(TINY))

@@ -28,10 +28,12 @@ from unionrobust.evaluation.checks import checked_attack, clean_batches, rejecte
 from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.evaluation.metrics import proportion
 from unionrobust.evaluation.verdicts import write_json
-from unionrobust.outdir import writing
+from unionrobust.outdir import clear_run, writing
 from unionrobust.threats import ThreatModel, Union, parse
 
 ADVERSARIAL_NAME = "adversarial.safetensors"
+#: the files of an attack run in its folder
+ATTACK_FILES = ("report.json", ADVERSARIAL_NAME)
 
 
 @dataclass
@@ -184,10 +186,15 @@ def attack_report(
     )
 
 
-def write_attack_outputs(report: AttackReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """report.json and adversarial.safetensors in ``out_dir``, each written atomically."""
+def write_attack_outputs(
+    report: AttackReport, out_dir: str | os.PathLike, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """report.json and adversarial.safetensors in ``out_dir``, each written atomically; with
+    ``overwrite`` an earlier run's files are removed first (never a mix of two runs)."""
     out = Path(out_dir)
     with writing(out):
+        if overwrite:
+            clear_run(out, ATTACK_FILES)
         path = out / ADVERSARIAL_NAME
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in report.tensors().items()}, tmp)
