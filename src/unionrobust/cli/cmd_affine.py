@@ -16,7 +16,7 @@ from unionrobust.cli.common import (
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.affine_report import AffineReport, affine_pair, affine_report
 from unionrobust.outdir import owned_folder
-from unionrobust.reporting.tables import format_table
+from unionrobust.reporting.tables import check_notes, format_table
 from unionrobust.threats import ThreatModel
 
 HELP = "affine attacks: beta*S1 compounded with (1-beta)*S2 (lp + lp, or linf + rotations)"
@@ -94,8 +94,4 @@ def format_affine(report: AffineReport, s1: ThreatModel, s2: ThreatModel) -> str
         f"affine attack on {report.threats}: beta*{s1.spec} + (1-beta)*{s2.spec}, {n} inputs",
         format_table(["attack", "accuracy %", "seconds"], rows),
     ]
-    if report.rejected:
-        lines.append(f"rejected by the re-check: {report.rejected}")
-    if report.nonfinite:
-        lines.append(f"non-finite logits (counted as misclassified): {report.nonfinite}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *check_notes(report.rejected, report.nonfinite)])

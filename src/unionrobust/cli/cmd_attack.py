@@ -20,6 +20,7 @@ from unionrobust.evaluation.attack_report import (
     write_attack_outputs,
 )
 from unionrobust.outdir import owned_folder
+from unionrobust.reporting.tables import check_notes
 from unionrobust.threats import parse
 
 HELP = "run one attack against a union of threat models and save the adversarial examples"
@@ -121,8 +122,4 @@ def format_attack(report: AttackReport) -> str:
     if len(report.threats) > 1:
         by = d["successes_by_threat"]
         lines.append("successes by threat: " + ", ".join(f"{k} {v}" for k, v in by.items()))
-    if report.rejected:
-        lines.append(f"rejected by the re-check: {report.rejected}")
-    if report.nonfinite:
-        lines.append(f"non-finite logits (counted as misclassified): {report.nonfinite}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *check_notes(report.rejected, report.nonfinite)])

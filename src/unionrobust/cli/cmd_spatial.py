@@ -16,7 +16,7 @@ from unionrobust.cli.common import (
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.spatial_report import SpatialReport, spatial_report
 from unionrobust.outdir import owned_folder
-from unionrobust.reporting.tables import format_table
+from unionrobust.reporting.tables import check_notes, format_table
 from unionrobust.threats import RotationTranslation, parse
 
 HELP = "rotation-translation attack: exhaustive grid or worst-of-k random"
@@ -98,8 +98,4 @@ def format_spatial(report: SpatialReport) -> str:
         f"spatial attack, lattice {report.lattice_points} points, {d['n_examples']} inputs",
         format_table(["", "accuracy %", "seconds"], rows),
     ]
-    if report.rejected:
-        lines.append(f"rejected by the re-check: {report.rejected}")
-    if report.nonfinite:
-        lines.append(f"non-finite logits (counted as misclassified): {report.nonfinite}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *check_notes(report.rejected, report.nonfinite)])

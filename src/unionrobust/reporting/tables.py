@@ -119,6 +119,14 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
     return format_table(headers, rows, fmt)
 
 
+def check_notes(rejected: int, nonfinite: int) -> list[str]:
+    """The screen lines a one-attack report adds under its table when the checks fired."""
+    notes = [f"rejected by the re-check: {rejected}"] if rejected else []
+    if nonfinite:
+        notes.append(f"non-finite logits (counted as misclassified): {nonfinite}")
+    return notes
+
+
 def format_report(report: EvaluationReport, fmt: str = "markdown") -> str:
     """The summary and the per-attack breakdown, with a title line."""
     title = (
