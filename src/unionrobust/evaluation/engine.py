@@ -24,11 +24,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import clean_verdicts, recheck
+from unionrobust.errors import UnionRobustError, check_int
+from unionrobust.evaluation.checks import checked_attack, clean_verdicts, recheck, rejected
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
-from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
+from unionrobust.evaluation.inputs import as_tensors as as_tensors  # deprecated re-export
 from unionrobust.evaluation.inputs import chunks as _chunks
+from unionrobust.evaluation.inputs import (
+    device_for,
+    progress_bar,
+    read_examples,
+    resolve_device,
+)
 from unionrobust.evaluation.mode import EvaluationMode
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, get_suite
@@ -45,7 +51,7 @@ from unionrobust.evaluation.verdicts import (
 )
 from unionrobust.threats import ThreatModel, Union, parse
 
-__all__ = ["as_tensors", "check_out_dir", "evaluate", "recheck", "resolve_device"]
+__all__ = ["check_out_dir", "evaluate", "recheck", "resolve_device"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -110,10 +116,9 @@ def _attack_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Attack examples ``idx`` and re-check the result: (broken, norms, rejected claims)."""
     xb, yb = run.x_on(idx)
-    result = attack(run.model, xb, yb, example_ids=run.ids[idx].to(run.dev))
-    b_dev, nrm_dev = recheck(run.model, threat, xb, yb, result.x_adv)
-    claimed = result.success.to(b_dev.device).bool()
-    return b_dev.cpu(), nrm_dev.cpu(), int((claimed & ~b_dev).sum())
+    ids = run.ids[idx].to(run.dev)
+    result, b_dev, nrm_dev = checked_attack(run.model, attack, threat, xb, yb, ids)
+    return b_dev.cpu(), nrm_dev.cpu(), int(rejected(result, b_dev).sum())
 
 
 def _run_entry(
@@ -214,10 +219,8 @@ def _report(
 
 def _check_options(batch_size: Any, seed: Any) -> None:
     """Validate the run options."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
+    check_int("batch size", batch_size, 1)
+    check_int("seed", seed)
 
 
 def _example_ids(example_ids: torch.Tensor | None, count: int) -> torch.Tensor:
@@ -339,7 +342,7 @@ def evaluate(
     if the_mode is EvaluationMode.UNION_ONLY:
         the_suite = the_suite.union_first()
     dev = device_for(model, device)
-    x, y = as_tensors(x_or_dataset, y, n)
+    x, y = read_examples(x_or_dataset, y, n)
     ids = _example_ids(example_ids, x.shape[0])
     config = _run_config(union, the_suite, seed, batch_size, x.shape[0], the_mode, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise

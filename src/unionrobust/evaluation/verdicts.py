@@ -42,9 +42,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.atomic import atomic_write_text
+from unionrobust.atomic import append_line, atomic_write_text
 from unionrobust.errors import UnionRobustError
-from unionrobust.outdir import locked_folder, refuse_existing, writing
+from unionrobust.outdir import clear_run, locked_folder, refuse_existing, writing
 from unionrobust.threats import DEFAULT_TOL, AdditiveThreat, parse
 
 LOG_NAME = "verdicts.jsonl"
@@ -58,6 +58,10 @@ RECORD_KEYS = {
 DIGEST_KEY = "sha256"
 #: what to do with a damaged log
 START_AGAIN = "start again with --overwrite (overwrite=True) or use another output folder"
+#: an evaluation's files in its folder (report.md/.html and pictures are written by
+#: :mod:`unionrobust.reporting`); the log last, see :func:`~unionrobust.outdir.clear_run`
+RUN_FILES = ("report.json", "verdicts.csv", "report.md", "report.html", "filters.png",
+             "curves.png", "mrb.png", LOG_NAME)  # fmt: skip
 #: how to go on after a failed write: the log keeps every finished chunk
 AFTER_WRITE_ERROR = "free space, then continue with --resume (resume=True); finished work is kept"
 
@@ -79,7 +83,8 @@ def check_out_dir(out_dir: str | os.PathLike | None, resume: bool, overwrite: bo
 
 def owning_out_dir(run: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``run`` holding its ``out_dir``'s lock, after refusing a folder that already holds
-    a run unless ``resume`` or ``overwrite`` is given (both checked before any work)."""
+    a run unless ``resume`` or ``overwrite`` is given (both checked before any work); with
+    ``overwrite`` the earlier run's files are removed before the new run writes anything."""
     signature = inspect.signature(run)
 
     @functools.wraps(run)
@@ -89,6 +94,8 @@ def owning_out_dir(run: Callable[..., Any]) -> Callable[..., Any]:
         out_dir, resume = bound.arguments["out_dir"], bound.arguments["resume"]
         with locked_folder(out_dir):
             check_out_dir(out_dir, resume, bound.arguments["overwrite"])
+            if bound.arguments["overwrite"]:
+                clear_run(out_dir, RUN_FILES)
             return run(*args, **kwargs)
 
     return wrapper
@@ -176,12 +183,9 @@ class VerdictLog:
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably (flush + fsync), with its digest."""
         record = {**record, DIGEST_KEY: record_digest(self.run_hash, record)}
-        line = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
-        folder = self.path.parent
-        with writing(folder, AFTER_WRITE_ERROR), open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        line = json.dumps(record, allow_nan=False, separators=(",", ":"))
+        with writing(self.path.parent, AFTER_WRITE_ERROR):
+            append_line(self.path, line)
 
     def write_clean(
         self, chunk: int, ids: torch.Tensor, correct: torch.Tensor, nonfinite: int = 0

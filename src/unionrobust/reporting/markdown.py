@@ -9,14 +9,13 @@ accuracies, the MultiRobustBench grid and picture slots; :func:`render_markdown`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from unionrobust.evaluation.mode import FIGURES, EvaluationMode
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
 from unionrobust.evaluation.report import EvaluationReport
-from unionrobust.reporting.tables import format_breakdown, format_summary, format_table
+from unionrobust.reporting.tables import format_breakdown, format_summary, format_table, pct
 
 #: picture names used by the reports (and file names next to report.md)
 FILTERS_PNG = "filters.png"
@@ -44,10 +43,6 @@ class Section:
         return self
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
-
-
 def per_attack_table(report: EvaluationReport) -> str:
     """MSD Tables 3–4: per threat, one row per attack with the accuracy against that attack
     alone (only known without the cascade) and against all attacks of the threat so far."""
@@ -56,18 +51,18 @@ def per_attack_table(report: EvaluationReport) -> str:
     rows = []
     for e, key in enumerate(report.entry_keys):
         t = report.entry_threat[e]
-        alone = "-" if report.mode.cascade else _pct(int((cc & ~report.broken[:, e]).sum()) / n)
+        alone = "-" if report.mode.cascade else pct(int((cc & ~report.broken[:, e]).sum()) / n)
         rows.append(
             [
                 report.threats[t],
                 key,
                 alone,
-                _pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
+                pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
             ]
         )
     for spec in report.threats:
-        rows.append([spec, "**all attacks**", "", _pct(report.per_threat_accuracy[spec])])
-    rows.append(["**union**", "**all attacks**", "", _pct(report.union_accuracy)])
+        rows.append([spec, "**all attacks**", "", pct(report.per_threat_accuracy[spec])])
+    rows.append(["**union**", "**all attacks**", "", pct(report.union_accuracy)])
     return format_table(["threat", "entry", "alone", "with the attacks above"], rows)
 
 
@@ -104,7 +99,7 @@ def format_diagnostics(diag: dict[str, Any]) -> str:
 
 def format_curve(curve: Any) -> str:
     c = curve if isinstance(curve, dict) else curve.to_dict()
-    rows = [[f"{e:.4g}", _pct(a)] for e, a in zip(c["eps"], c["accuracy"], strict=True)]
+    rows = [[f"{e:.4g}", pct(a)] for e, a in zip(c["eps"], c["accuracy"], strict=True)]
     head = [c.get("x_label", "epsilon"), f"accuracy ({c['label']})"]
     if "ci95" in c:
         head.append("95% CI")
@@ -118,10 +113,10 @@ def format_corruptions(result: dict[str, Any]) -> str:
     sev = result["severities"]
     acc = result["accuracy"]
     rows = [
-        [c, *(_pct(acc[c][s]) for s in sev), _pct(result["per_corruption"][c])]
+        [c, *(pct(acc[c][s]) for s in sev), pct(result["per_corruption"][c])]
         for c in result["corruptions"]
     ]
-    rows.append(["mean", *(_pct(result["per_severity"][s]) for s in sev), _pct(result["mean"])])
+    rows.append(["mean", *(pct(result["per_severity"][s]) for s in sev), pct(result["mean"])])
     return format_table(["corruption", *(f"severity {s}" for s in sev), "mean"], rows)
 
 

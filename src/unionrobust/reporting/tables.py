@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ __all__ = [
     "format_table",
     "write_csv",
     "write_json",
-    "write_report",
 ]
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal ("12.5%"); None or NaN as "-"."""
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
 
@@ -72,22 +73,22 @@ def format_summary(report: EvaluationReport, fmt: str = "markdown") -> str:
     acc = report.per_threat_accuracy
     robust = report.threat_robust()
     rows = [
-        ["clean", _pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
+        ["clean", pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
     ]
     for i, spec in enumerate(report.threats):
         ran = i in report.entry_threat
         label = spec + bound("per-threat") if ran else f"{spec} (no attack run!)"
-        rows.append([label, _pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
+        rows.append([label, pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
     rows.append(
         [
             "union (1 - R_max)" + bound("union"),
-            _pct(report.union_accuracy),
+            pct(report.union_accuracy),
             _ci(ci["union"]),
             int(report.union_robust.sum()),
         ]
     )
     avg = "average (1 - R_avg)" + bound("average")
-    rows.append([avg, _pct(report.average_accuracy), _ci(ci["average"]), "-"])
+    rows.append([avg, pct(report.average_accuracy), _ci(ci["average"]), "-"])
     return format_table(["accuracy", "value", "95% CI", f"robust / {n}"], rows, fmt)
 
 
@@ -104,8 +105,8 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
                 r["attacked"],
                 r["broken"],
                 r["rejected"],
-                _pct(r["threat_accuracy_after"]),
-                _pct(r["union_accuracy_after"]),
+                pct(r["threat_accuracy_after"]),
+                pct(r["union_accuracy_after"]),
                 "-" if secs is None else f"{secs:.1f}",
             ]
         )
@@ -121,6 +122,14 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
         "seconds",
     ]
     return format_table(headers, rows, fmt)
+
+
+def check_notes(rejected: int, nonfinite: int) -> list[str]:
+    """The screen lines a one-attack report adds under its table when the checks fired."""
+    notes = [f"rejected by the re-check: {rejected}"] if rejected else []
+    if nonfinite:
+        notes.append(f"non-finite logits (counted as misclassified): {nonfinite}")
+    return notes
 
 
 def format_report(report: EvaluationReport, fmt: str = "markdown") -> str:
@@ -139,5 +148,14 @@ def format_report(report: EvaluationReport, fmt: str = "markdown") -> str:
 
 
 def write_report(report: EvaluationReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Atomically write ``out_dir``/report.json and ``out_dir``/verdicts.csv."""
+    """Deprecated: :func:`unionrobust.evaluation.verdicts.write_outputs` (report.json and
+    verdicts.csv, which ``evaluate(out_dir=...)`` already writes); report.md/.html:
+    :func:`unionrobust.reporting.write_reports`."""
+    warnings.warn(
+        "unionrobust.reporting.write_report is deprecated: evaluate(out_dir=...) writes "
+        "report.json and verdicts.csv (unionrobust.evaluation.verdicts.write_outputs); "
+        "write_reports writes report.md/.html",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return write_outputs(report, out_dir)
