@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 
 import pytest
@@ -53,7 +54,10 @@ def _pct(v):
 def test_reports_hold_every_section(setup, tmp_path):
     model, report, curves, corr = setup
     written = write_reports(tmp_path, report, model=model, curves=curves, corruptions=corr)
-    assert set(written) == {"filters.png", "curves.png", "report.md", "report.html"}
+    assert set(written) == {"filters.png", "curves.png", "report.md", "report.html", "report.json"}
+    saved = json.loads((tmp_path / "report.json").read_text())["curves"]  # one attack: bounds
+    assert [c["label"] for c in saved] == ["linf", "l2", "union"]
+    assert all(c["upper_bound"] and "upper bound" in c["upper_bound_note"] for c in saved)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     md = (tmp_path / "report.md").read_text()
     page = (tmp_path / "report.html").read_text()
@@ -86,7 +90,7 @@ def test_without_matplotlib_a_note_not_a_crash(setup, tmp_path, monkeypatch):
     _, report, curves, _ = setup
     monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
     written = write_reports(tmp_path, report, model=nn.Flatten(), curves=curves)
-    assert set(written) == {"report.md", "report.html"}
+    assert set(written) == {"report.md", "report.html", "report.json"}
     for name in ("report.md", "report.html"):
         text = (tmp_path / name).read_text()
         assert "matplotlib is not installed" in text

@@ -16,12 +16,18 @@ from unionrobust.cli.common import (
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate, get_suite
 from unionrobust.evaluation.extras import Extras, run_extras
+from unionrobust.evaluation.mode import EvaluationMode
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.verdicts import check_out_dir
 from unionrobust.models import model_names
 from unionrobust.outdir import check_folder_name, locked_folder
 from unionrobust.reporting import format_report, write_reports
-from unionrobust.reporting.markdown import format_corruptions, format_curve, format_multirobust
+from unionrobust.reporting.markdown import (
+    curves_note,
+    format_corruptions,
+    format_curve,
+    format_multirobust,
+)
 from unionrobust.threats import Union, parse
 
 HELP = "evaluate a model's robustness against a union of threat models"
@@ -32,8 +38,9 @@ For every test point and every threat model, a suite of attacks looks for an adv
 example; each attack only runs on points that earlier attacks could not break (a cascade), and
 every adversarial example is re-checked (inside its ball and the [0,1] pixel box, and really
 misclassified) before it counts. A point is robust for the union if no attack of any threat
-model broke it. With --union-only a point broken for any threat model is not attacked again
-(exact union accuracy in less time; the per-threat figures become upper bounds). The table
+model broke it. With --mode union-only (or --union-only) a point broken for any threat model is
+not attacked again (exact union accuracy in less time; the per-threat and average figures become
+upper bounds, marked); --mode everything runs every attack on every point. The table
 shows clean accuracy, accuracy per threat model, union accuracy (1 - R_max) and average
 accuracy (1 - R_avg), with 95% confidence intervals, and what each attack contributed.
 
@@ -50,7 +57,7 @@ run continues with --resume. One run at a time owns DIR (a lock); a DIR that alr
 needs --resume or --overwrite. At the end DIR holds report.json, verdicts.csv, report.md and a
 self-contained report.html (with the first-layer filters and, with --curves, the robustness
 curves: accuracy vs radius per threat and for the union, every radius scaled by the same
-factor)."""
+factor; one attack measures a curve, so its accuracies are upper bounds, marked <=)."""
 EPILOG = """\
 examples:
   unionrobust eval --model mnist-cnn --weights mnist_cnn.safetensors --n 1000 \\
@@ -117,11 +124,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table style on screen (default: %(default)s)",
     )
     e.add_argument(
+        "--mode",
+        choices=[m.value for m in EvaluationMode],
+        default=EvaluationMode.PER_THREAT.value,
+        help="which points each attack runs on: 'per-threat' (default: the cascade; exact "
+        "per-threat, union and average figures for the suite), 'union-only' (stop attacking a "
+        "point once any threat broke it, every threat's first attack before any second one: "
+        "the same union accuracy, faster; per-threat and average figures are then upper "
+        "bounds, labelled so), 'everything' (every attack on every point: the same verdicts, "
+        "slower; fills the 'alone' column of the per-attack table)",
+    )
+    e.add_argument(
         "--union-only",
-        action="store_true",
-        help="stop attacking a point once any threat broke it, running every threat's first "
-        "attack before any second one: the same union accuracy, faster; the per-threat "
-        "figures are then upper bounds (labelled so)",
+        dest="mode",
+        action="store_const",
+        const=EvaluationMode.UNION_ONLY.value,
+        help="the same as --mode union-only",
+    )
+    e.add_argument(
+        "--no-union-only",
+        dest="mode",
+        action="store_const",
+        const=EvaluationMode.PER_THREAT.value,
+        help="the same as --mode per-threat",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_extra_arguments(e)
@@ -135,7 +160,8 @@ def _add_extra_arguments(e: argparse._ArgumentGroup) -> None:
         const=DEFAULT_CURVE_SCALES,
         metavar="SCALES",
         help="also compute robustness curves: accuracy at every radius scaled by each factor "
-        f"of SCALES (default {DEFAULT_CURVE_SCALES}), per threat and for the union",
+        f"of SCALES (default {DEFAULT_CURVE_SCALES}), per threat and for the union; one "
+        "attack (--curve-attack) measures them, so they are upper bounds (marked <=)",
     )
     e.add_argument(
         "--cifar10c",
@@ -210,6 +236,9 @@ def _show(name: str, value: Any) -> None:
     if name == "curves":
         for c in value:
             print("\n" + format_curve(c))
+        note = curves_note(value)
+        if note:
+            print("\n" + note)
     elif name == "corruptions":
         print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(value))
     else:
@@ -228,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate(
             model, x, y, threats=threats, suite=args.suite, batch_size=batch_size,
             out_dir=args.out, resume=args.resume, overwrite=args.overwrite, seed=seed,
-            device=device, progress=not args.no_progress, meta=meta, union_only=args.union_only,
+            device=device, progress=not args.no_progress, meta=meta, mode=args.mode,
         )  # fmt: skip
         print(format_report(report, args.format))
         _warn(report)

@@ -16,6 +16,10 @@ accepts. Curves are monotone (non-increasing) by construction:
 
 The union curve scales every member's radius by the same factor s (s = 1 is the union as
 given): robust at s iff robust for every member at its radius s·ε_t (Maini et al. 2020 §2).
+
+A curve comes from one attack (a fixed-radius or a minimum-norm one), not a suite: its robust
+accuracies are upper bounds (:func:`~unionrobust.evaluation.mode.attack_bounds`,
+:attr:`RobustnessCurve.upper_bound`); tables and plots mark them "≤".
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.checks import clean_verdicts, recheck
 from unionrobust.evaluation.inputs import read_examples, resolve_device
 from unionrobust.evaluation.metrics import wilson_interval
+from unionrobust.evaluation.mode import attack_bounds, attack_note
 from unionrobust.threats import ThreatModel, Union, parse
 
 AttackSpec = str | Callable[[ThreatModel, int], Any]
@@ -55,6 +60,12 @@ class RobustnessCurve:
         n = int(self.robust.shape[0])
         return [wilson_interval(int(k), n) for k in self.robust.sum(dim=0).tolist()]
 
+    @property
+    def upper_bound(self) -> bool:
+        """True when the robust accuracies (ε > 0) are upper bounds: one attack measured them
+        (:func:`~unionrobust.evaluation.mode.attack_bounds`)."""
+        return curve_upper_bound(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
@@ -65,7 +76,26 @@ class RobustnessCurve:
             "attack": self.attack,
             "x_label": self.x_label,
             "n_examples": int(self.robust.shape[0]),
+            "upper_bound": self.upper_bound,
+            "upper_bound_note": attack_note(self.attack),
         }
+
+
+def curve_dict(curve: RobustnessCurve | dict[str, Any]) -> dict[str, Any]:
+    """A curve as its ``to_dict()`` (a dict is returned as it is)."""
+    return curve if isinstance(curve, dict) else curve.to_dict()
+
+
+def curve_upper_bound(curve: RobustnessCurve | dict[str, Any]) -> bool:
+    """Whether ``curve`` (a curve or its ``to_dict()``, also one written before the flag
+    existed) holds upper bounds: its recorded flag, else what its attack says."""
+    if isinstance(curve, dict):
+        if "upper_bound" in curve:
+            return bool(curve["upper_bound"])
+        label, attack = curve.get("label"), str(curve.get("attack", ""))
+    else:
+        label, attack = curve.label, curve.attack
+    return ("union" if label == "union" else "per-threat") in attack_bounds(attack)
 
 
 def _grid(eps_grid: Sequence[float]) -> list[float]:

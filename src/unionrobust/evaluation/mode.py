@@ -11,6 +11,9 @@ gives are exact and which are upper bounds.
 Independently of the mode, a suite weaker than AutoAttack's standard run gives upper bounds for
 every robust figure: only :data:`STRICT_SUITES` give strict figures. :meth:`EvaluationMode.
 upper_bounds` answers both at once; every table, plot, CLI note and held-out figure asks it.
+Figures measured by one attack outside a suite (robustness curves, ``unionrobust attack``,
+``affine``, ``spatial``, ``minmax``) ask :func:`attack_bounds` instead: upper bounds, unless the
+attack searches its threat exhaustively (:data:`EXHAUSTIVE_ATTACKS`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,33 @@ FIGURES = ("per-threat", "union", "average")
 #: named suites at least as strong as AutoAttack's standard run per norm (the others — quick,
 #: msd-paper, a user's list of attacks — give upper bounds)
 STRICT_SUITES = frozenset({"standard", "full"})
+#: attacks that try every point of their (finite) threat, so one run gives the exact robust
+#: accuracy for it: the rotation-translation grid over its lattice (Engstrom et al. 2019)
+EXHAUSTIVE_ATTACKS = frozenset({"grid"})
+#: the mark of an upper bound in tables, legends and axis labels
+UPPER_MARK = "≤ "
+
+
+def attack_bounds(attack: str) -> frozenset[str]:
+    """The figures (of :data:`FIGURES`) that are upper bounds when one attack named ``attack``
+    measured them (a robustness curve, ``unionrobust attack``/``affine``/``spatial``/``minmax``):
+    every one, unless the attack is exhaustive (:data:`EXHAUSTIVE_ATTACKS`)."""
+    return frozenset() if attack in EXHAUSTIVE_ATTACKS else frozenset(FIGURES)
+
+
+def attack_note(attack: str) -> str:
+    """Why :func:`attack_bounds` holds what it holds ("" when every figure is exact)."""
+    if not attack_bounds(attack):
+        return ""
+    return (
+        f"one attack ({attack}) finds some adversarial examples, not necessarily all, so every "
+        "robust accuracy is an upper bound (unionrobust eval --suite standard for strict figures)"
+    )
+
+
+def bound_mark(figure: str, bounds: frozenset[str] | set[str]) -> str:
+    """:data:`UPPER_MARK` when ``figure`` is in ``bounds`` (an upper bound), else ``""``."""
+    return UPPER_MARK if figure in bounds else ""
 
 
 class EvaluationMode(str, Enum):
@@ -102,4 +132,4 @@ class EvaluationMode(str, Enum):
 
     def mark(self, figure: str, suite: str | None = None) -> str:
         """``"≤ "`` when ``figure`` is an upper bound, else ``""`` (for tables and plots)."""
-        return "≤ " if figure in self.upper_bounds(suite) else ""
+        return bound_mark(figure, self.upper_bounds(suite))

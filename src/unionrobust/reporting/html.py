@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from unionrobust.atomic import atomic_write_bytes, atomic_write_text
+from unionrobust.evaluation.curves import curve_dict
 from unionrobust.evaluation.filters import filter_grid_png
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.verdicts import write_json
@@ -123,7 +124,8 @@ def write_reports(
     multirobust: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG pictures into ``out_dir`` atomically
-    (with ``multirobust``, report.json gains its numbers under "multirobustbench").
+    (report.json gains the ``curves``, each with its ``upper_bound`` flag, and the
+    ``multirobust`` numbers under "multirobustbench").
 
     ``model``: draws the first-layer filters; ``curves``: RobustnessCurve objects (or dicts);
     ``corruptions``: a :func:`~unionrobust.evaluation.corruptions.corruption_accuracy` result;
@@ -138,10 +140,10 @@ def write_reports(
     )
     written: dict[str, Path] = {}
     with writing(out):
-        if multirobust:
-            written["report.json"] = write_json(
-                out / "report.json", {**report.to_dict(), "multirobustbench": multirobust}
-            )
+        extra = {"curves": [curve_dict(c) for c in curves or []], "multirobustbench": multirobust}
+        extra = {k: v for k, v in extra.items() if v}
+        if extra:
+            written["report.json"] = write_json(out / "report.json", {**report.to_dict(), **extra})
         for name, data in pictures.items():
             if data is not None:
                 written[name] = atomic_write_bytes(out / name, data)

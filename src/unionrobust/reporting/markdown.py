@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from unionrobust.evaluation.mode import FIGURES, EvaluationMode
+from unionrobust.evaluation.curves import curve_dict, curve_upper_bound
+from unionrobust.evaluation.mode import FIGURES, UPPER_MARK, EvaluationMode, attack_note
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.reporting.tables import format_breakdown, format_summary, format_table, pct
@@ -98,14 +99,24 @@ def format_diagnostics(diag: dict[str, Any]) -> str:
 
 
 def format_curve(curve: Any) -> str:
-    c = curve if isinstance(curve, dict) else curve.to_dict()
+    """A curve's table; the accuracy column is marked "≤" when it holds upper bounds
+    (:func:`~unionrobust.evaluation.curves.curve_upper_bound`: one attack measured it)."""
+    c = curve_dict(curve)
     rows = [[f"{e:.4g}", pct(a)] for e, a in zip(c["eps"], c["accuracy"], strict=True)]
-    head = [c.get("x_label", "epsilon"), f"accuracy ({c['label']})"]
+    mark = UPPER_MARK if curve_upper_bound(c) else ""
+    head = [c.get("x_label", "epsilon"), f"{mark}accuracy ({c['label']})"]
     if "ci95" in c:
         head.append("95% CI")
         for row, (lo, hi) in zip(rows, c["ci95"], strict=True):
             row.append(f"[{100 * lo:.1f}, {100 * hi:.1f}]")
     return format_table(head, rows)
+
+
+def curves_note(curves: list[Any]) -> str:
+    """The "≤" note under robustness curves ("" when none holds upper bounds)."""
+    attacks = {curve_dict(c).get("attack", "") for c in curves if curve_upper_bound(c)}
+    notes = "; ".join(attack_note(a) or f"one attack ({a}): upper bounds" for a in sorted(attacks))
+    return f"**{UPPER_MARK.strip()}: upper bounds** — {notes}." if notes else ""
 
 
 def format_corruptions(result: dict[str, Any]) -> str:
@@ -171,7 +182,8 @@ def report_sections(
         c = Section("Robustness curves")
         for curve in curves:
             c.table(format_curve(curve))
-        c.text("Bands and intervals: 95% Wilson score.")
+        note = curves_note(curves)
+        c.text("Bands and intervals: 95% Wilson score." + (f" {note}" if note else ""))
         _picture(c, CURVES_PNG, pictures, notes)
         out.append(c)
     if corruptions:

@@ -19,6 +19,8 @@ import torch
 
 from unionrobust.atomic import atomic_write_bytes
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.curves import curve_dict, curve_upper_bound
+from unionrobust.evaluation.mode import UPPER_MARK
 from unionrobust.evaluation.multirobust import CLEAN, eps_key
 
 MATPLOTLIB_NOTE = (
@@ -31,23 +33,23 @@ def matplotlib_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _as_dict(curve: Any) -> dict[str, Any]:
-    return curve if isinstance(curve, dict) else curve.to_dict()
-
-
 def curve_band(curve: Any) -> tuple[list[float], list[float], list[float]] | None:
     """(accuracy, lower, upper) in percent of a curve: its 95% Wilson band (``ci95`` of
     ``to_dict()``); ``None`` for a dict without intervals."""
-    c = _as_dict(curve)
+    c = curve_dict(curve)
     if "ci95" not in c:
         return None
     acc = [100 * a for a in c["accuracy"]]
     return acc, [100 * lo for lo, _ in c["ci95"]], [100 * hi for _, hi in c["ci95"]]
 
 
-def _panel(ax: Any, x: Sequence[float], y: Sequence[float], band: Any, label: str = "") -> None:
-    """A line with markers and, when ``band`` = (lower, upper) is given, its shaded band."""
-    (line,) = ax.plot(x, y, marker="o", markersize=3, label=label or None)
+def _panel(
+    ax: Any, x: Sequence[float], y: Sequence[float], band: Any, label: str = "", **style: Any
+) -> None:
+    """A line with markers (``style``: matplotlib line options) and, when ``band`` = (lower,
+    upper) is given, its shaded band."""
+    style = {"marker": "o", "markersize": 3, **style}
+    (line,) = ax.plot(x, y, label=label or None, **style)
     if band is not None:
         ax.fill_between(x, band[0], band[1], alpha=0.2, color=line.get_color(), linewidth=0)
     ax.set_ylim(-2, 102)
@@ -62,12 +64,44 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+#: line styles of the joint panel, one per curve in turn (the union: the last, drawn on top)
+_DASHES = ("-", "--", "-.", (0, (1, 1)))
+_MARKERS = ("o", "s", "^", "v", "D", "P")
+
+
+def joint_styles(items: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(legend label, line options) per curve of the joint panel: a dash pattern, marker, width
+    and z-order of its own (earlier curves wider and below, so a later identical line does not
+    hide them), and "(identical to …)" in the label when its accuracies equal another's."""
+    out = []
+    last = max(len(items) - 1, 1)
+    for i, c in enumerate(items):
+        same = [o["label"] for o in items if o is not c and o["accuracy"] == c["accuracy"]]
+        label = c["label"] + (f" (identical to {', '.join(same)})" if same else "")
+        below = (len(items) - 1 - i) / last  # 1 for the first curve, 0 for the last
+        style = {
+            "linestyle": _DASHES[i % len(_DASHES)],
+            "marker": _MARKERS[i % len(_MARKERS)],
+            "linewidth": 1.0 + 1.5 * below,
+            "markersize": 3 + 2 * below,
+            "zorder": 2 + i,
+        }
+        out.append((label, style))
+    return out
+
+
+def _accuracy_label(items: Sequence[dict[str, Any]]) -> str:
+    """The y-axis label: "≤ accuracy (%)" when any curve drawn holds upper bounds."""
+    return (UPPER_MARK if any(curve_upper_bound(c) for c in items) else "") + "accuracy (%)"
+
+
 def curves_figure(curves: Sequence[Any], dpi: int = 100) -> Any:
-    """The matplotlib Figure of :func:`curves_png` (needs matplotlib)."""
+    """The matplotlib Figure of :func:`curves_png` (needs matplotlib): "≤" on the axis and in
+    the legend and titles of curves that hold upper bounds (one attack measured them)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    items = [_as_dict(c) for c in curves]
+    items = [curve_dict(c) for c in curves]
     union = items[-1] if items and items[-1]["label"] == "union" else None
     joint = union is not None and all(len(c["eps"]) == len(union["eps"]) for c in items)
     panels = len(items) + int(joint)
@@ -77,20 +111,22 @@ def curves_figure(curves: Sequence[Any], dpi: int = 100) -> Any:
     FigureCanvasAgg(fig)
     if joint:  # union and every member against the common scale factor, 95% bands
         ax = fig.add_subplot(rows, cols, 1)
-        for c in items:
+        for c, (label, style) in zip(items, joint_styles(items), strict=True):
             acc, lo, hi = curve_band(c) or ([100 * a for a in c["accuracy"]], None, None)
-            _panel(ax, union["eps"], acc, None if lo is None else (lo, hi), c["label"])
+            mark = UPPER_MARK if curve_upper_bound(c) else ""
+            _panel(ax, union["eps"], acc, None if lo is None else (lo, hi), mark + label, **style)
         ax.set_title("union and per threat (95% bands)", fontsize=9)
         ax.set_xlabel(union.get("x_label", "scale"), fontsize=8)
-        ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.set_ylabel(_accuracy_label(items), fontsize=8)
         ax.legend(fontsize=7)
     for i, c in enumerate(items):
         ax = fig.add_subplot(rows, cols, i + 1 + int(joint))
         acc, lo, hi = curve_band(c) or ([100 * a for a in c["accuracy"]], None, None)
         _panel(ax, c["eps"], acc, None if lo is None else (lo, hi))
-        ax.set_title(f"{c['label']} ({c['attack']}, {c['method']})", fontsize=9)
+        bound = ", upper bound" if curve_upper_bound(c) else ""
+        ax.set_title(f"{c['label']} ({c['attack']}, {c['method']}{bound})", fontsize=9)
         ax.set_xlabel(c.get("x_label", "epsilon"), fontsize=8)
-        ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.set_ylabel(_accuracy_label([c]), fontsize=8)
     return fig
 
 
