@@ -143,8 +143,9 @@ def test_attack_end_to_end(weights, tmp_path, capsys):
     assert code == 0
     screen = capsys.readouterr().out
     assert "success rate" in screen and "robust accuracy  ≤ " in screen
-    assert "an upper bound: one attack" in screen  # one attack's number is labelled as such
+    assert "≤: one attack (pgd)" in screen  # one attack's number is labelled as such
     report = json.loads((out / "report.json").read_text())
+    assert report["upper_bound"] is True and "upper bound" in report["upper_bound_note"]
     saved = load_file(str(out / "adversarial.safetensors"))
     x, y = as_tensors(get_dataset("mnist-embedded", "test"), 16)
     assert torch.equal(saved["y"], y)

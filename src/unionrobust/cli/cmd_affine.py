@@ -14,9 +14,10 @@ from unionrobust.cli.common import (
     write_command_report,
 )
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.affine_report import AffineReport, affine_pair, affine_report
+from unionrobust.evaluation.affine_report import AFFINE, AffineReport, affine_pair, affine_report
+from unionrobust.evaluation.mode import attack_mark
 from unionrobust.outdir import owned_folder
-from unionrobust.reporting.tables import check_notes, format_table
+from unionrobust.reporting.tables import bound_notes, check_notes, format_table
 from unionrobust.threats import ThreatModel
 
 HELP = "affine attacks: beta*S1 compounded with (1-beta)*S2 (lp + lp, or linf + rotations)"
@@ -82,16 +83,18 @@ def run(args: argparse.Namespace) -> int:
 
 def format_affine(report: AffineReport, s1: ThreatModel, s2: ThreatModel) -> str:
     """The screen summary of an affine report: accuracy per β, then union and affine."""
+    mark = attack_mark(AFFINE)  # every figure comes from one attack per beta
     rows = [
-        [f"beta={b:g}", f"{100 * report.accuracy(b):.2f}", f"{report.seconds[b]:.1f}"]
+        [f"beta={b:g}", f"{mark}{100 * report.accuracy(b):.2f}", f"{report.seconds[b]:.1f}"]
         for b in report.betas
     ]
     if report.union_accuracy is not None:
-        rows.append(["union (beta in {0,1})", f"{100 * report.union_accuracy:.2f}", "-"])
-    rows.append(["affine (every beta)", f"{100 * report.affine_accuracy:.2f}", "-"])
+        rows.append(["union (beta in {0,1})", f"{mark}{100 * report.union_accuracy:.2f}", "-"])
+    rows.append(["affine (every beta)", f"{mark}{100 * report.affine_accuracy:.2f}", "-"])
     n = report.clean_correct.numel()
     lines = [
         f"affine attack on {report.threats}: beta*{s1.spec} + (1-beta)*{s2.spec}, {n} inputs",
         format_table(["attack", "accuracy %", "seconds"], rows),
+        *bound_notes(report.to_dict()),
     ]
     return "\n".join([*lines, *check_notes(report.rejected, report.nonfinite)])

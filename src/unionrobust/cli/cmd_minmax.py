@@ -20,14 +20,16 @@ from unionrobust.errors import UnionRobustError, check_number, unknown_name
 from unionrobust.evaluation.engine import resolve_device
 from unionrobust.evaluation.minmax import (
     DEFAULT_WEIGHTINGS,
+    MINMAX,
     minmax_report,
     minmax_table,
     run_minmax,
 )
+from unionrobust.evaluation.mode import attack_fields
 from unionrobust.models import build_model, load_weights, model_names
 from unionrobust.outdir import owned_folder, writing
 from unionrobust.reporting.plots import plot_weights
-from unionrobust.reporting.tables import format_table
+from unionrobust.reporting.tables import bound_notes, format_table
 from unionrobust.threats import parse
 
 HELP = "min-max attack over several models, inputs (universal) or transformations"
@@ -205,6 +207,7 @@ def format_minmax(mode, spec, n, options, domains, results) -> str:
         [
             f"{mode} min-max attack, {spec}, {n} inputs, {options['steps']} steps (metrics in %)",
             format_table(*minmax_table(results)),
+            *bound_notes(attack_fields(MINMAX)),
             "mean final weights: " + ", ".join(f"{lab}={w:.3f}" for lab, w in pairs),
         ]
     )

@@ -14,9 +14,10 @@ from unionrobust.cli.common import (
     write_command_report,
 )
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.mode import attack_mark
 from unionrobust.evaluation.spatial_report import SpatialReport, spatial_report
 from unionrobust.outdir import owned_folder
-from unionrobust.reporting.tables import check_notes, format_table
+from unionrobust.reporting.tables import bound_notes, check_notes, format_table
 from unionrobust.threats import RotationTranslation, parse
 
 HELP = "rotation-translation attack: exhaustive grid or worst-of-k random"
@@ -90,12 +91,15 @@ def format_spatial(report: SpatialReport) -> str:
         ["clean", f"{100 * d['clean_accuracy']:.2f}", "-"],
         [
             f"{report.attack} {report.threat}",
-            f"{100 * d['robust_accuracy']:.2f}",
+            f"{attack_mark(report.attack)}{100 * d['robust_accuracy']:.2f}",
             f"{report.seconds:.1f}",
         ],
     ]
+    exact = [] if d["upper_bound"] else [f"exact for the {report.lattice_points}-point lattice"]
     lines = [
         f"spatial attack, lattice {report.lattice_points} points, {d['n_examples']} inputs",
         format_table(["", "accuracy %", "seconds"], rows),
+        *bound_notes(d),
+        *exact,
     ]
     return "\n".join([*lines, *check_notes(report.rejected, report.nonfinite)])

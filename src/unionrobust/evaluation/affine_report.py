@@ -22,7 +22,11 @@ from unionrobust.attacks.affine import affine_attack, affine_contains, check_bet
 from unionrobust.errors import UnionRobustError, check_int
 from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
 from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
+from unionrobust.evaluation.mode import attack_fields
 from unionrobust.threats import ThreatModel, Union, parse
+
+#: the attack's name in upper-bound notes (PGD on each β: every accuracy is an upper bound)
+AFFINE = "affine PGD"
 
 
 @dataclass
@@ -64,6 +68,7 @@ class AffineReport:
             "accuracy": {str(b): self.accuracy(b) for b in self.betas},
             "union_accuracy": self.union_accuracy,
             "affine_accuracy": self.affine_accuracy,
+            **attack_fields(AFFINE),
             "rejected": self.rejected,
             "nonfinite_logits": self.nonfinite,
             "steps": self.steps,

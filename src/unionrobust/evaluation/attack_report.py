@@ -27,6 +27,7 @@ from unionrobust.errors import check_int
 from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
 from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.evaluation.metrics import proportion
+from unionrobust.evaluation.mode import attack_fields
 from unionrobust.evaluation.verdicts import write_json
 from unionrobust.outdir import clear_run, writing
 from unionrobust.threats import ThreatModel, Union, parse
@@ -78,6 +79,7 @@ class AttackReport:
             "clean_accuracy_ci95": list(clean_ci),
             "robust_accuracy": acc,
             "robust_accuracy_ci95": list(acc_ci),
+            **attack_fields(self.attack),
             "success_rate": rate,
             "successes_by_threat": {
                 s: int(((self.threat_index == i) & ok).sum()) for i, s in enumerate(self.threats)

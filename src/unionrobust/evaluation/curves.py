@@ -37,7 +37,7 @@ from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.checks import clean_verdicts, recheck
 from unionrobust.evaluation.inputs import read_examples, resolve_device
 from unionrobust.evaluation.metrics import wilson_interval
-from unionrobust.evaluation.mode import attack_bounds, attack_note
+from unionrobust.evaluation.mode import attack_bounds, attack_fields
 from unionrobust.threats import ThreatModel, Union, parse
 
 AttackSpec = str | Callable[[ThreatModel, int], Any]
@@ -76,8 +76,7 @@ class RobustnessCurve:
             "attack": self.attack,
             "x_label": self.x_label,
             "n_examples": int(self.robust.shape[0]),
-            "upper_bound": self.upper_bound,
-            "upper_bound_note": attack_note(self.attack),
+            **attack_fields(self.attack),
         }
 
 

@@ -15,8 +15,11 @@ from unionrobust.attacks.minmax import DomainMinMax, MinMaxResult, merge_results
 from unionrobust.errors import check_int
 from unionrobust.evaluation.checks import clean_verdicts
 from unionrobust.evaluation.inputs import progress_bar
+from unionrobust.evaluation.mode import attack_fields, attack_mark
 from unionrobust.threats import ThreatModel
 
+#: the attack's name in upper-bound notes
+MINMAX = "min-max PGD"
 #: the default comparison: the averaging baseline first (the lift is relative to it)
 DEFAULT_WEIGHTINGS: dict[str, str | Sequence[float]] = {"avg": "uniform", "minmax": "minmax"}
 
@@ -76,13 +79,15 @@ def _lift(new: float, base: float) -> str:
 
 
 def minmax_table(results: Mapping[str, MinMaxResult]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows): per weighting the accuracy on each domain, ASR_avg, ASR_all (models) or
-    ASR_gp, and its lift over the first weighting (in %)."""
+    """(headers, rows): per weighting the accuracy on each domain (marked "≤": upper bounds,
+    :func:`~unionrobust.evaluation.mode.attack_bounds`), ASR_avg, ASR_all (models) or ASR_gp
+    (lower bounds on the attack success), and its lift over the first weighting (in %)."""
     first = next(iter(results.values()))
     labels = first.labels
     key = "asr_all" if first.kind == "models" else "asr_gp"
     base = first.metrics()[key]
-    headers = ["opt"] + [f"acc_{lab}" for lab in labels] + ["asr_avg", key, "lift"]
+    mark = attack_mark(MINMAX)  # one attack: the accuracies are upper bounds
+    headers = ["opt"] + [f"{mark}acc_{lab}" for lab in labels] + ["asr_avg", key, "lift"]
     rows = []
     for i, (label, res) in enumerate(results.items()):
         m = res.metrics()
@@ -98,6 +103,7 @@ def minmax_report(results: Mapping[str, MinMaxResult], learned: str = "minmax") 
     mm = results[learned]
     return {
         "domains": list(mm.labels),
+        **attack_fields(MINMAX),
         "metrics": {label: res.metrics() for label, res in results.items()},
         "mean_weight_trajectory": mm.trajectory.double().mean(1).tolist(),
         "fooled_history": {

@@ -31,7 +31,7 @@ FIGURES = ("per-threat", "union", "average")
 STRICT_SUITES = frozenset({"standard", "full"})
 #: attacks that try every point of their (finite) threat, so one run gives the exact robust
 #: accuracy for it: the rotation-translation grid over its lattice (Engstrom et al. 2019)
-EXHAUSTIVE_ATTACKS = frozenset({"grid"})
+EXHAUSTIVE_ATTACKS = frozenset({"spatial-grid"})
 #: the mark of an upper bound in tables, legends and axis labels
 UPPER_MARK = "≤ "
 
@@ -51,6 +51,18 @@ def attack_note(attack: str) -> str:
         f"one attack ({attack}) finds some adversarial examples, not necessarily all, so every "
         "robust accuracy is an upper bound (unionrobust eval --suite standard for strict figures)"
     )
+
+
+def attack_mark(attack: str) -> str:
+    """:data:`UPPER_MARK` when a figure measured by the one attack ``attack`` is an upper
+    bound (:func:`attack_bounds`), else ``""``."""
+    return UPPER_MARK if attack_bounds(attack) else ""
+
+
+def attack_fields(attack: str) -> dict[str, bool | str]:
+    """The report.json fields of figures measured by one attack: ``upper_bound`` (bool) and
+    ``upper_bound_note`` (:func:`attack_note`)."""
+    return {"upper_bound": bool(attack_bounds(attack)), "upper_bound_note": attack_note(attack)}
 
 
 def bound_mark(figure: str, bounds: frozenset[str] | set[str]) -> str:

@@ -35,6 +35,7 @@ from torch import nn
 from unionrobust.errors import UnionRobustError, check_finite, check_int, unknown_name
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.metrics import wilson_interval
+from unionrobust.evaluation.mode import UPPER_MARK, EvaluationMode
 
 CLEAN = "NoAttack"
 #: MultiRobustBench's grids (start, end, step) of the families we run, with our threat name
@@ -128,6 +129,7 @@ def evaluate_grid(
             robust[f].append(per_threat[:, t] & previous)  # nested balls: broken stays broken
     assert clean is not None
     n = int(clean.numel())
+    name = suite if isinstance(suite, str) else str(suite)
 
     def pct(mask: torch.Tensor) -> float:
         return 100.0 * int(mask.sum()) / n
@@ -155,10 +157,21 @@ def evaluate_grid(
         "ci95": cis,
         "union": union,
         "grid": {f: [float(e) for e in v] for f, v in the_grid.items()},
-        "suite": suite if isinstance(suite, str) else str(suite),
+        "suite": name,
         "n_examples": n,
+        # evaluate's default per-threat mode: exact for a strict suite, else upper bounds
+        "upper_bound": bool(EvaluationMode.PER_THREAT.upper_bounds(name)),
+        "upper_bound_note": EvaluationMode.PER_THREAT.bound_note(name),
         "monotone": "a point broken at a strength counts broken at every larger strength",
     }
+
+
+def multirobust_mark(result: dict[str, Any]) -> str:
+    """"≤ " when a MultiRobustBench grid result holds upper bounds (its suite is weaker than
+    standard: :meth:`~unionrobust.evaluation.mode.EvaluationMode.upper_bounds`), else ""."""
+    if "upper_bound" in result:
+        return UPPER_MARK if result["upper_bound"] else ""
+    return EvaluationMode.PER_THREAT.mark("union", str(result.get("suite", "")))
 
 
 def load_reference(path: str | os.PathLike) -> dict[str, Any]:

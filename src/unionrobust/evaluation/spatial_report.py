@@ -21,6 +21,7 @@ from unionrobust.errors import check_int
 from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
 from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.evaluation.metrics import proportion
+from unionrobust.evaluation.mode import attack_fields
 
 
 @dataclass
@@ -56,6 +57,7 @@ class SpatialReport:
             "clean_accuracy_ci95": list(clean_ci),
             "robust_accuracy": acc,
             "robust_accuracy_ci95": list(acc_ci),
+            **attack_fields(self.attack),
             "params": self.params.tolist(),
             "broken": self.broken.tolist(),
             "rejected": self.rejected,

@@ -15,8 +15,15 @@ from typing import Any
 from unionrobust.evaluation.curves import curve_dict, curve_upper_bound
 from unionrobust.evaluation.mode import FIGURES, UPPER_MARK, EvaluationMode, attack_note
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
+from unionrobust.evaluation.multirobust import multirobust_mark
 from unionrobust.evaluation.report import EvaluationReport
-from unionrobust.reporting.tables import format_breakdown, format_summary, format_table, pct
+from unionrobust.reporting.tables import (
+    bound_label,
+    format_breakdown,
+    format_summary,
+    format_table,
+    pct,
+)
 
 #: picture names used by the reports (and file names next to report.md)
 FILTERS_PNG = "filters.png"
@@ -61,9 +68,13 @@ def per_attack_table(report: EvaluationReport) -> str:
                 pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
             ]
         )
+
+    def total(figure: str) -> str:  # as the summary's rows: "(upper bound)" when it is one
+        return "**all attacks**" + bound_label(figure, report.upper_bounds)
+
     for spec in report.threats:
-        rows.append([spec, "**all attacks**", "", pct(report.per_threat_accuracy[spec])])
-    rows.append(["**union**", "**all attacks**", "", pct(report.union_accuracy)])
+        rows.append([spec, total("per-threat"), "", pct(report.per_threat_accuracy[spec])])
+    rows.append(["**union**", total("union"), "", pct(report.union_accuracy)])
     return format_table(["threat", "entry", "alone", "with the attacks above"], rows)
 
 
@@ -138,9 +149,10 @@ def format_multirobust(result: dict[str, Any]) -> list[str]:
     families = list(grid)
     clean = f"{accs['NoAttack']:.1f}%"
     rows = [["0 (clean)", *(clean for _ in families), clean]]
+    mark = multirobust_mark(result)
     for i, point in enumerate(result["union"]):
-        cells = [f"{grid[f][i]:g}: {accs[f][_eps_key(grid[f][i])]:.1f}%" for f in families]
-        rows.append([str(i + 1), *cells, f"{point['accuracy']:.1f}%"])
+        cells = [f"{grid[f][i]:g}: {mark}{accs[f][_eps_key(grid[f][i])]:.1f}%" for f in families]
+        rows.append([str(i + 1), *cells, f"{mark}{point['accuracy']:.1f}%"])
     tables = [format_table(["#", *(f"{f} (eps: acc.)" for f in families), "union"], rows)]
     stab = result["stability"]
     cr = result.get("cr")
@@ -258,6 +270,12 @@ def _multirobust_section(multirobust: dict[str, Any], pictures: dict, notes: dic
     for table in format_multirobust(multirobust):
         m.table(table)
     _picture(m, MRB_PNG, pictures, notes)
+    if multirobust_mark(multirobust):
+        m.text(
+            f"**{UPPER_MARK.strip()}: upper bounds** — "
+            f"{multirobust.get('upper_bound_note') or 'a suite weaker than standard'}; the "
+            "competitiveness ratio and stability computed from them are not strict either."
+        )
     m.text(
         f"Suite {multirobust['suite']}, {multirobust['n_examples']} examples; "
         f"{multirobust['monotone']}. CR (Dai et al. 2023): accuracy / reference accuracy "

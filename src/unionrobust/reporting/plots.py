@@ -21,7 +21,7 @@ from unionrobust.atomic import atomic_write_bytes
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.curves import curve_dict, curve_upper_bound
 from unionrobust.evaluation.mode import UPPER_MARK
-from unionrobust.evaluation.multirobust import CLEAN, eps_key
+from unionrobust.evaluation.multirobust import CLEAN, eps_key, multirobust_mark
 
 MATPLOTLIB_NOTE = (
     "plot not drawn: matplotlib is not installed (pip install matplotlib); "
@@ -146,6 +146,7 @@ def multirobust_figure(result: dict[str, Any], dpi: int = 100) -> Any:
     from matplotlib.figure import Figure
 
     grid, accs, cis = result["grid"], result["accuracies"], result["ci95"]
+    y_label = multirobust_mark(result) + "accuracy (%)"
     panels = len(grid) + 1
     fig = Figure(figsize=(3.2 * panels, 2.8), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -158,7 +159,7 @@ def multirobust_figure(result: dict[str, Any], dpi: int = 100) -> Any:
         _panel(ax, x, y, ([b[0] for b in band], [b[1] for b in band]))
         ax.set_title(family, fontsize=9)
         ax.set_xlabel("epsilon", fontsize=8)
-        ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.set_ylabel(y_label, fontsize=8)
     ax = fig.add_subplot(1, panels, panels)
     steps = list(range(len(result["union"]) + 1))
     y = [accs[CLEAN], *(u["accuracy"] for u in result["union"])]
@@ -166,7 +167,7 @@ def multirobust_figure(result: dict[str, Any], dpi: int = 100) -> Any:
     _panel(ax, steps, y, ([b[0] for b in band], [b[1] for b in band]))
     ax.set_title("union of the i-th balls", fontsize=9)
     ax.set_xlabel("grid step i (0 = clean)", fontsize=8)
-    ax.set_ylabel("accuracy (%)", fontsize=8)
+    ax.set_ylabel(y_label, fontsize=8)
     return fig
 
 

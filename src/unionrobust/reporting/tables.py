@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unionrobust.evaluation.mode import UPPER_MARK
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.verdicts import write_csv, write_json, write_outputs
 
@@ -60,14 +61,18 @@ def format_table(
     return "\n".join(out)
 
 
+def bound_label(figure: str, bounds: frozenset[str]) -> str:
+    """" (upper bound)" after a row label when ``figure`` is in ``bounds``, else ""."""
+    return " (upper bound)" if figure in bounds else ""
+
+
 def format_summary(report: EvaluationReport, fmt: str = "markdown") -> str:
     """Clean, per-threat, union and average accuracy with 95% intervals; the rows of figures
     that are upper bounds (:attr:`EvaluationReport.upper_bounds`) say so."""
     ci = report.intervals()
-    bounds = report.upper_bounds
 
     def bound(figure: str) -> str:
-        return " (upper bound)" if figure in bounds else ""
+        return bound_label(figure, report.upper_bounds)
 
     n = report.n_examples
     acc = report.per_threat_accuracy
@@ -122,6 +127,13 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
         "seconds",
     ]
     return format_table(headers, rows, fmt)
+
+
+def bound_notes(fields: dict[str, Any]) -> list[str]:
+    """The screen line under a one-attack report whose figures are upper bounds: "≤: " and its
+    ``upper_bound_note`` (:func:`~unionrobust.evaluation.mode.attack_fields`), else none."""
+    note = fields.get("upper_bound_note")
+    return [f"{UPPER_MARK.strip()}: {note}"] if fields.get("upper_bound") and note else []
 
 
 def check_notes(rejected: int, nonfinite: int) -> list[str]:

@@ -10,7 +10,7 @@ from torch import nn
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
-from unionrobust.evaluation.mode import EvaluationMode
+from unionrobust.evaluation.mode import FIGURES, EvaluationMode
 from unionrobust.threats import Union
 from unionrobust.training.build import load_split
 from unionrobust.training.config import Config, EvalConfig
@@ -53,6 +53,19 @@ def holdout_mode(e: EvalConfig) -> EvaluationMode:
     return EvaluationMode.resolve(None, union_only=holdout_union_only(e))
 
 
+def holdout_bounds(e: EvalConfig) -> dict[str, Any]:
+    """Which logged held-out figures are upper bounds (result.json's ``held_out``), as
+    :meth:`EvaluationMode.upper_bounds` says for the held-out mode and ``eval.suite``."""
+    mode, suite = holdout_mode(e), str(e.suite).strip()
+    bounds = mode.upper_bounds(suite)
+    return {
+        "suite": suite,
+        "mode": mode.value,
+        "upper_bounds": [f for f in FIGURES if f in bounds],
+        "upper_bound_note": mode.bound_note(suite),
+    }
+
+
 def holdout_metrics(
     model: nn.Module, src: Source | None, threats: Union, e: EvalConfig, ctx: DistContext
 ) -> dict[str, float]:
@@ -66,7 +79,7 @@ def holdout_metrics(
     report = evaluate(
         model, x, y, threats=threats, suite=e.suite, batch_size=e.batch_size,
         seed=e.seed, device=ctx.device, progress=False, example_ids=local,
-        union_only=holdout_union_only(e),
+        mode=holdout_mode(e),
     )  # fmt: skip
     d = report.to_dict()
     flat = {

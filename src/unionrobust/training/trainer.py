@@ -55,7 +55,7 @@ from unionrobust.training.distributed import (
     wrap_model,
 )
 from unionrobust.training.finite import check_finite_weights, on_nonfinite, step_is_finite
-from unionrobust.training.holdout import holdout_metrics
+from unionrobust.training.holdout import holdout_bounds, holdout_metrics
 from unionrobust.training.lifetime import deferred_signals, redeliver
 from unionrobust.training.runstate import RunState, TrainResult
 from unionrobust.training.schedules import make_schedule
@@ -227,6 +227,7 @@ class Trainer:
                 "steps": self.global_step,
                 "best": self.best,
                 "final": self.history[-1] if self.history else None,
+                "held_out": holdout_bounds(self.cfg.eval),
                 "files": files,
             }
             with self._writing("last.safetensors and result.json"):
