@@ -28,6 +28,16 @@ def tiny_data(n: int = 40, seed: int = 0, channels: int = 1):
     return torch.rand(n, channels, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+#: a model file for ``--model-module FILE:build``: a seeded conv net on 1x28x28 images
+CONV_MODULE = (
+    "import torch\n"
+    "def build():\n"
+    "    torch.manual_seed(1)\n"
+    "    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 5), torch.nn.ReLU(),\n"
+    "        torch.nn.Flatten(), torch.nn.Linear(2 * 24 * 24, 10))\n"
+)
+
+
 def record_train_inputs(model: nn.Module):
     """``(seen, handle)``: ``seen`` collects the input of every forward ``model`` runs in train
     mode until ``handle.remove()``."""

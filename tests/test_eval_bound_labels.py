@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from _helpers import tiny_data, tiny_mlp
+from _helpers import CONV_MODULE, tiny_data, tiny_mlp
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.cli import main as cli_main
 from unionrobust.cli.cmd_affine import format_affine
@@ -137,13 +137,8 @@ def test_multirobust_grid_is_marked_for_a_weak_suite_only(problem, monkeypatch):
 def test_eval_mode_option_and_its_aliases(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli_main, "COMMANDS", ["eval"])
     src = tmp_path / "net.py"
-    src.write_text(
-        "import torch\n"
-        "def build():\n"
-        "    torch.manual_seed(1)\n"
-        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\n"
-    )
-    base = ["eval", "--model-module", f"{src}:build", "--untrained", "--n", "6", "--suite",
+    src.write_text(CONV_MODULE)
+    base = ["eval", "--model-module", f"{src}:build", "--n", "6", "--suite",
             "quick", "--threats", "linf:0.05, l2:0.5", "--no-progress"]  # fmt: skip
     for i, (flags, mode) in enumerate([
         (["--mode", "everything"], "everything"),

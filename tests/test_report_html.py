@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from _helpers import CONV_MODULE
 from unionrobust.cli import main as cli_main
 from unionrobust.evaluation import evaluate
 from unionrobust.evaluation.curves import union_curve
@@ -108,13 +109,7 @@ def test_markdown_table_to_html_escapes():
 def test_cli_eval_writes_reports_and_curves(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli_main, "COMMANDS", ["eval"])
     src = tmp_path / "net.py"
-    src.write_text(
-        "import torch\n"
-        "def build():\n"
-        "    torch.manual_seed(1)\n"
-        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 5), torch.nn.ReLU(),\n"
-        "        torch.nn.Flatten(), torch.nn.Linear(2 * 24 * 24, 10))\n"
-    )
+    src.write_text(CONV_MODULE)
     out = tmp_path / "run"
     argv = ["eval", "--model-module", f"{src}:build", "--n", "8", "--suite", "quick"]
     argv += ["--threats", "linf:0.05", "--no-progress", "--curves", "0.5,1", "--out", str(out)]

@@ -134,20 +134,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bounds, labelled so), 'everything' (every attack on every point: the same verdicts, "
         "slower; fills the 'alone' column of the per-attack table)",
     )
-    e.add_argument(
-        "--union-only",
-        dest="mode",
-        action="store_const",
-        const=EvaluationMode.UNION_ONLY.value,
-        help="the same as --mode union-only",
-    )
-    e.add_argument(
-        "--no-union-only",
-        dest="mode",
-        action="store_const",
-        const=EvaluationMode.PER_THREAT.value,
-        help="the same as --mode per-threat",
-    )
+    for flag, mode in (("--union-only", "union-only"), ("--no-union-only", "per-threat")):
+        e.add_argument(
+            flag, dest="mode", action="store_const", const=EvaluationMode.of(mode).value,
+            help=f"the same as --mode {mode}",
+        )  # fmt: skip
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_extra_arguments(e)
 
