@@ -185,7 +185,7 @@ def test_holdout_union_only_keeps_the_chosen_checkpoint(tmp_path, monkeypatch):
     real_evaluate = holdout.evaluate
 
     def spy(*args, **kwargs):
-        modes.append(kwargs["union_only"])
+        modes.append(kwargs["mode"] is holdout.EvaluationMode.UNION_ONLY)
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(holdout, "evaluate", spy)
@@ -194,6 +194,9 @@ def test_holdout_union_only_keeps_the_chosen_checkpoint(tmp_path, monkeypatch):
         out = tmp_path / str(union_only)
         result = train(cfg, out, model=tiny_model(), train_data=tiny_data(60))
         log = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+        held_out = json.loads((out / "result.json").read_text())["held_out"]  # a user's suite:
+        assert held_out["upper_bounds"] == ["per-threat", "union", "average"]  # all bounds
+        assert held_out["mode"] == ("union-only" if union_only else "per-threat")
         runs[union_only] = (
             result.best,
             [r["union_acc"] for r in log],
