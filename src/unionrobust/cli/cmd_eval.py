@@ -92,8 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--suite",
         default="standard",
-        help="quick, standard, msd-paper, msd-paper-cifar, or comma-separated attack names "
-        "run for every threat, e.g. 'apgd-ce, apgd-t' (default: %(default)s)",
+        help="quick, standard, rand (randomised models), msd-paper, msd-paper-cifar, full; or "
+        "attacks for every threat, e.g. 'apgd-ce, apgd-t'; or per threat with budgets, e.g. "
+        "'linf:0.3=apgd-ce(steps=200,restarts=2)+square(queries=10000)'; 'quick(steps=50)', "
+        "'rand(repeats=20)' (default: %(default)s)",
     )
     e.add_argument(
         "--out",

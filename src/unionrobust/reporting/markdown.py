@@ -15,6 +15,7 @@ from typing import Any
 from unionrobust.evaluation.mode import FIGURES, EvaluationMode
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
 from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.suite_grammar import BUDGET_KEYS
 from unionrobust.reporting.tables import format_breakdown, format_summary, format_table, pct
 
 #: picture names used by the reports (and file names next to report.md)
@@ -45,11 +46,14 @@ class Section:
 
 def per_attack_table(report: EvaluationReport) -> str:
     """MSD Tables 3–4: per threat, one row per attack with the accuracy against that attack
-    alone (only known without the cascade) and against all attacks of the threat so far."""
+    alone (only known without the cascade) and against all attacks of the threat so far, and
+    its budget (steps, restarts, targets, EOT draws)."""
     n = max(report.n_examples, 1)
     cc = report.clean_correct
     rows = []
     for e, key in enumerate(report.entry_keys):
+        params = report.entries[e].get("params") or {}
+        budget = ", ".join(f"{k}={params[k]}" for k in BUDGET_KEYS if k in params) or "-"
         t = report.entry_threat[e]
         alone = "-" if report.mode.cascade else pct(int((cc & ~report.broken[:, e]).sum()) / n)
         rows.append(
@@ -58,12 +62,13 @@ def per_attack_table(report: EvaluationReport) -> str:
                 key,
                 alone,
                 pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
+                budget,
             ]
         )
     for spec in report.threats:
-        rows.append([spec, "**all attacks**", "", pct(report.per_threat_accuracy[spec])])
-    rows.append(["**union**", "**all attacks**", "", pct(report.union_accuracy)])
-    return format_table(["threat", "entry", "alone", "with the attacks above"], rows)
+        rows.append([spec, "**all attacks**", "", pct(report.per_threat_accuracy[spec]), ""])
+    rows.append(["**union**", "**all attacks**", "", pct(report.union_accuracy), ""])
+    return format_table(["threat", "entry", "alone", "with the attacks above", "budget"], rows)
 
 
 def format_diagnostics(diag: dict[str, Any]) -> str:
@@ -198,6 +203,11 @@ def _summary_section(report: EvaluationReport, diag: dict[str, Any] | None) -> S
         figures = ", ".join(f for f in FIGURES if f in report.upper_bounds)
         title.text(
             f"**Upper bounds ({figures})**: {report.mode.bound_note(report.suite)}."
+        )
+    if report.repeats > 1:
+        title.text(
+            f"Each attack's final point counts as robust only if the model classified it "
+            f"correctly in {report.repeats} of {report.repeats} evaluations (randomised model)."
         )
     if diag and diag.get("flags"):
         title.text("**Warnings: " + ", ".join(diag["flags"]) + "** (see Diagnostics)")
