@@ -61,7 +61,7 @@ examples:
       --out runs/eval2
   unionrobust eval --model robustbench:Carmon2019Unlabeled --model-dir models --data cifar10 \\
       --root data/cifar-10-batches-bin --n 1000 --threats "linf:8/255" \\
-      --mrb-grid cifar10 --mrb-reference ata.json --out runs/carmon"""
+      --mrb-grid cifar10 --out runs/carmon"""
 
 DEFAULT_CURVE_SCALES = "0.25,0.5,0.75,1,1.25"
 
@@ -150,7 +150,8 @@ def _add_extra_arguments(e: argparse._ArgumentGroup) -> None:
         metavar="NAME",
         help="also run MultiRobustBench's strength grid NAME (cifar10: 20 strengths each of "
         "linf up to 0.1, l2 up to 2.5, l1 up to 30) with --suite, and report its accuracies, "
-        "stability and, with --mrb-reference, the competitiveness ratio",
+        "stability and the competitiveness ratio (CR) against MultiRobustBench's published "
+        "reference accuracies (shipped; --mrb-reference replaces them)",
     )
     e.add_argument(
         "--mrb-every",
@@ -162,7 +163,8 @@ def _add_extra_arguments(e: argparse._ArgumentGroup) -> None:
         "--mrb-reference",
         metavar="FILE",
         help="JSON/YAML of reference accuracies (percent) in MultiRobustBench's layout "
-        "{NoAttack: a, AutoLinfAttack: {eps: a, ...}, ...} for the competitiveness ratio",
+        "{NoAttack: a, AutoLinfAttack: {eps: a, ...}, ...} for the competitiveness ratio "
+        "(default: MultiRobustBench's published ones for --mrb-grid cifar10)",
     )
     e.add_argument(
         "--curve-attack",

@@ -127,7 +127,8 @@ def format_corruptions(result: dict[str, Any]) -> str:
 
 def format_multirobust(result: dict[str, Any]) -> list[str]:
     """Tables of a :func:`~unionrobust.evaluation.multirobust.multirobust_evaluation` result:
-    accuracy per family and strength (percent) with the union, then CR and stability."""
+    accuracy per family and strength (percent) with the union, then CR and stability; then
+    notes (not tables): the CR's reference and, for a coarse grid, how many strengths it used."""
     accs, grid = result["accuracies"], result["grid"]
     families = list(grid)
     clean = f"{accs['NoAttack']:.1f}%"
@@ -152,6 +153,10 @@ def format_multirobust(result: dict[str, Any]) -> list[str]:
                 [name, *(f"{cr['per_family'][f][key]:.1f}" for f in families), f"{cr[name]:.1f}"]
             )
     tables.append(format_table(head, metric_rows))
+    if cr:
+        tables.append(f"CR reference: {cr.get('reference', 'user-supplied')}.")
+        if cr.get("note"):
+            tables.append(f"**{cr['note']}.**")
     return tables
 
 
@@ -253,8 +258,11 @@ def _diagnostics_section(diag: dict[str, Any] | None, pictures: dict, notes: dic
 
 def _multirobust_section(multirobust: dict[str, Any], pictures: dict, notes: dict) -> Section:
     m = Section("MultiRobustBench grid")
-    for table in format_multirobust(multirobust):
-        m.table(table)
+    for block in format_multirobust(multirobust):  # tables, then notes on the CR
+        if block.startswith("|"):
+            m.table(block)
+        else:
+            m.text(block)
     _picture(m, MRB_PNG, pictures, notes)
     m.text(
         f"Suite {multirobust['suite']}, {multirobust['n_examples']} examples; "
