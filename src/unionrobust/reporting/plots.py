@@ -45,9 +45,16 @@ def curve_band(curve: Any) -> tuple[list[float], list[float], list[float]] | Non
     return acc, [100 * lo for lo, _ in c["ci95"]], [100 * hi for _, hi in c["ci95"]]
 
 
-def _panel(ax: Any, x: Sequence[float], y: Sequence[float], band: Any, label: str = "") -> None:
-    """A line with markers and, when ``band`` = (lower, upper) is given, its shaded band."""
-    (line,) = ax.plot(x, y, marker="o", markersize=3, label=label or None)
+#: (marker, line style) per curve of a joint panel, so coinciding curves stay visible
+JOINT_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 2, 1, 2))))
+
+
+def _panel(
+    ax: Any, x: Sequence[float], y: Sequence[float], band: Any, label: str = "", **style: Any
+) -> None:
+    """A line with markers and, when ``band`` = (lower, upper) is given, its shaded band;
+    ``style`` overrides the line's look (marker, linestyle, linewidth, zorder, ...)."""
+    (line,) = ax.plot(x, y, **({"marker": "o", "markersize": 3} | style), label=label or None)
     if band is not None:
         ax.fill_between(x, band[0], band[1], alpha=0.2, color=line.get_color(), linewidth=0)
     ax.set_ylim(-2, 102)
@@ -77,9 +84,19 @@ def curves_figure(curves: Sequence[Any], dpi: int = 100) -> Any:
     FigureCanvasAgg(fig)
     if joint:  # union and every member against the common scale factor, 95% bands
         ax = fig.add_subplot(rows, cols, 1)
-        for c in items:
+        drawn: list[tuple[str, list[float]]] = []
+        for k, c in enumerate(items):
             acc, lo, hi = curve_band(c) or ([100 * a for a in c["accuracy"]], None, None)
-            _panel(ax, union["eps"], acc, None if lo is None else (lo, hi), c["label"])
+            label = c["label"]
+            twin = next((name for name, seen in drawn if seen == acc), None)
+            if twin is not None:  # e.g. the union equal to its l-inf member: say so
+                label += f" (identical to {twin})"
+            drawn.append((c["label"], acc))
+            marker, dashes = JOINT_STYLES[k % len(JOINT_STYLES)]
+            style = {"marker": marker, "linestyle": dashes, "markerfacecolor": "none"}
+            if c is union:  # wide and underneath: the members stay visible on top of it
+                style |= {"linewidth": 4, "alpha": 0.45, "zorder": 1, "markersize": 7}
+            _panel(ax, union["eps"], acc, None if lo is None else (lo, hi), label, **style)
         ax.set_title("union and per threat (95% bands)", fontsize=9)
         ax.set_xlabel(union.get("x_label", "scale"), fontsize=8)
         ax.set_ylabel("accuracy (%)", fontsize=8)
