@@ -23,10 +23,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from unionrobust.errors import UnionRobustError
+from unionrobust.threats.parse import parse_number
 
 #: other spellings of parameters, used when the attack takes the canonical name
 ALIASES = {"queries": "steps", "iterations": "steps", "targets": "n_targets"}
@@ -79,11 +79,8 @@ def parse_value(text: str) -> Any:
     except ValueError:
         pass
     try:
-        if "/" in word:
-            num, den = word.split("/")
-            return float(Fraction(num.strip()) / Fraction(den.strip()))
-        return float(word)
-    except (ValueError, ZeroDivisionError):
+        return parse_number(word, "suite parameter")
+    except UnionRobustError:
         return word
 
 
