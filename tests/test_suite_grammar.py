@@ -86,4 +86,15 @@ def test_report_records_the_budgets(tmp_path):
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["suite"] == "pgd(restarts=2,steps=3)"
     assert saved["attacks"][0]["params"] == {"restarts": 2, "steps": 3}
-    assert "pgd(restarts=2,steps=3)" in ur.reporting.markdown.per_attack_table(report)
+    table = ur.reporting.markdown.per_attack_table(report)
+    row = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    assert row[1] == "pgd@linf:8/255"  # the entry keeps its one name
+    assert row[-1] == "steps=3, restarts=2"  # and its budget has a column
+
+
+def test_a_second_pass_of_the_same_attack_needs_its_own_seed_offset():
+    suite = get_suite("linf:0.3=pgd(steps=10)+pgd(steps=100,seed_offset=1)", THREATS)
+    assert suite.keys() == ["pgd@linf:0.3", "pgd@linf:0.3#2"]
+    assert suite.name == "linf:0.3: pgd(steps=10),pgd(seed_offset=1,steps=100)"
+    with pytest.raises(UnionRobustError, match=r"repeats pgd@linf:0\.3"):
+        get_suite("linf:0.3=pgd(steps=10)+pgd(steps=100)", THREATS)
