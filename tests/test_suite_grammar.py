@@ -39,6 +39,12 @@ def test_the_issue_example_sets_the_budgets():
     assert (built.steps, built.restarts) == (200, 2)
 
 
+def test_repeats_is_the_suites_own_field():
+    strict = get_suite("standard(repeats=5)", THREATS)
+    assert strict.name == "standard" and strict.repeats == 5  # still the strict suite
+    assert get_suite("rand(eot=4,repeats=3)", THREATS).name == "rand(eot=4)"
+
+
 def test_quick_is_adjustable():
     assert dict(get_suite("quick", THREATS).entries[0].params)["steps"] == 20
     suite = get_suite("quick(steps=50, restarts=3)", THREATS)
