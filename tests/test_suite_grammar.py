@@ -66,7 +66,7 @@ def test_quick_is_adjustable():
         ("quick(steps=2.5)", "pgd@linf:0.3: steps must be an integer >= 1, got 2.5"),
         ("pgd(steps=5", "unbalanced '('"),
         ("pgd(steps)", "must look like key=value"),
-        ("pgd(repeats=0)", "repeats must be a positive integer"),
+        ("pgd(repeats=0)", "repeats must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_budgets_are_one_line_errors(text, needle):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_int
 from unionrobust.threats.parse import parse_number
 
 #: other spellings of parameters, used when the attack takes the canonical name
@@ -123,9 +123,7 @@ def _take_repeats(out: ParsedSuite, params: dict[str, Any], where: str) -> None:
     """Move a call's ``repeats`` to the suite (suite-wide: the largest K given wins)."""
     if REPEATS not in params:
         return
-    value = params.pop(REPEATS)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UnionRobustError(f"{where}: repeats must be a positive integer, got {value!r}")
+    value = check_int(f"{where}: repeats", params.pop(REPEATS), 1)
     out.repeats = max(out.repeats or 1, value)
 
 
@@ -161,17 +159,15 @@ def parse_suite_text(text: str, named_suites: Mapping[str, Any]) -> ParsedSuite:
     return out
 
 
-def accepted(factory: Callable[..., Any]) -> tuple[list[str], bool]:
-    """The keyword parameters ``factory`` takes (a class, function or ``functools.partial``),
-    and whether it takes ``**kwargs``."""
-    sig = inspect.signature(factory)
+def accepted(factory: Callable[..., Any]) -> list[str]:
+    """The keyword parameters ``factory`` takes (a class, function or ``functools.partial``;
+    a named suite's builder without its first argument, the union)."""
     names = [
         p.name
-        for p in sig.parameters.values()
+        for p in inspect.signature(factory).parameters.values()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in RESERVED
     ]
-    varkw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    return names[1:] if names and names[0] == "threats" else names, varkw
+    return names[1:] if names and names[0] == "threats" else names
 
 
 def check_params(kind: str, name: str, params: dict[str, Any], valid: list[str]) -> dict:

@@ -430,7 +430,7 @@ def _user_entries(
         if name not in ATTACKS:
             valid = attack_names() if kind == "attack" else suite_names() + attack_names()
             raise unknown_name(kind, name, valid)
-        valid = [*grammar.accepted(ATTACKS[name])[0], "seed_offset"]  # the entry's pass
+        valid = [*grammar.accepted(ATTACKS[name]), "seed_offset"]  # the entry's pass
         params = grammar.check_params("attack", name, raw, valid)
         offset = params.pop("seed_offset", 0)
         out.append(SuiteEntry(index, name, tuple(sorted(params.items())), seed_offset=offset))
@@ -471,7 +471,7 @@ def _named_suite(parsed: grammar.ParsedSuite, union: Union) -> Suite:
     """A named suite, its builder's parameters set from the text (``quick(steps=50)``)."""
     name = str(parsed.named)
     builder = SUITES[name]
-    params = grammar.check_params("suite", name, parsed.params, grammar.accepted(builder)[0])
+    params = grammar.check_params("suite", name, parsed.params, grammar.accepted(builder))
     repeats = parsed.repeats if parsed.repeats is not None else SUITE_REPEATS.get(name, 1)
     entries = _spatial_aware(partial(builder, **params), union)
     if params:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import importlib.util
 import sys
 import types
@@ -134,7 +135,12 @@ def read_model_dicts() -> Any:
     loaded = sys.modules.get(_TABLE)
     if getattr(loaded, "model_dicts", None) is not None:  # a fully working import already ran
         return loaded.model_dicts  # type: ignore[union-attr]
-    root = package_dir()
+    return _read_table(package_dir())
+
+
+@functools.lru_cache(maxsize=4)
+def _read_table(root: Path) -> Any:
+    """The table of the package at ``root`` (read once per process: a few seconds)."""
     _bare_package("robustbench", root)
     _bare_package(_TABLE, root / "model_zoo")
     table = _read_module(f"{_TABLE}.models", root, {}).get("model_dicts")
