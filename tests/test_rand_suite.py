@@ -103,3 +103,30 @@ def test_eot_averages_draws_and_keeps_the_model():
     assert ((result.x_adv - x).abs().amax() <= 0.05 + 1e-6) and result.x_adv.min() >= 0
     with pytest.raises(ur.UnionRobustError, match="eot"):
         APGD(Linf(0.05), eot=0)
+
+
+def test_cli_points_a_randomised_model_to_rand(tmp_path, monkeypatch, capsys):
+    from unionrobust.cli import main as cli_main
+
+    monkeypatch.setattr(cli_main, "COMMANDS", ["eval"])
+    src = tmp_path / "noisy_net.py"
+    src.write_text(
+        "import torch\n"
+        "class Noisy(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(784, 10)\n"
+        "    def forward(self, x):\n"
+        "        x = x.flatten(1)\n"
+        "        return self.lin(x + 0.1 * torch.randn_like(x))\n"
+        "def build():\n"
+        "    torch.manual_seed(1)\n"
+        "    return Noisy()\n"
+    )
+    base = ["eval", "--model-module", f"{src}:build", "--n", "6", "--threats", "linf:0.05",
+            "--no-progress"]  # fmt: skip
+    assert cli_main.main([*base, "--suite", "pgd(steps=2)"]) == 0
+    err = capsys.readouterr().err
+    assert "randomized" in err and "evaluate it with --suite rand" in err
+    assert cli_main.main([*base, "--suite", "rand(steps=2,eot=2,repeats=3)"]) == 0
+    assert "evaluate it with --suite rand" not in capsys.readouterr().err  # already K of K

@@ -201,6 +201,12 @@ def _warn(report: EvaluationReport) -> None:
     flags = report.diagnostics.get("flags", [])
     if flags:
         print("\nWARNING (diagnostics): " + ", ".join(flags), file=sys.stderr)
+    if "randomized" in flags and report.repeats == 1:
+        print(
+            "the model is randomised (two forward passes differ): evaluate it with --suite rand "
+            "(EOT APGD, each final point re-checked K of K times); these figures overstate it",
+            file=sys.stderr,
+        )
     if report.nonfinite:
         print(
             f"\nWARNING: the model returned non-finite logits for {report.nonfinite} "
