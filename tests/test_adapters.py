@@ -164,7 +164,8 @@ def test_a_missing_package_names_the_extra(monkeypatch):
         raise ImportError(name)
 
     monkeypatch.setattr(adapters.importlib, "import_module", fail)
-    with pytest.raises(UnionRobustError, match=r"unionrobust\[peers\]"):
+    with pytest.raises(UnionRobustError, match=r"unionrobust\[peers\]") as err:
         adapters.TAEAD(L1(1.0))
+    assert "pip install --no-deps 'torchattacks>=3.5'" in str(err.value)
     with pytest.raises(UnionRobustError, match="foolbox"):
         adapters.FBBoundary(L2(1.0))

@@ -155,3 +155,43 @@ def test_cli_eval_mrb_grid_writes_report_json_md_html(tmp_path, monkeypatch, cap
     assert "CR_ind_worst" in capsys.readouterr().out
     code = cli_main.main(["eval", "--model", "small-cnn", "--mrb-reference", "r.json"])
     assert code == 2 and "--mrb-reference needs --mrb-grid" in capsys.readouterr().err
+
+
+def test_published_reference_is_multirobustbenchs_ata():
+    ref = mrb.published_reference("cifar10")
+    assert "multirobustbench/multirobustbench/blob/8c953518" in ref["source"]
+    assert "ata_accs.js" in ref["source"]
+    assert ref["NoAttack"] == pytest.approx(94.20333333333333)
+    assert ref["AutoLinfAttack"]["0.03"] == pytest.approx(44.69)  # spot checks against the
+    assert ref["AutoL2Attack"]["0.5"] == pytest.approx(65.33)  # published table
+    assert ref["AutoL1Attack"]["30.0"] == pytest.approx(24.94333333333333)
+    for family, values in mrb.mrb_grid("cifar10").items():  # every strength of the grid
+        assert sorted(ref[family], key=float) == [mrb.eps_key(e) for e in values]
+    same = {k: v for k, v in ref.items() if k == "NoAttack" or k in mrb.GRIDS["cifar10"]}
+    cr = mrb.competitiveness_ratio(same, ref)
+    assert cr["CR_ind_avg"] == pytest.approx(100.0) and cr["note"] is None
+    assert cr["strengths"] == {f: "20 of 20" for f in mrb.GRIDS["cifar10"]}
+    with pytest.raises(UnionRobustError, match="valid: cifar10"):
+        mrb.published_reference("mnist")
+
+
+def test_cli_mrb_grid_uses_the_published_reference_and_says_when_coarse(
+    tmp_path, monkeypatch, capsys
+):
+    from unionrobust.cli import main as cli_main
+
+    monkeypatch.setattr(cli_main, "COMMANDS", ["eval"])
+    out = tmp_path / "run"
+    code = cli_main.main([
+        "eval", "--model", "small-cnn", "--untrained", "--n", "8", "--threats", "linf:0.1",
+        "--suite", "quick", "--no-progress", "--out", str(out), "--mrb-grid", "cifar10",
+        "--mrb-every", "10",
+    ])  # fmt: skip
+    assert code == 0
+    cr = json.loads((out / "report.json").read_text())["multirobustbench"]["cr"]
+    assert cr["strengths"] == {f: "2 of 20" for f in mrb.GRIDS["cifar10"]}
+    assert "CR computed on 2 of 20 strengths per family" in cr["note"]
+    assert "metrics.py" in cr["reference"]
+    printed = capsys.readouterr().out
+    for text in (printed, (out / "report.md").read_text(), (out / "report.html").read_text()):
+        assert "CR computed on 2 of 20 strengths" in text and "CR_ind_avg" in text

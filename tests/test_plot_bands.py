@@ -101,3 +101,22 @@ def test_multirobust_bands_are_wilson_and_every_plot_is_in_the_reports(tmp_path)
     assert 'alt="mrb.png" src="data:image/png;base64,' in page
     md = (tmp_path / "report.md").read_text()
     assert "![mrb.png](mrb.png)" in md and "95% CI" in md
+
+
+def test_a_member_identical_to_the_union_stays_visible_and_is_named():
+    linf = robust_matrix([10, 6, 3])
+    union = robust_matrix([10, 6, 3])  # the union's curve equals the l-inf member's
+    curves = [
+        RobustnessCurve("linf", [0.0, 0.1, 0.2], linf.double().mean(0).tolist(), linf),
+        RobustnessCurve("union", [0.0, 0.5, 1.0], union.double().mean(0).tolist(), union),
+    ]
+    joint = curves_figure(curves).axes[0]
+    first, second = joint.get_lines()
+    looks = [(line.get_marker(), line.get_linestyle()) for line in (first, second)]
+    assert looks[0] != looks[1]  # different marker and dashes
+    # the wider line lies underneath, so the narrower one on top leaves it visible
+    wide, narrow = sorted((first, second), key=lambda line: -line.get_linewidth())
+    assert wide.get_linewidth() > narrow.get_linewidth()
+    assert wide.get_zorder() < narrow.get_zorder()
+    labels = [t.get_text() for t in joint.get_legend().get_texts()]
+    assert any("union (identical to linf)" in t for t in labels)

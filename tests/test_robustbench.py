@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import builtins
 import importlib.util
 import json
 import sys
+import types
 
 import pytest
 import torch
@@ -15,6 +15,7 @@ import unionrobust as ur
 from unionrobust.cli import main as cli_main
 from unionrobust.errors import UnionRobustError
 from unionrobust.models import robustbench as rb
+from unionrobust.models import robustbench_zoo as rb_zoo
 
 
 class TinyNet(nn.Module):
@@ -172,16 +173,106 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
 
 
 def test_missing_package_names_the_extra(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_robustbench(name, *args, **kwargs):
-        if name.startswith("robustbench"):
-            raise ModuleNotFoundError("No module named 'robustbench'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_robustbench)
-    with pytest.raises(UnionRobustError, match=r'pip install "unionrobust\[robustbench\]"'):
+    monkeypatch.delitem(sys.modules, "robustbench.model_zoo", raising=False)
+    monkeypatch.setattr(rb_zoo.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(UnionRobustError, match=r'pip install "unionrobust\[robustbench\]"') as err:
         ur.load_model("robustbench:Standard", model_dir="nowhere")
+    assert 'pip install --no-deps "robustbench==1.1.1"' in str(err.value)
+
+
+FAKE_PACKAGE = {
+    # importing the package runs its attack code, which needs a module PyPI does not provide
+    "__init__.py": "from autoattack import AutoAttack\n",
+    "model_zoo/__init__.py": "raise ImportError('the table files are read, not imported')\n",
+    "model_zoo/enums.py": (
+        "from enum import Enum\n"
+        "class BenchmarkDataset(Enum):\n    cifar_10 = 'cifar10'\n"
+        "class ThreatModel(Enum):\n    Linf = 'Linf'\n"
+    ),
+    "model_zoo/architectures/__init__.py": "",
+    "model_zoo/architectures/tiny.py": (
+        "import torch\nfrom torch import nn\n"
+        "def tiny():\n    return nn.Linear(4, 3)\n"
+    ),
+    "model_zoo/models.py": (
+        "from collections import OrderedDict\n"
+        "from robustbench.model_zoo.cifar10 import cifar_10_models\n"
+        "from robustbench.model_zoo.enums import BenchmarkDataset\n"
+        "model_dicts = OrderedDict([(BenchmarkDataset.cifar_10, cifar_10_models)])\n"
+    ),
+    "model_zoo/cifar10.py": (
+        "from collections import OrderedDict\n"
+        "import timm_not_installed_here\n"
+        "from robustbench.model_zoo.architectures.tiny import tiny\n"
+        "from robustbench.model_zoo.enums import ThreatModel\n"
+        "class Big(timm_not_installed_here.Module):\n    pass\n"
+        "linf = OrderedDict([\n"
+        "    ('Small', {'model': lambda: tiny(), 'gdrive_id': 'abc'}),\n"
+        "    ('Huge', {'model': lambda: timm_not_installed_here.create_model('x'),\n"
+        "              'gdrive_id': 'def'}),\n"
+        "    ('Bigger', {'model': Big, 'gdrive_id': 'ghi'}),\n"
+        "])\n"
+        "cifar_10_models = OrderedDict([(ThreatModel.Linf, linf)])\n"
+    ),
+}
+
+
+@pytest.fixture
+def fake_robustbench(tmp_path, monkeypatch):
+    """A robustbench package laid out like 1.1.1 whose import fails (no ``autoattack``, an
+    optional architecture package missing): only its table files are read."""
+    for rel, text in FAKE_PACKAGE.items():
+        path = tmp_path / "site" / "robustbench" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m.split(".")[0] == "robustbench"]:
+        monkeypatch.delitem(sys.modules, name)
+    yield tmp_path
+    for name in [m for m in sys.modules if m.split(".")[0] == "robustbench"]:
+        del sys.modules[name]
+
+
+def test_zoo_table_is_read_without_importing_the_package(fake_robustbench):
+    zoo = rb.robustbench_zoo()
+    assert list(zoo) == ["cifar10"] and list(zoo["cifar10"]["Linf"]) == ["Small", "Huge", "Bigger"]
+    torch.manual_seed(0)
+    source = zoo["cifar10"]["Linf"]["Small"]["model"]()
+    path = fake_robustbench / "models" / "cifar10" / "Linf" / "Small.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), path)
+    model = ur.load_model("robustbench:Small", model_dir=fake_robustbench / "models")
+    x = torch.rand(2, 4)
+    assert torch.equal(model(x), source(x))
+    for name in ("Huge", "Bigger"):  # needs the missing package: one line naming it
+        with pytest.raises(UnionRobustError, match="timm_not_installed_here") as err:
+            ur.load_model(f"robustbench:{name}", model_dir=fake_robustbench / "models")
+        assert "\n" not in str(err.value)
+
+
+def test_download_uses_gdown_like_robustbench(fake_robustbench, monkeypatch):
+    """robustbench 1.1.1 downloads with ``gdown.download(id=..., output=...)``: so do we, into a
+    temporary file renamed into place (a failed download leaves nothing behind)."""
+    calls = []
+    state = nn.Linear(4, 3).state_dict()
+
+    def download(*, id, output):  # the mocked opener
+        calls.append(id)
+        if id == "abc":
+            torch.save(state, output)
+        else:
+            raise ConnectionError("Failed to retrieve file url")
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=download))
+    models = fake_robustbench / "models"
+    model = ur.load_model("robustbench:Small", model_dir=models, download=True)
+    assert calls == ["abc"] and torch.equal(model.weight, state["weight"])
+    failed = fake_robustbench / "failed"
+    zoo = {"cifar10": {"Linf": {"Small": {"model": lambda: nn.Linear(4, 3), "gdrive_id": "zzz"}}}}
+    with pytest.raises(UnionRobustError, match=r"Small\.pt failed: Failed to retrieve") as err:
+        rb.load_robustbench_model("Small", model_dir=failed, zoo=zoo, download=True)
+    assert "\n" not in str(err.value) and calls == ["abc", "zzz"]
+    assert [p.name for p in failed.rglob("*") if p.is_file()] == []
 
 
 def test_cli_eval_loads_a_zoo_model_by_name(tmp_path, monkeypatch, capsys):

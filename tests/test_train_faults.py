@@ -320,3 +320,21 @@ def test_tensorboard_gets_each_epoch_when_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
     train(tiny_config(), tmp_path / "plain", model=tiny_mlp(), train_data=tiny_data(40))
     assert len(FakeWriter.made) == 1 and not (tmp_path / "plain" / "tensorboard").exists()
+
+
+def test_tensorboard_per_step_scalars_every_n_steps(tmp_path, monkeypatch):
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    FakeWriter.made.clear()
+    cfg = tiny_config(training={"tensorboard_every": 2})
+    result = train(cfg, tmp_path / "run", model=tiny_mlp(), train_data=tiny_data(40))
+    (writer,) = FakeWriter.made
+    steps = sorted(step for tag, _, step in writer.scalars if tag == "step/train_loss")
+    assert result.steps >= 4 and steps == list(range(2, result.steps + 1, 2))
+    lrs = {value for tag, value, _ in writer.scalars if tag == "step/lr"}
+    assert lrs == {0.1}  # the constant schedule's
+    accs = [value for tag, value, _ in writer.scalars if tag == "step/train_acc"]
+    assert all(0.0 <= a <= 1.0 for a in accs)
+    with pytest.raises(UnionRobustError, match="tensorboard_every"):
+        tiny_config(training={"tensorboard_every": -1}).validate()

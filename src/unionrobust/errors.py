@@ -6,6 +6,7 @@ line naming the problem, so the CLI can print it without a traceback.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable
 
@@ -16,10 +17,26 @@ class UnionRobustError(ValueError):
     """A problem with the caller's input: the message is one line that names it."""
 
 
+#: a list of valid names longer than this (characters) is replaced by the closest names
+LONG_LIST = 400
+
+
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnionRobustError:
-    """Error for an unknown registry name that lists the valid ones."""
-    choices = ", ".join(sorted(valid))
-    return UnionRobustError(f"unknown {kind} {name!r}; valid: {choices}")
+    """Error for an unknown registry name that lists the valid ones -- or, when they would
+    fill screens (RobustBench's zoo has hundreds), the closest few (difflib) and their count."""
+    names = sorted(str(v) for v in valid)
+    choices = ", ".join(names)
+    if len(choices) <= LONG_LIST:
+        return UnionRobustError(f"unknown {kind} {name!r}; valid: {choices}")
+    close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.6)
+    if not close:  # nothing alike: same prefix, else the first few
+        close = [n for n in names if n.lower().startswith(str(name)[:4].lower())][:5] or names[:5]
+        return UnionRobustError(
+            f"unknown {kind} {name!r}; {len(names)} valid names, e.g. {', '.join(close)}"
+        )
+    return UnionRobustError(
+        f"unknown {kind} {name!r}; did you mean {', '.join(close)}? ({len(names)} valid names)"
+    )
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:

@@ -1,6 +1,8 @@
 """Thin adapters running torchattacks / Foolbox attacks behind the :class:`Attack` contract.
 
-These are the optional extra ``peers`` (``pip install 'unionrobust[peers]'``); building an
+These are the optional extra ``peers`` (``pip install 'unionrobust[peers]'`` for Foolbox, then
+``pip install --no-deps 'torchattacks>=3.5'``: its declared torchvision would replace a CPU torch,
+and it never imports it); building an
 adapter without its package raises a one-line :class:`UnionRobustError` naming the extra.
 
 A peer's output is only a *candidate*: non-finite entries are replaced by the clean value, it is
@@ -37,8 +39,12 @@ from unionrobust.errors import UnionRobustError, check_int, check_positive
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import L2, ThreatModel
 
-#: the pip extra that installs the peers
-EXTRA = "peers"
+#: how the peers are installed without touching torch (torchattacks declares, but never imports,
+#: an unpinned torchvision whose newest release pulls another torch)
+INSTALL = {
+    "foolbox": "pip install 'unionrobust[peers]'",
+    "torchattacks": "pip install 'unionrobust[peers]' && pip install --no-deps 'torchattacks>=3.5'",
+}
 
 
 def require(package: str, who: str) -> ModuleType:
@@ -48,7 +54,7 @@ def require(package: str, who: str) -> ModuleType:
     except ImportError:
         raise UnionRobustError(
             f"attack {who!r} needs the optional package {package!r}: "
-            f"pip install 'unionrobust[{EXTRA}]'"
+            f"{INSTALL.get(package, INSTALL['foolbox'])}"
         ) from None
 
 

@@ -93,7 +93,8 @@ class APGD(Attack):
     ``"surface"`` (that point scaled out to the ball's surface, as AutoAttack starts; used by
     the ``standard`` suite's second targeted pass), ``large_eps`` (ℓ1 only) the
     3ε → 2ε → ε schedule of Croce & Hein 2021 ("Mind the box"; AutoAttack's
-    ``use_largereps``, on in the ``standard`` suite's ℓ1 entries). ``threat``: a threat
+    ``use_largereps``, on in the ``standard`` suite's ℓ1 entries), ``eot`` the draws each
+    step's gradient is averaged over (randomised defences; the ``rand`` suite). ``threat``: a threat
     model, a one-member union or a spec such as ``"l1:10"``.
     """
 
@@ -113,6 +114,7 @@ class APGD(Attack):
         l1_sparsity: float = 0.2,
         large_eps: bool = False,
         start: str = "random",
+        eot: int = 1,
     ) -> None:
         threat = single_threat(threat, "APGD")
         super().__init__(threat, seed=seed, amp=amp)
@@ -121,6 +123,7 @@ class APGD(Attack):
         self.steps = check_int("APGD steps", steps, 1)
         self.restarts = check_int("APGD restarts", restarts, 1)
         self.n_targets = check_int("APGD n_targets", n_targets, 1)
+        self.eot = check_int("APGD eot", eot, 1)
         self.rho = check_fraction("APGD rho", rho, one=False)
         self.alpha = check_fraction("APGD momentum alpha", alpha)
         self.l1_sparsity = check_fraction("APGD l1_sparsity", l1_sparsity)
@@ -141,8 +144,23 @@ class APGD(Attack):
         return (
             f"APGD({self.threat!r}, steps={self.steps}, restarts={self.restarts}, "
             f"loss={self.loss!r}{', large_eps=True' if self.large_eps else ''}"
-            f"{'' if self.start == 'random' else f', start={self.start!r}'})"
+            f"{'' if self.start == 'random' else f', start={self.start!r}'}"
+            f"{'' if self.eot == 1 else f', eot={self.eot}'})"
         )
+
+    def _loss_and_grad(
+        self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`loss_and_grad`, loss and gradient averaged over ``eot`` draws of a randomised
+        model (EOT, Athalye et al. 2018; AutoAttack's ``eot_iter``); the logits are the last
+        draw's."""
+        logits, loss, grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
+        for _ in range(self.eot - 1):
+            logits, more_loss, more_grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
+            loss, grad = loss + more_loss, grad + more_grad
+        if self.eot > 1:
+            loss, grad = loss / self.eot, grad / self.eot
+        return logits, loss, grad
 
     # -- the per-norm rule lives here, and only here -------------------------------------------
     def _rule(
@@ -252,7 +270,7 @@ class APGD(Attack):
         """``steps`` iterations from ``delta`` in ``threat``; returns δ_max (the highest-loss
         iterate) and, if ``track``, the best-point tracker of the iterates (results)."""
         x_adv = (x + delta).clamp_(0, 1)
-        logits, loss, grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
+        logits, loss, grad = self._loss_and_grad(model, x_adv, y, loss_fn)
         best = BestTracker(x_adv, loss, misclassified(logits, y)) if track else None
         rule.begin(loss, delta if warm else None)
         delta_max, grad_max, loss_max = delta, grad, loss
@@ -271,7 +289,7 @@ class APGD(Attack):
                 logits = forward(model, x_adv, self.amp)
                 new_loss = loss_fn(logits, y)
             else:
-                logits, new_loss, new_grad = loss_and_grad(model, x_adv, y, loss_fn, self.amp)
+                logits, new_loss, new_grad = self._loss_and_grad(model, x_adv, y, loss_fn)
             if best is not None:
                 best.update(x_adv, new_loss, misclassified(logits, y))
             rule.observe(new_loss > loss)

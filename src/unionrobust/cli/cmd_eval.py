@@ -68,7 +68,7 @@ examples:
       --out runs/eval2
   unionrobust eval --model robustbench:Carmon2019Unlabeled --model-dir models --data cifar10 \\
       --root data/cifar-10-batches-bin --n 1000 --threats "linf:8/255" \\
-      --mrb-grid cifar10 --mrb-reference ata.json --out runs/carmon"""
+      --mrb-grid cifar10 --out runs/carmon"""
 
 DEFAULT_CURVE_SCALES = "0.25,0.5,0.75,1,1.25"
 
@@ -99,8 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--suite",
         default="standard",
-        help="quick, standard, msd-paper, msd-paper-cifar, or comma-separated attack names "
-        "run for every threat, e.g. 'apgd-ce, apgd-t' (default: %(default)s)",
+        help="quick, standard, rand (randomised models), msd-paper, msd-paper-cifar, full; or "
+        "attacks for every threat, e.g. 'apgd-ce, apgd-t'; or per threat with budgets, e.g. "
+        "'linf:0.3=apgd-ce(steps=200,restarts=2)+square(queries=10000)'; 'quick(steps=50)', "
+        "'rand(repeats=20)' (default: %(default)s)",
     )
     e.add_argument(
         "--out",
@@ -165,7 +167,8 @@ def _add_extra_arguments(e: argparse._ArgumentGroup) -> None:
         metavar="NAME",
         help="also run MultiRobustBench's strength grid NAME (cifar10: 20 strengths each of "
         "linf up to 0.1, l2 up to 2.5, l1 up to 30) with --suite, and report its accuracies, "
-        "stability and, with --mrb-reference, the competitiveness ratio",
+        "stability and the competitiveness ratio (CR) against MultiRobustBench's published "
+        "reference accuracies (shipped; --mrb-reference replaces them)",
     )
     e.add_argument(
         "--mrb-every",
@@ -177,7 +180,8 @@ def _add_extra_arguments(e: argparse._ArgumentGroup) -> None:
         "--mrb-reference",
         metavar="FILE",
         help="JSON/YAML of reference accuracies (percent) in MultiRobustBench's layout "
-        "{NoAttack: a, AutoLinfAttack: {eps: a, ...}, ...} for the competitiveness ratio",
+        "{NoAttack: a, AutoLinfAttack: {eps: a, ...}, ...} for the competitiveness ratio "
+        "(default: MultiRobustBench's published ones for --mrb-grid cifar10)",
     )
     e.add_argument(
         "--curve-attack",
@@ -214,6 +218,12 @@ def _warn(report: EvaluationReport) -> None:
     flags = report.diagnostics.get("flags", [])
     if flags:
         print("\nWARNING (diagnostics): " + ", ".join(flags), file=sys.stderr)
+    if "randomized" in flags and report.repeats == 1:
+        print(
+            "the model is randomised (two forward passes differ): evaluate it with --suite rand "
+            "(EOT APGD, each final point re-checked K of K times); these figures overstate it",
+            file=sys.stderr,
+        )
     if report.nonfinite:
         print(
             f"\nWARNING: the model returned non-finite logits for {report.nonfinite} "

@@ -79,6 +79,7 @@ def recheck(
     x_adv: torch.Tensor,
     tol: float = DEFAULT_TOL,
     inside: torch.Tensor | None = None,
+    repeats: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Independently verify an attack's output: (broken (B,), norm (B,) float64).
 
@@ -90,6 +91,11 @@ def recheck(
     membership mask, computed by the caller where it needs the attack's record (a
     transformation's parameters, an affine decomposition); ``threat`` is then unused and the
     norm NaN.
+
+    ``repeats`` = K: the prediction is taken K times, and the point is broken if the model
+    misclassifies it in any of them -- robust only if correct in K of K. For a randomised
+    model one evaluation overstates robustness (AutoAttack's pull request 105); for a
+    deterministic one K = 1 says the same.
     """
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         shape = getattr(x_adv, "shape", None)
@@ -101,7 +107,10 @@ def recheck(
     given = inside is not None
     member = inside.to(finite.device).bool() if given else threat.contains(xa - x, x, tol)
     xc = xa.clamp(0.0, 1.0)
-    broken = member & finite & predicts_wrong(model, xc, y)
+    wrong = predicts_wrong(model, xc, y)
+    for _ in range(repeats - 1):
+        wrong |= predicts_wrong(model, xc, y)
+    broken = member & finite & wrong
     if given or isinstance(threat, Union):
         return broken, torch.full(broken.shape, float("nan"), dtype=torch.float64)
     return broken, threat.norm(xc - x).double()
@@ -136,14 +145,16 @@ def checked_attack(
     y: torch.Tensor,
     example_ids: torch.Tensor,
     inside: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    repeats: int = 1,
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Run ``attack`` on one batch and re-check its output with :func:`recheck`: (result,
     broken (B,), norms (B,)). The attack's own ``success`` never counts; a claimed success that
     fails the re-check is ``result.success & ~broken``. ``inside(result, x)``: the membership
-    test for attacks whose output is judged by its record (spatial parameters, affine parts)."""
+    test for attacks whose output is judged by its record (spatial parameters, affine parts);
+    ``repeats``: K of K evaluations (:func:`recheck`)."""
     result = attack(model, x, y, example_ids=example_ids)
     mask = None if inside is None else inside(result, x)
-    broken, norms = recheck(model, threat, x, y, result.x_adv, inside=mask)
+    broken, norms = recheck(model, threat, x, y, result.x_adv, inside=mask, repeats=repeats)
     return result, broken, norms
 
 

@@ -3,8 +3,8 @@
 AutoAttack-style model checks (Croce & Hein's ``checks.py`` ideas, re-derived):
 
 - ``randomized``: two forward passes on the same inputs (eval mode, as the attacks see the model)
-  give different logits — gradients of a randomised model are noisy, use EOT or expect overrated
-  robustness;
+  give different logits — gradients of a randomised model are noisy: the message points to the
+  ``rand`` suite (EOT and a K-of-K re-check), else expect overrated robustness;
 - ``probabilities``: every output row is non-negative and sums to 1 (softmax outputs, not
   logits) — cross-entropy on probabilities has vanishing gradients;
 - ``zero_gradients`` / ``nan_gradients``: the input gradient of the cross-entropy loss is exactly
@@ -78,8 +78,9 @@ def check_randomized(model: nn.Module, x: torch.Tensor, atol: float = 1e-6) -> d
         "flag": bool(diff > atol),
         "max_abs_difference": diff,
         "message": (
-            "two forward passes differ: the model is randomised; gradients are noisy (use EOT "
-            "attacks) and the robust accuracy is likely overestimated"
+            "two forward passes differ: the model is randomised; evaluate it with --suite rand "
+            "(EOT APGD, each final point re-checked K of K times), else gradients are noisy and "
+            "the robust accuracy is likely overestimated"
             if diff > atol
             else "deterministic"
         ),

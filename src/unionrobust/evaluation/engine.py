@@ -70,6 +70,7 @@ class _Run:
     progress: bool
     log: VerdictLog | None = None
     done: dict = field(default_factory=dict)
+    repeats: int = 1  # K of K evaluations of each attack's final point (the suite's)
 
     def x_on(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (
@@ -117,7 +118,9 @@ def _attack_chunk(
     """Attack examples ``idx`` and re-check the result: (broken, norms, rejected claims)."""
     xb, yb = run.x_on(idx)
     ids = run.ids[idx].to(run.dev)
-    result, b_dev, nrm_dev = checked_attack(run.model, attack, threat, xb, yb, ids)
+    result, b_dev, nrm_dev = checked_attack(
+        run.model, attack, threat, xb, yb, ids, repeats=run.repeats
+    )
     return b_dev.cpu(), nrm_dev.cpu(), int(rejected(result, b_dev).sum())
 
 
@@ -241,10 +244,12 @@ def _run_config(
     meta: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The run's configuration, as kept in the report and checked on resume."""
+    repeats = {} if suite.repeats == 1 else {"repeats": suite.repeats}
     return {
         "threats": union.spec,
         "suite": suite.name,
         "entries": suite.describe(),
+        **repeats,
         "seed": int(seed),
         "batch_size": batch_size,
         "n": count,
@@ -348,7 +353,7 @@ def evaluate(
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
         config |= _fingerprints(model, x, y, ids)
 
-    run = _Run(model, x, y, ids, dev, batch_size, progress)
+    run = _Run(model, x, y, ids, dev, batch_size, progress, repeats=the_suite.repeats)
     if out_dir is not None:
         run.log, records = VerdictLog.open(out_dir, config, resume)
         run.done = records_by_key(records)

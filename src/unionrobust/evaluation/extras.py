@@ -34,7 +34,8 @@ class Extras:
     """What to measure beyond the union table: ``scales`` (robustness curves at these factors
     of every radius, with ``curve_attack``), ``cifar10c`` (a CIFAR-10-C folder), ``mrb_grid``
     (a MultiRobustBench grid name, every ``mrb_every``-th strength, run with ``suite``) and
-    ``mrb_reference`` (a file of reference accuracies)."""
+    ``mrb_reference`` (a file of reference accuracies; default: MultiRobustBench's published
+    ones for the grid, :func:`~unionrobust.evaluation.multirobust.published_reference`)."""
 
     scales: Sequence[float] | None = None
     curve_attack: str = "pgd"
@@ -55,8 +56,11 @@ class Extras:
                 raise UnionRobustError("--mrb-reference needs --mrb-grid NAME (e.g. cifar10)")
             return None, None
         grid = multirobust.mrb_grid(self.mrb_grid, self.mrb_every)
-        ref = multirobust.load_reference(self.mrb_reference) if self.mrb_reference else None
-        return grid, ref
+        if self.mrb_reference:
+            return grid, multirobust.load_reference(self.mrb_reference)
+        if self.mrb_grid in multirobust.PUBLISHED:  # MultiRobustBench's own, shipped with us
+            return grid, multirobust.published_reference(self.mrb_grid)
+        return grid, None
 
 
 def run_extras(

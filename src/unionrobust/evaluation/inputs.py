@@ -94,15 +94,51 @@ def _from_batches(batches: Iterable, n: int | None) -> tuple[torch.Tensor, torch
     return torch.cat(xs), torch.cat(ys)
 
 
+def in_index_order(data: Any) -> Any:
+    """``data``, except that a shuffling ``DataLoader`` over a map-style dataset is replaced by
+    one reading the same dataset in index order (same batch size and collate function).
+
+    Example ids are positions, and the attacks' randomness is keyed by them: a shuffled loader
+    would change every number from one run to the next, and ``n`` would take a random subset.
+    In index order the ids are the dataset's indices and ``n`` takes the first n. Another
+    reordering sampler cannot be undone: a warning says so."""
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+    if not isinstance(data, DataLoader) or data.batch_size is None:
+        return data
+    sampler = data.sampler
+    if isinstance(sampler, SequentialSampler) or not hasattr(data.dataset, "__getitem__"):
+        return data
+    if isinstance(sampler, RandomSampler) and not sampler.replacement:
+        warnings.warn(
+            "the DataLoader shuffles: evaluating its dataset in index order instead (example "
+            "ids are dataset indices, which key the attacks' randomness; n takes the first n)",
+            stacklevel=3,
+        )
+        return DataLoader(
+            data.dataset, batch_size=data.batch_size, shuffle=False,
+            collate_fn=data.collate_fn, num_workers=data.num_workers,
+        )  # fmt: skip
+    warnings.warn(
+        f"the DataLoader's sampler ({type(sampler).__name__}) reorders the data: example ids "
+        "are positions in the order it yields, so results follow that order; use a loader "
+        "without a sampler (shuffle=False) for reproducible numbers",
+        stacklevel=3,
+    )
+    return data
+
+
 def read_examples(
     data: Any, y: torch.Tensor | None = None, n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) from tensors, a map-style dataset of (image, label) pairs, or any iterable of
-    ``(x, y)`` batches (a ``DataLoader``); the first ``n``, which must exist; checked (images
+    ``(x, y)`` batches (a ``DataLoader``; a shuffling one is read in index order, see
+    :func:`in_index_order`); the first ``n``, which must exist; checked (images
     in [0, 1], integer labels). What every evaluation function accepts as its data; to stack a
     dataset use :func:`unionrobust.data.as_tensors`."""
     if n is not None and int(n) <= 0:
         raise UnionRobustError(f"n must be a positive number of examples, got {n}")
+    data = in_index_order(data)
     if isinstance(data, torch.Tensor):
         if y is None:
             raise UnionRobustError("labels y are required when x is a tensor")

@@ -15,6 +15,13 @@ family are nested, so a point broken at ε_i is counted broken at every ε_j > �
 adversarial example stays valid; MultiRobustBench's binary search assumes the same). Accuracies
 are in percent, keyed by ``str(round(ε, 5))`` as MultiRobustBench's JSON.
 
+Reference accuracies: MultiRobustBench's published ATA table for CIFAR-10 ships with us
+(``multirobustbench_ata_cifar10.json``: the ``ATA`` of its ``metrics.py``, identical to the
+leaderboard site's ``ata_accs.js``; the file names both sources), so ``--mrb-grid cifar10``
+reports CR without a file of your own (:func:`published_reference`); ``--mrb-reference`` still
+replaces it. A coarser grid (``every=k``) gives CR over fewer strengths than the leaderboard's
+20 per family: the result says how many (``cr["strengths"]``, ``cr["note"]``).
+
 Stability: we could not read the paper's definition here, and MultiRobustBench's code computes
 none; we report, per family, the largest accuracy drop (percentage points) between consecutive
 strengths, clean accuracy counting as strength 0 -- smaller is a smoother degradation.
@@ -22,6 +29,7 @@ strengths, clean accuracy counting as strength 0 -- smaller is a smoother degrad
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
@@ -56,6 +64,20 @@ NOT_RUN = (
     "LPIPSAttack",
 )
 _NORM = {fam: spec[0] for grid in GRIDS.values() for fam, spec in grid.items()}
+#: MultiRobustBench's published reference accuracies per grid (files next to this module)
+PUBLISHED = {"cifar10": "multirobustbench_ata_cifar10.json"}
+#: the key under which a reference mapping names where its numbers come from
+SOURCE = "source"
+
+
+def published_reference(name: str = "cifar10") -> dict[str, Any]:
+    """MultiRobustBench's published ATA accuracies (percent) for grid ``name``, in its layout,
+    with ``"source"``: where they were published (see the module doc)."""
+    if name not in PUBLISHED:
+        raise unknown_name("grid with published MultiRobustBench references", name, PUBLISHED)
+    data = json.loads(Path(__file__).with_name(PUBLISHED[name]).read_text(encoding="utf-8"))
+    src = data[SOURCE]
+    return {**data["accuracies"], SOURCE: f"{src['published_in']}; {src['identical_to']}"}
 
 
 def eps_key(eps: float) -> str:
@@ -215,6 +237,8 @@ def competitiveness_ratio(
     Per family (``per_family``): the same over {clean} ∪ that family's strengths; note that
     MultiRobustBench's code divides the per-family sum by the running count of all ratios so
     far, which we take to be unintended: ours is the mean of the family's own ratios.
+    ``strengths``: per family "k of m" (strengths used of the reference's); ``note`` says when
+    k < m (a coarser grid than the leaderboard's), ``reference`` where the reference came from.
     """
     fams = [f for f in accuracies if f != CLEAN] if families is None else list(families)
 
@@ -239,11 +263,23 @@ def competitiveness_ratio(
         everything += ratios
         own = [clean, *ratios]
         per_family[f] = {"avg": 100 * sum(own) / len(own), "worst": 100 * min(own)}
+    used = {f: (len(accuracies[f]), len(reference[f])) for f in fams}
+    coarse = {f: k for f, (k, m) in used.items() if k < m}
+    note = None
+    if coarse:
+        counts = sorted({f"{k} of {m}" for k, m in used.values()})
+        note = (
+            f"CR computed on {' / '.join(counts)} strengths per family (a coarser grid than "
+            "MultiRobustBench's): not comparable with its leaderboard's CR"
+        )
     return {
         "CR_ind_avg": 100 * sum(everything) / len(everything),
         "CR_ind_worst": 100 * min(everything),
         "per_family": per_family,
         "ratios": len(everything),
+        "strengths": {f: f"{k} of {m}" for f, (k, m) in used.items()},
+        "note": note,
+        "reference": str(reference.get(SOURCE, "user-supplied")),
     }
 
 
@@ -269,10 +305,13 @@ def multirobust_evaluation(
     reference: Mapping[str, Any] | str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """:func:`evaluate_grid`, then :func:`stability` and, with ``reference`` (a mapping or a
-    JSON/YAML file), :func:`competitiveness_ratio`. ``kwargs`` go to :func:`evaluate_grid`."""
+    """:func:`evaluate_grid`, then :func:`stability` and :func:`competitiveness_ratio` against
+    ``reference`` (a mapping or a JSON/YAML file; None with a grid name that has published
+    references: those, :func:`published_reference`). ``kwargs`` go to :func:`evaluate_grid`."""
     the_grid = mrb_grid(grid) if isinstance(grid, str) else {k: list(v) for k, v in grid.items()}
     _check_grid(the_grid)
+    if reference is None and isinstance(grid, str) and grid in PUBLISHED:
+        reference = published_reference(grid)
     ref = None
     if reference is not None:
         ref = reference if isinstance(reference, Mapping) else load_reference(reference)

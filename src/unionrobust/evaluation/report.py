@@ -71,6 +71,12 @@ class EvaluationReport:
         return out
 
     @property
+    def repeats(self) -> int:
+        """K: each attack's final point counted as robust only if classified correctly in K of
+        K evaluations (the suite's ``repeats``; 1 for deterministic models)."""
+        return int(self.config.get("repeats", 1)) if self.config else 1
+
+    @property
     def upper_bounds(self) -> frozenset[str]:
         """The figures ("per-threat", "union", "average") that are upper bounds, for this
         report's mode and suite (:meth:`EvaluationMode.upper_bounds`)."""
@@ -176,6 +182,7 @@ class EvaluationReport:
             "n_examples": self.n_examples,
             "suite": self.suite,
             "attacks": self.entries,
+            "repeats": self.repeats,
             "threats": list(self.threats),
             "seed": self.seed,
             "mode": self.mode.value,

@@ -47,12 +47,14 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.pgd import PGD
-from unionrobust.attacks.registry import attack_names, default_attack, make_attack
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.attacks.registry import ATTACKS, attack_names, default_attack, make_attack
+from unionrobust.errors import UnionRobustError, check_int, unknown_name
+from unionrobust.evaluation import suite_grammar as grammar
 from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union, parse
 
 #: (threat, seed) -> an Attack
@@ -126,13 +128,17 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class Suite:
-    """An ordered list of attacks over the members of ``threats``."""
+    """An ordered list of attacks over the members of ``threats``; ``repeats`` = K: a point is
+    broken by an attack if the model misclassifies its final point in any of K evaluations
+    (randomised defences; :func:`unionrobust.evaluation.checks.recheck`)."""
 
     name: str
     threats: Union
     entries: tuple[SuiteEntry, ...]
+    repeats: int = 1
 
     def __post_init__(self) -> None:
+        check_int("suite repeats", self.repeats, 1)
         if not self.entries:
             raise UnionRobustError(f"suite {self.name!r} has no attacks")
         for e in self.entries:
@@ -175,7 +181,7 @@ class Suite:
             r = rank.get(e.threat_index, 0)
             rank[e.threat_index] = r + 1
             keyed.append(((r, e.threat_index, pos), e))
-        return Suite(self.name, self.threats, tuple(e for _, e in sorted(keyed)))
+        return replace(self, entries=tuple(e for _, e in sorted(keyed)))
 
 
 # --------------------------------------------------------------------------- named suites
@@ -200,10 +206,25 @@ def _entry(
     return SuiteEntry(index, name, items, factory, seed_offset)
 
 
-def _quick(threats: Union) -> list[SuiteEntry]:
+def _quick(threats: Union, steps: int = 20, restarts: int = 1) -> list[SuiteEntry]:
     return [
-        _entry(i, "pgd", _pgd, steps=20, restarts=1, start="random") for i in range(len(threats))
+        _entry(i, "pgd", _pgd, steps=steps, restarts=restarts, start="random")
+        for i in range(len(threats))
     ]
+
+
+def _rand(threats: Union, steps: int = 100, eot: int = 20, restarts: int = 1) -> list[SuiteEntry]:
+    """AutoAttack's ``version='rand'`` for randomised defences: APGD-CE then APGD-DLR per threat,
+    each step's gradient averaged over ``eot`` draws of the model (EOT; ℓ1 with the large-ε
+    schedule as in ``standard``). Its K-of-K re-check is :data:`SUITE_REPEATS`."""
+    out = []
+    for i, t in enumerate(threats):
+        extra = {"large_eps": True} if isinstance(t, L1) else {}
+        for name, loss in (("apgd-ce", "ce"), ("apgd-dlr", "dlr")):
+            out.append(
+                _entry(i, name, _apgd, steps=steps, restarts=restarts, loss=loss, eot=eot, **extra)
+            )
+    return out
 
 
 #: ``standard``'s survivor round, run after AutoAttack's budget on the points still robust:
@@ -364,13 +385,16 @@ def _full(threats: Union) -> list[SuiteEntry]:
     return sorted(out, key=lambda e: e.threat_index)
 
 
-SUITES: dict[str, Callable[[Union], list[SuiteEntry]]] = {
+SUITES: dict[str, Callable[..., list[SuiteEntry]]] = {
     "quick": _quick,
     "standard": _standard,
+    "rand": _rand,
     "msd-paper": _msd_paper("mnist"),
     "msd-paper-cifar": _msd_paper("cifar"),
     "full": _full,
 }
+#: default K of the K-of-K re-check per named suite (``repeats=K`` in a suite text overrides)
+SUITE_REPEATS = {"rand": 20}
 
 
 def _default(threat: ThreatModel, seed: int) -> Any:
@@ -396,40 +420,65 @@ def suite_names() -> list[str]:
     return list(SUITES)
 
 
-def _user_entries(threats: Union, names: Sequence[str], index: int) -> list[SuiteEntry]:
-    valid = list(attack_names())
+def _user_entries(
+    threats: Union, calls: Sequence[grammar.Call], index: int, kind: str = "attack"
+) -> list[SuiteEntry]:
+    """Entries for member ``index`` from attack calls ``(name, params)``; parameters are checked
+    against the attack's own (a bad name or value is a one-line error, before any attack runs)."""
     out = []
-    for n in names:
-        name = n.strip()
-        if name not in valid:
-            raise unknown_name("attack", name, valid)
-        out.append(SuiteEntry(index, name))
-    return out
+    for name, raw in calls:
+        if name not in ATTACKS:
+            valid = attack_names() if kind == "attack" else suite_names() + attack_names()
+            raise unknown_name(kind, name, valid)
+        valid = [*grammar.accepted(ATTACKS[name]), "seed_offset"]  # the entry's pass
+        params = grammar.check_params("attack", name, raw, valid)
+        offset = params.pop("seed_offset", 0)
+        out.append(SuiteEntry(index, name, tuple(sorted(params.items())), seed_offset=offset))
+    return _built_once(out, threats)
 
 
-def _split_names(text: str) -> list[str]:
-    names = [t.strip() for t in text.replace(";", ",").split(",")]
-    if not names or any(not t for t in names):
-        raise UnionRobustError(f"empty attack name in {text!r}")
-    return names
+def _built_once(entries: list[SuiteEntry], threats: Union) -> list[SuiteEntry]:
+    """``entries`` after building each one whose parameters came from the user once: a value
+    the attack refuses fails now, in one line naming the attack, not mid-run."""
+    for e in entries:
+        if e.params or e.seed_offset:
+            try:
+                e.build(threats[e.threat_index], 0)
+            except UnionRobustError as exc:
+                raise UnionRobustError(f"{e.label(threats)}: {exc}") from None
+    return entries
 
 
-def _parse_text(key: str) -> dict[str | int, list[str]] | list[str]:
-    """A suite text that is not a suite name: ``"linf:0.3=pgd+apgd-ce; l1:10=apgd-ce"`` (per
-    threat) or ``"pgd, mim"`` / one attack name (for every threat)."""
-    if "=" in key:
-        mapping: dict[str | int, list[str]] = {}
-        for part in key.split(";"):
-            spec, eq, names = part.partition("=")
-            if not eq or not spec.strip():
-                raise UnionRobustError(
-                    f"per-threat suite {key!r} must look like 'linf:0.3=pgd+apgd-ce; l1:10=pgd'"
-                )
-            mapping[spec.strip()] = _split_names(names.replace("+", ","))
-        return mapping
-    if "," not in key and ";" not in key and key not in attack_names():
-        raise unknown_name("suite or attack", key, suite_names() + list(attack_names()))
-    return _split_names(key)
+def _calls(names: str | Sequence[str | grammar.Call]) -> list[grammar.Call]:
+    """Attack calls from a text (``"pgd(steps=50), mim"``) or a list of names/texts/calls."""
+    items = grammar.split_top(names, ",;+") if isinstance(names, str) else list(names)
+    if not items or any(isinstance(n, str) and not n.strip() for n in items):
+        raise UnionRobustError(f"empty attack name in {names!r}")
+    return [n if isinstance(n, tuple) else grammar.parse_call(n) for n in items]
+
+
+def _label(entries: Sequence[SuiteEntry]) -> str:
+    """The attacks of one threat with their parameters, e.g. ``apgd-ce(steps=200),square``."""
+    return ",".join(
+        grammar.call_label(
+            e.attack, dict(e.params) | ({"seed_offset": e.seed_offset} if e.seed_offset else {})
+        )
+        for e in entries
+    )
+
+
+def _named_suite(parsed: grammar.ParsedSuite, union: Union) -> Suite:
+    """A named suite, its builder's parameters set from the text (``quick(steps=50)``)."""
+    name = str(parsed.named)
+    builder = SUITES[name]
+    params = grammar.check_params("suite", name, parsed.params, grammar.accepted(builder))
+    repeats = parsed.repeats if parsed.repeats is not None else SUITE_REPEATS.get(name, 1)
+    entries = _spatial_aware(partial(builder, **params), union)
+    if params:
+        _built_once(entries, union)
+    # the name shows the budget parameters; K is the suite's own field (report.json "repeats"),
+    # so "standard(repeats=5)" is still the strict suite "standard"
+    return Suite(grammar.call_label(name, params), union, tuple(entries), repeats)
 
 
 def get_suite(
@@ -438,9 +487,10 @@ def get_suite(
 ) -> Suite:
     """Build a suite for ``threats``.
 
-    ``suite`` is a name from :func:`suite_names`, a comma-separated text or list of attack names
-    (run for every threat), a dict ``{threat spec or member index: attack names}``, or a ready
-    :class:`Suite` (returned unchanged when its threats match).
+    ``suite`` is a suite text (:mod:`unionrobust.evaluation.suite_grammar`: a name from
+    :func:`suite_names` with optional parameters, attack calls for every threat, or per threat),
+    a list of attack names or calls (run for every threat), a dict ``{threat spec or member
+    index: attack names}``, or a ready :class:`Suite` (returned unchanged when its threats match).
     """
     union = parse(threats)
     if isinstance(suite, Suite):
@@ -449,37 +499,39 @@ def get_suite(
                 f"suite {suite.name!r} was built for {suite.threats.spec!r}, not {union.spec!r}"
             )
         return suite
+    repeats = 1
     if isinstance(suite, str):
-        key = suite.strip()
-        if key in SUITES:
-            return Suite(key, union, tuple(_spatial_aware(SUITES[key], union)))
-        suite = _parse_text(key)
+        parsed = grammar.parse_suite_text(suite, SUITES)
+        if parsed.named is not None:
+            return _named_suite(parsed, union)
+        repeats = parsed.repeats or 1
+        if None not in parsed.calls:
+            suite = parsed.calls  # type: ignore[assignment]
+        else:
+            calls = parsed.calls[None]
+            kind = "suite or attack" if len(calls) == 1 and not calls[0][1] else "attack"
+            entries = [e for i in range(len(union)) for e in _user_entries(union, calls, i, kind)]
+            return Suite(_label(entries[: len(calls)]), union, tuple(entries), repeats)
     if isinstance(suite, Mapping):
-        entries: list[SuiteEntry] = []
+        entries = []
         specs = [m.spec for m in union]
         for key, names in suite.items():
-            idx = _member_index(key, union, specs)
-            names_list = _split_names(names) if isinstance(names, str) else list(names)
-            entries.extend(_user_entries(union, names_list, idx))
+            entries.extend(_user_entries(union, _calls(names), _member_index(key, union, specs)))
         entries.sort(key=lambda e: e.threat_index)  # stable: the user's order within a threat
         label = "; ".join(
-            f"{specs[i]}: {','.join(suite_names_for(entries, i))}"
+            f"{specs[i]}: {_label([e for e in entries if e.threat_index == i])}"
             for i in sorted({e.threat_index for e in entries})
         )
-        return Suite(label, union, tuple(entries))
+        return Suite(label, union, tuple(entries), repeats)
     if isinstance(suite, Sequence):
-        names_list = list(suite)
-        if not names_list:
+        if not list(suite):
             raise UnionRobustError("a suite needs at least one attack name")
-        entries = [e for i in range(len(union)) for e in _user_entries(union, names_list, i)]
-        return Suite(",".join(n.strip() for n in names_list), union, tuple(entries))
+        calls = _calls(suite)
+        entries = [e for i in range(len(union)) for e in _user_entries(union, calls, i)]
+        return Suite(_label(entries[: len(calls)]), union, tuple(entries), repeats)
     raise UnionRobustError(
         f"a suite must be a name or a list of attacks, got {type(suite).__name__}"
     )
-
-
-def suite_names_for(entries: Sequence[SuiteEntry], index: int) -> list[str]:
-    return [e.attack for e in entries if e.threat_index == index]
 
 
 def _member_index(key: str | int, union: Union, specs: list[str]) -> int:

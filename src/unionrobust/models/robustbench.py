@@ -6,8 +6,9 @@ model_dir="models")`` builds the architecture from RobustBench's model zoo entry
 checkpoint from RobustBench's folder layout ``model_dir/<dataset>/<threat_model>/<name>.pt``
 (ensembles: ``<name>.pt_m<i>.pt``) with ``torch.load(weights_only=True)`` through
 :mod:`unionrobust.models.io` -- never RobustBench's own loader, which unpickles arbitrary objects.
-Nothing is downloaded unless ``download=True``. The ``robustbench`` package (the optional extra
-``unionrobust[robustbench]``) is only needed for its zoo table; tests pass a small ``zoo``.
+Nothing is downloaded unless ``download=True`` (with gdown, as RobustBench's own loader does). The
+``robustbench`` package is only read for its zoo table (:mod:`unionrobust.models.robustbench_zoo`,
+installed with ``--no-deps``); tests pass a small ``zoo``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from unionrobust.atomic import atomic_path
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.models.io import load_weights
+from unionrobust.models.robustbench_zoo import PACKAGE_HINT, read_model_dicts
 
 #: model names of the form ``robustbench:<name>`` are RobustBench zoo entries
 PREFIX = "robustbench:"
-INSTALL_HINT = 'pip install "unionrobust[robustbench]"'
+INSTALL_HINT = f'pip install "unionrobust[robustbench]" && {PACKAGE_HINT}'
 
 #: ``{dataset: {threat_model: {name: {"model": builder, "gdrive_id": id or [ids]}}}}``
 Zoo = Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]
@@ -37,15 +40,9 @@ def is_robustbench_name(name: object) -> bool:
 
 
 def robustbench_zoo() -> Zoo:
-    """RobustBench's model table with plain string keys (needs the ``robustbench`` package)."""
-    try:
-        from robustbench.model_zoo import model_dicts
-    except ImportError as exc:  # the optional extra is not installed (or broken)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnionRobustError(
-            f"RobustBench models need the robustbench package ({INSTALL_HINT}); "
-            f"importing it failed: {reason}"
-        ) from None
+    """RobustBench's model table with plain string keys (read from the ``robustbench`` package's
+    files, see :mod:`unionrobust.models.robustbench_zoo`)."""
+    model_dicts = read_model_dicts()
     return {
         getattr(ds, "value", str(ds)): {
             getattr(tm, "value", str(tm)): dict(m) for tm, m in t.items()
@@ -75,18 +72,26 @@ def _entry(zoo: Zoo, name: str, dataset: str, threat_model: str) -> Mapping[str,
     return entry
 
 
+def gdown_download(gdrive_id: str, path: str) -> None:
+    """RobustBench 1.1.1's own downloader (``robustbench.utils.download_gdrive_new``):
+    ``gdown.download(id=..., output=...)``."""
+    try:
+        import gdown  # optional: the robustbench extra
+    except ImportError:
+        raise UnionRobustError(
+            f"downloading RobustBench weights needs gdown ({INSTALL_HINT})"
+        ) from None
+    gdown.download(id=gdrive_id, output=path)
+
+
 def _download(gdrive_id: str, path: Path, downloader: Callable[[str, str], Any] | None) -> None:
-    if downloader is None:
-        try:
-            from robustbench.utils import download_gdrive as downloader
-        except ImportError as exc:
-            raise UnionRobustError(
-                f"downloading RobustBench weights needs the robustbench package ({INSTALL_HINT}): "
-                f"{exc}"
-            ) from None
+    """Download into a temporary file next to ``path`` and rename it into place when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        downloader(gdrive_id, str(path))
+        with atomic_path(path) as tmp:
+            (downloader or gdown_download)(gdrive_id, str(tmp))
+            if not tmp.is_file() or tmp.stat().st_size == 0:
+                raise UnionRobustError(f"no file arrived for Google Drive id {gdrive_id}")
     except Exception as exc:  # network errors of all kinds: one line
         raise UnionRobustError(f"downloading {path.name} failed: {exc}") from None
 

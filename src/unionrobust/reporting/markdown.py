@@ -17,6 +17,7 @@ from unionrobust.evaluation.mode import FIGURES, UPPER_MARK, EvaluationMode, att
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
 from unionrobust.evaluation.multirobust import multirobust_mark
 from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.suite_grammar import BUDGET_KEYS
 from unionrobust.reporting.tables import (
     bound_label,
     format_breakdown,
@@ -53,11 +54,14 @@ class Section:
 
 def per_attack_table(report: EvaluationReport) -> str:
     """MSD Tables 3–4: per threat, one row per attack with the accuracy against that attack
-    alone (only known without the cascade) and against all attacks of the threat so far."""
+    alone (only known without the cascade) and against all attacks of the threat so far, and
+    its budget (steps, restarts, targets, EOT draws)."""
     n = max(report.n_examples, 1)
     cc = report.clean_correct
     rows = []
     for e, key in enumerate(report.entry_keys):
+        params = report.entries[e].get("params") or {}
+        budget = ", ".join(f"{k}={params[k]}" for k in BUDGET_KEYS if k in params) or "-"
         t = report.entry_threat[e]
         alone = "-" if report.mode.cascade else pct(int((cc & ~report.broken[:, e]).sum()) / n)
         rows.append(
@@ -66,6 +70,7 @@ def per_attack_table(report: EvaluationReport) -> str:
                 key,
                 alone,
                 pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
+                budget,
             ]
         )
 
@@ -73,9 +78,9 @@ def per_attack_table(report: EvaluationReport) -> str:
         return "**all attacks**" + bound_label(figure, report.upper_bounds)
 
     for spec in report.threats:
-        rows.append([spec, total("per-threat"), "", pct(report.per_threat_accuracy[spec])])
-    rows.append(["**union**", total("union"), "", pct(report.union_accuracy)])
-    return format_table(["threat", "entry", "alone", "with the attacks above"], rows)
+        rows.append([spec, total("per-threat"), "", pct(report.per_threat_accuracy[spec]), ""])
+    rows.append(["**union**", total("union"), "", pct(report.union_accuracy), ""])
+    return format_table(["threat", "entry", "alone", "with the attacks above", "budget"], rows)
 
 
 def format_diagnostics(diag: dict[str, Any]) -> str:
@@ -144,7 +149,8 @@ def format_corruptions(result: dict[str, Any]) -> str:
 
 def format_multirobust(result: dict[str, Any]) -> list[str]:
     """Tables of a :func:`~unionrobust.evaluation.multirobust.multirobust_evaluation` result:
-    accuracy per family and strength (percent) with the union, then CR and stability."""
+    accuracy per family and strength (percent) with the union, then CR and stability; then
+    notes (not tables): the CR's reference and, for a coarse grid, how many strengths it used."""
     accs, grid = result["accuracies"], result["grid"]
     families = list(grid)
     clean = f"{accs['NoAttack']:.1f}%"
@@ -170,6 +176,10 @@ def format_multirobust(result: dict[str, Any]) -> list[str]:
                 [name, *(f"{cr['per_family'][f][key]:.1f}" for f in families), f"{cr[name]:.1f}"]
             )
     tables.append(format_table(head, metric_rows))
+    if cr:
+        tables.append(f"CR reference: {cr.get('reference', 'user-supplied')}.")
+        if cr.get("note"):
+            tables.append(f"**{cr['note']}.**")
     return tables
 
 
@@ -223,6 +233,11 @@ def _summary_section(report: EvaluationReport, diag: dict[str, Any] | None) -> S
         title.text(
             f"**Upper bounds ({figures})**: {report.mode.bound_note(report.suite)}."
         )
+    if report.repeats > 1:
+        title.text(
+            f"Each attack's final point counts as robust only if the model classified it "
+            f"correctly in {report.repeats} of {report.repeats} evaluations (randomised model)."
+        )
     if diag and diag.get("flags"):
         title.text("**Warnings: " + ", ".join(diag["flags"]) + "** (see Diagnostics)")
     title.table(format_summary(report))
@@ -267,8 +282,11 @@ def _diagnostics_section(diag: dict[str, Any] | None, pictures: dict, notes: dic
 
 def _multirobust_section(multirobust: dict[str, Any], pictures: dict, notes: dict) -> Section:
     m = Section("MultiRobustBench grid")
-    for table in format_multirobust(multirobust):
-        m.table(table)
+    for block in format_multirobust(multirobust):  # tables, then notes on the CR
+        if block.startswith("|"):
+            m.table(block)
+        else:
+            m.text(block)
     _picture(m, MRB_PNG, pictures, notes)
     if multirobust_mark(multirobust):
         m.text(

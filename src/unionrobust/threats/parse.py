@@ -30,11 +30,12 @@ VALID_NORMS = ("linf", "l2", "l1", "l0")
 
 
 def parse_number(token: str, context: str) -> float:
-    """A float or fraction such as ``8/255``; errors name ``context``."""
+    """A float or fraction such as ``8/255`` or ``0.5/255``; errors name ``context``."""
     text = token.strip()
     try:
         if "/" in text:
-            return float(Fraction(text.replace(" ", "")))
+            num, den = text.replace(" ", "").split("/")
+            return float(Fraction(num) / Fraction(den))
         return float(text)
     except (ValueError, ZeroDivisionError):
         raise UnionRobustError(f"{context}: {text!r} is not a number") from None

@@ -71,6 +71,7 @@ def check_training(cfg: Config) -> None:
     _at_least("training.checkpoint_every", t.checkpoint_every, 0)
     _at_least("training.max_steps_per_epoch", t.max_steps_per_epoch, 1)
     _at_least("training.max_skipped", t.max_skipped, 0)
+    _at_least("training.tensorboard_every", t.tensorboard_every, 0)
     if t.nonfinite not in NONFINITE:
         raise unknown_name("training.nonfinite", t.nonfinite, NONFINITE)
     s = cfg.schedule

@@ -94,6 +94,8 @@ class TrainingConfig:
     max_skipped: int = 10
     #: also log each epoch to TensorBoard (DIR/tensorboard) when it is installed
     tensorboard: bool = True
+    #: with TensorBoard, also write per-step scalars every N steps (0 = per epoch only)
+    tensorboard_every: int = 0
 
 
 @dataclass

@@ -27,7 +27,7 @@ from unionrobust.training.config import Config, config_from_dict
 #: config keys that may change between a run and its resumption
 RESUME_FREE = {
     "training.progress", "training.device", "training.tensorboard", "eval.batch_size",
-    "description",
+    "training.tensorboard_every", "description",
 }  # fmt: skip
 
 

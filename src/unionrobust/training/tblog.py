@@ -1,7 +1,9 @@
 """Training metrics to TensorBoard besides the JSONL log: ``DIR/tensorboard``, one scalar per
 number of each epoch record (losses, accuracies, lr, time, strategy statistics) at its global
 step, when ``torch.utils.tensorboard`` is importable (``pip install tensorboard``) and
-``training.tensorboard`` is true; otherwise nothing is written."""
+``training.tensorboard`` is true; otherwise nothing is written. With
+``training.tensorboard_every: N`` also every N steps: ``step/train_loss`` and ``step/train_acc``
+(the epoch's running means so far, as the progress bar shows them) and ``step/lr``."""
 
 from __future__ import annotations
 
@@ -37,3 +39,11 @@ def write_record(writer: Any, record: dict[str, Any]) -> None:
     for tag, value in scalars(record).items():
         writer.add_scalar(tag, value, global_step=int(record["step"]))
     writer.flush()
+
+
+def write_step(writer: Any, step: int, sums: dict[str, float], lr: float) -> None:
+    """The per-step scalars (see the module doc) at global step ``step``."""
+    n = max(float(sums.get("n", 0.0)), 1.0)
+    writer.add_scalar("step/train_loss", float(sums.get("loss", 0.0)) / n, global_step=step)
+    writer.add_scalar("step/train_acc", float(sums.get("correct", 0.0)) / n, global_step=step)
+    writer.add_scalar("step/lr", float(lr), global_step=step)

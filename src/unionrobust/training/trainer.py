@@ -59,7 +59,7 @@ from unionrobust.training.holdout import holdout_bounds, holdout_metrics
 from unionrobust.training.lifetime import deferred_signals, redeliver
 from unionrobust.training.runstate import RunState, TrainResult
 from unionrobust.training.schedules import make_schedule
-from unionrobust.training.tblog import open_writer, write_record
+from unionrobust.training.tblog import open_writer, write_record, write_step
 
 #: how to go on after a failed write: the last checkpoint is intact
 AFTER_WRITE_ERROR = "free space (or fix permissions) and continue with --resume"
@@ -380,6 +380,11 @@ class Trainer:
                     epoch=epoch, loss=f"{run.sums['loss'] / n:.3f}",
                     acc=f"{run.sums['correct'] / n:.3f}",
                 )  # fmt: skip
+            tb_every = self.cfg.training.tensorboard_every
+            if self._tb is not None and tb_every and run.global_step % tb_every == 0:
+                write_step(
+                    self._tb, run.global_step, run.sums, self.optimizer.param_groups[0]["lr"]
+                )
             mid = i + 1 < self.steps_per_epoch
             if every and run.global_step % every == 0 and mid:
                 self.save("last")
