@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_seed
 from unionrobust.evaluation.checks import clean_verdicts, recheck
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
@@ -214,8 +214,7 @@ def _check_options(batch_size: Any, seed: Any, cascade: bool, union_only: bool) 
     """Validate the run options; return the mode (per-threat, union-only or everything)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     if union_only and not cascade:
         raise UnionRobustError(
             "union_only=True skips points broken for any threat; it cannot be combined with "

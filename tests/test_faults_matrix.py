@@ -1,0 +1,173 @@
+"""Issue 18, deliverable 7: the fault matrix. Each case: a silent wrong result becomes a one-line
+UnionRobustError or a correct figure; no traceback; no unbounded run without a warning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import unionrobust as ur
+from _helpers import tiny_data, tiny_mlp
+from unionrobust.attacks import (
+    APGD,
+    MSD,
+    PGD,
+    AffineLp,
+    AffineSpatial,
+    DomainMinMax,
+    GridAttack,
+    ModelEnsemble,
+    TransformDomains,
+    UniversalGroups,
+    WorstOfK,
+)
+from unionrobust.errors import UnionRobustError
+from unionrobust.threats import L1, Linf, RotationTranslation, parse
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 400, text
+    return text
+
+
+class Scaled(nn.Module):
+    """``inner``'s logits times ``factor`` (NaN or inf: a broken model)."""
+
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x):
+        return self.inner(x) * self.factor
+
+
+def img_data(n: int = 6):
+    """``n`` 1x8x8 images and labels (the tiny MLP's input)."""
+    return tiny_data(n)
+
+
+# --------------------------------------------------------------------------- non-finite models
+ATTACKS_ON_ONE_MODEL = [
+    lambda: PGD(Linf(0.1), steps=2),
+    lambda: APGD(Linf(0.1), steps=2),
+    lambda: MSD(parse("linf:0.1, l2:1"), steps=2),
+    lambda: AffineLp(Linf(0.1), L1(2.0), betas=[0.5], steps=2),
+    lambda: AffineSpatial(Linf(0.1), RotationTranslation(10, 1), betas=[0.5], k=2, steps=2),
+    lambda: GridAttack(RotationTranslation(10, 1)),
+    lambda: WorstOfK(RotationTranslation(10, 1), k=2),
+]
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf")])
+@pytest.mark.parametrize("make", ATTACKS_ON_ONE_MODEL)
+def test_attacks_refuse_an_all_nonfinite_model(make, factor):
+    x, y = img_data()
+    with pytest.raises(UnionRobustError, match="non-finite logits") as err:
+        make()(Scaled(tiny_mlp(), factor), x, y)
+    one_line(err)
+
+
+@pytest.mark.parametrize(
+    "domains",
+    [
+        lambda m: ModelEnsemble([tiny_mlp(1), m]),
+        lambda m: TransformDomains(m, "ori"),
+        lambda m: UniversalGroups(m, 2),
+    ],
+)
+def test_minmax_refuses_a_nonfinite_model_or_ensemble_member(domains):
+    x, y = img_data()
+    with pytest.raises(UnionRobustError, match="non-finite logits") as err:
+        DomainMinMax(Linf(0.1), steps=2)(domains(Scaled(tiny_mlp(), float("nan"))), x, y)
+    one_line(err)
+
+
+# --------------------------------------------------------------------------- input mutation
+class MutatesInput(nn.Module):
+    """A model that scales its input in place: through ``.data`` or autograd-visible."""
+
+    def __init__(self, visible: bool) -> None:
+        super().__init__()
+        self.inner, self.visible = tiny_mlp(), visible
+
+    def forward(self, x):
+        if self.visible:
+            x.mul_(0.9)
+        else:
+            x.data.mul_(0.9)
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("visible", [False, True])
+def test_a_model_that_changes_its_input_is_named_and_the_caller_x_is_untouched(visible):
+    x, y = img_data()
+    x0 = x.clone()
+    for run in (
+        lambda: PGD(Linf(0.1), steps=2)(MutatesInput(visible), x, y),
+        lambda: ur.evaluate(MutatesInput(visible), x, y, "linf:0.1", suite="quick",
+                            progress=False),
+        lambda: ur.attack_report(MutatesInput(visible), x, y, "pgd", "linf:0.1", steps=2,
+                                 progress=False),
+    ):  # fmt: skip
+        with pytest.raises(UnionRobustError, match="changed its input in place") as err:
+            run()
+        one_line(err)
+        assert torch.equal(x, x0)
+
+
+def test_attacks_work_on_their_own_copy_of_x():
+    x, y = img_data()
+    x0 = x.clone()
+    res = PGD(Linf(0.1), steps=3)(tiny_mlp(), x, y)
+    assert torch.equal(x, x0)
+    assert res.x_adv.data_ptr() != x.data_ptr()
+    assert float((res.x_adv - x).abs().max()) <= 0.1 + 1e-6
+
+
+# --------------------------------------------------------------------------- logits / inputs
+class IntLogits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_mlp()
+
+    def forward(self, x):
+        return (self.inner(x) * 100).long()
+
+
+def test_integer_logits_work_in_attacks_and_evaluation():
+    x, y = img_data(8)
+    model = IntLogits()
+    res = PGD(Linf(0.1), steps=2)(model, x, y)
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    assert torch.equal(res.success, pred != y)
+    rep = ur.evaluate(model, x, y, "linf:0.1", suite="quick", progress=False)
+    assert 0.0 <= rep.union_accuracy <= rep.clean_accuracy
+    GridAttack(RotationTranslation(10, 1))(model, x, y)
+    ur.attack_report(model, x, y, "pgd", "linf:0.1", steps=2, progress=False)
+
+
+def test_float64_inputs_are_cast_to_the_model_dtype():
+    x, y = img_data(8)
+    model = tiny_mlp()
+    res64 = PGD(Linf(0.1), steps=3)(model, x.double(), y)
+    res32 = PGD(Linf(0.1), steps=3)(model, x, y)
+    assert torch.equal(res64.success, res32.success)
+    assert torch.allclose(res64.x_adv.double(), res32.x_adv.double())
+
+
+# --------------------------------------------------------------------------- seeds
+@pytest.mark.parametrize("seed", [2**63, 2**64, 2**70, -1, 1e23, 2.5, "x"])
+def test_attack_seeds_outside_the_range_are_refused(seed):
+    with pytest.raises(UnionRobustError, match=r"seed must be a whole number in \[0, 2\*\*63\)"):
+        PGD(Linf(0.1), seed=seed)
+    x, y = img_data()
+    with pytest.raises(UnionRobustError, match="seed"):
+        ur.evaluate(tiny_mlp(), x, y, "linf:0.1", suite="quick", seed=seed, progress=False)
+
+
+def test_the_largest_seed_is_accepted():
+    x, y = img_data()
+    PGD(Linf(0.1), seed=2**63 - 1, steps=1)(tiny_mlp(), x, y)
