@@ -171,3 +171,98 @@ def test_attack_seeds_outside_the_range_are_refused(seed):
 def test_the_largest_seed_is_accepted():
     x, y = img_data()
     PGD(Linf(0.1), seed=2**63 - 1, steps=1)(tiny_mlp(), x, y)
+
+
+def cli(*argv: str) -> int:
+    from unionrobust.cli import main as cli_main
+
+    return cli_main.main(list(argv))
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """Run a command that must fail: exit 2 and a one-line error on stderr."""
+    assert cli(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 500, err[:1000]
+    return err
+
+
+SMALL = ["--model", "small-cnn", "--untrained", "--n", "4", "--no-progress"]
+
+
+@pytest.mark.parametrize("seed", [str(2**64), str(2**63), "-1"])
+def test_cli_seeds_outside_the_range_are_refused(capsys, seed):
+    for command in ("eval", "attack"):
+        err = cli_error(capsys, command, *SMALL, "--seed", seed)
+        assert "--seed must be a whole number in [0, 2**63)" in err
+    err = cli_error(capsys, "theory", "--seed", seed)
+    assert "--seed must be a whole number in [0, 2**63)" in err
+
+
+@pytest.mark.parametrize("value", ["1.0e+23", str(2**64), "-3"])
+def test_config_seeds_outside_the_range_are_refused(value):
+    from unionrobust.training.config import load_config
+
+    for key in ("training.seed", "eval.seed"):
+        with pytest.raises(UnionRobustError, match=r"seed' must be a whole number in \[0, 2") as e:
+            load_config("mnist-small", [f"{key}={value}"])
+        one_line(e)
+
+
+def test_theory_memory_error_blames_mix(capsys):
+    err = cli_error(capsys, "theory", "--mix", "100000000")
+    assert "--mix 100000000" in err and "lower --mix" in err
+
+
+# --------------------------------------------------------------------------- YAML
+BOMB = "\n".join(
+    [
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+        *(
+            f"{c}: &{c} [{', '.join(['*' + p] * 9)}]"
+            for p, c in zip("abcdefg", "bcdefgh", strict=True)
+        ),
+    ]
+)
+
+
+def test_alias_bombs_are_refused_before_they_are_built(tmp_path, capsys):
+    from unionrobust.evaluation.multirobust import load_reference
+    from unionrobust.safeyaml import YAMLTooLarge, safe_load
+
+    with pytest.raises(YAMLTooLarge):
+        safe_load(BOMB)
+    assert safe_load("a: &x [1, 2]\nb: *x") == {"a": [1, 2], "b": [1, 2]}
+    with pytest.raises(YAMLTooLarge, match="refers to the node"):
+        safe_load("a: &x [1, *x]")
+    config = tmp_path / "bomb.yaml"
+    config.write_text(BOMB + "\ntraining: {epochs: *h}\n")
+    err = cli_error(capsys, "train", "--config", str(config), "--out", str(tmp_path / "o"))
+    assert "alias" in err
+    inline = "[" + ", ".join(["&a [1,1,1,1,1,1,1,1,1,1]"] + [
+        f"&{c} [{','.join(['*' + p] * 10)}]" for p, c in zip("abcde", "bcdef", strict=True)
+    ]) + "]"  # fmt: skip
+    argv = ["--config", "mnist-small", "--set", f"training.epochs={inline}"]
+    err = cli_error(capsys, "train", *argv, "--out", str(tmp_path / "o"))
+    assert "alias" in err
+    with pytest.raises(UnionRobustError, match="alias") as e:
+        load_reference(config)
+    one_line(e)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_binary_config_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(bytes(range(256)) * 4)
+    err = cli_error(capsys, "train", "--config", str(config), "--out", str(tmp_path / "o"))
+    assert "not a text (UTF-8) YAML file" in err
+
+
+def test_error_messages_never_quote_a_huge_value():
+    from unionrobust.errors import check_int, short_repr
+
+    huge = [list(range(1000))] * 1000
+    with pytest.raises(UnionRobustError) as e:
+        check_int("steps", huge)
+    assert len(str(e.value)) < 200
+    assert len(short_repr("x" * 10**6)) <= 80

@@ -15,7 +15,7 @@ from unionrobust.cli.common import (
     load_model_and_data,
     write_report,
 )
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_seed
 from unionrobust.evaluation.inputs import progress_bar
 from unionrobust.reporting.tables import format_table
 from unionrobust.threats import parse
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise UnionRobustError(f"--betas must be numbers in [0, 1], got {args.betas!r}") from None
     model, x, y, device, meta = load_model_and_data(args)
     steps = int_arg(args.steps, "--steps", 1)
-    seed = int_arg(args.seed, "--seed")
+    seed = check_seed(args.seed, "--seed")
     batch = int_arg(args.batch_size, "--batch-size", 1)
     k = int_arg(args.k, "--k", 1)
     s1, s2 = union.members

@@ -11,7 +11,7 @@ from unionrobust.cli.common import (
     int_arg,
     load_model_and_data,
 )
-from unionrobust.errors import unknown_name
+from unionrobust.errors import check_seed, unknown_name
 from unionrobust.evaluation.attack_report import (
     ADVERSARIAL_NAME,
     AttackReport,
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     steps = None if args.steps is None else int_arg(args.steps, "--steps", 1)
     restarts = None if args.restarts is None else int_arg(args.restarts, "--restarts", 1)
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
-    seed = int_arg(args.seed, "--seed", 0)
+    seed = check_seed(args.seed, "--seed")
     union_attack(args.attack, threats, steps, restarts, seed)  # bad options fail before loading
     with locked_folder(args.out):  # every output path is checked before the attack runs
         if not args.overwrite:

@@ -17,7 +17,7 @@ from unionrobust.cli.common import (
     load_model_and_data,
     write_report,
 )
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_seed, unknown_name
 from unionrobust.evaluation import evaluate, get_suite, multirobust
 from unionrobust.evaluation.corruptions import corruption_accuracy
 from unionrobust.evaluation.curves import union_curve
@@ -197,7 +197,7 @@ def _options(args: argparse.Namespace) -> _Options:
     if scales is not None and args.curve_attack not in attack_names():
         raise unknown_name("attack", args.curve_attack, attack_names())
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
-    opts = _Options(threats, scales, batch_size, int_arg(args.seed, "--seed", 0))
+    opts = _Options(threats, scales, batch_size, check_seed(args.seed, "--seed"))
     if args.mrb_grid is not None:
         every = int_arg(args.mrb_every, "--mrb-every", 1)
         opts.mrb_grid = multirobust.mrb_grid(args.mrb_grid, every)

@@ -14,7 +14,7 @@ from unionrobust.cli.common import (
     write_report,
 )
 from unionrobust.data import load_data
-from unionrobust.errors import UnionRobustError, check_number, unknown_name
+from unionrobust.errors import UnionRobustError, check_number, check_seed, unknown_name
 from unionrobust.evaluation.engine import resolve_device
 from unionrobust.evaluation.minmax import (
     DEFAULT_WEIGHTINGS,
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss,
         kappa=check_number("--kappa", args.kappa),
         start=args.start,
-        seed=int_arg(args.seed, "--seed"),
+        seed=check_seed(args.seed, "--seed"),
     )
     weightings: dict = dict(DEFAULT_WEIGHTINGS)
     if args.fixed_weights:

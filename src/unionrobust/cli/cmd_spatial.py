@@ -15,7 +15,7 @@ from unionrobust.cli.common import (
     load_model_and_data,
     write_report,
 )
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_seed
 from unionrobust.evaluation.inputs import progress_bar
 from unionrobust.reporting.tables import format_table
 from unionrobust.threats import RotationTranslation, parse
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     )
     threat.check_memory()  # before loading anything: refuse a lattice that cannot fit
     model, x, y, device, meta = load_model_and_data(args)
-    seed = int_arg(args.seed, "--seed")
+    seed = check_seed(args.seed, "--seed")
     kw = dict(shrink=not args.no_shrink, seed=seed)
     if args.attack == "grid":
         atk = GridAttack(threat, **kw)

@@ -35,6 +35,7 @@ from torch import nn
 from unionrobust.errors import UnionRobustError, check_finite, check_int, unknown_name
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.metrics import wilson_interval
+from unionrobust.safeyaml import YAMLTooLarge, safe_load
 
 CLEAN = "NoAttack"
 #: MultiRobustBench's grids (start, end, step) of the families we run, with our threat name
@@ -168,7 +169,9 @@ def load_reference(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise UnionRobustError(f"reference file {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load(p.read_text(encoding="utf-8"))
+    except YAMLTooLarge as exc:
+        raise UnionRobustError(f"reference file {str(p)!r}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnionRobustError(f"reference file {str(p)!r} is not JSON/YAML ({first})") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, check_seed, unknown_name
 from unionrobust.evaluation.suites import get_suite
 from unionrobust.threats import parse
 from unionrobust.training.schedules import make_schedule
@@ -59,6 +59,8 @@ def check_optimizer(cfg: Config) -> None:
 
 def check_training(cfg: Config) -> None:
     t = cfg.training
+    check_seed(t.seed, "config key 'training.seed'")
+    check_seed(cfg.eval.seed, "config key 'eval.seed'")
     _at_least("training.epochs", t.epochs, 1)
     _number("training.adv_fraction", t.adv_fraction, 0.0, 1.0)
     _number("training.warmup_epochs", t.warmup_epochs, 0.0)
