@@ -266,3 +266,35 @@ def test_error_messages_never_quote_a_huge_value():
         check_int("steps", huge)
     assert len(str(e.value)) < 200
     assert len(short_repr("x" * 10**6)) <= 80
+
+
+# --------------------------------------------------------------------------- attack --out
+def test_attack_outputs_threat_index_agrees_with_x_adv(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "a"
+    argv = ["--model", "small-cnn", "--untrained", "--n", "20", "--no-progress"]
+    assert cli("attack", *argv, "--threats", "linf:0.3, l2:2", "--steps", "3", "--out",
+               str(out)) == 0  # fmt: skip
+    capsys.readouterr()
+    t = load_file(str(out / "adversarial.safetensors"))
+    x, _, _ = ur.load_data("mnist-embedded", "test", n=20)
+    moved = (t["x_adv"] != x).flatten(1).any(dim=1)
+    assert torch.equal(moved, t["threat_index"] >= 0)
+    assert bool(moved.any())
+    threats = parse("linf:0.3, l2:2")
+    for i in moved.nonzero().flatten().tolist():
+        k = int(t["threat_index"][i])
+        assert bool(threats[k].contains((t["x_adv"] - x)[i : i + 1], x[i : i + 1]))
+    assert not bool((moved & ~t["success"]).any())  # only re-checked successes move
+
+
+@pytest.mark.parametrize("attack", ["pgd", "msd", "apgd-ce"])
+def test_attack_report_x_adv_moves_exactly_where_threat_index_names_a_member(attack):
+    x, y = tiny_data(30)
+    threats = parse("linf:0.02, l2:0.2")
+    rep = ur.attack_report(tiny_mlp(), x, y, attack, threats, steps=3, progress=False)
+    moved = (rep.x_adv != x).flatten(1).any(dim=1)
+    assert torch.equal(moved, rep.threat_index >= 0)
+    assert not bool((moved & ~rep.success).any())
+    assert bool((~rep.success & rep.clean_correct).any())  # some points survive

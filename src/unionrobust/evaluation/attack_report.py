@@ -98,6 +98,26 @@ class AttackReport:
         }
 
 
+def _kept(
+    union: Union, x: torch.Tensor, result: Any, broken: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_adv, threat_index) kept for a batch: the attack's output where the re-check says
+    ``broken``, the clean input elsewhere; the index of the member whose ball holds x_adv (the
+    attack's own choice when its ball holds it, else the first member that does), -1 exactly
+    where x_adv = x (so the two saved tensors never disagree)."""
+    xa = torch.where(broken.reshape(-1, *[1] * (x.dim() - 1)), result.x_adv.clamp(0, 1), x)
+    delta = xa - x
+    moved = (delta != 0).flatten(1).any(dim=1)
+    inside = torch.stack([m.contains(delta, x) for m in union], dim=1)  # (B, K)
+    first = torch.where(inside.any(dim=1), inside.int().argmax(dim=1), -1)
+    own = result.threat_index
+    if own is not None:
+        own = own.to(x.device).long()
+        ok = (own >= 0) & inside.gather(1, own.clamp(min=0).reshape(-1, 1)).squeeze(1)
+        first = torch.where(ok, own, first)
+    return xa, torch.where(moved, first, -1)
+
+
 def union_attack(
     name: str,
     threats: str | ThreatModel | Union,
@@ -157,15 +177,13 @@ def attack_report(
             result = atk(model, xb, yb, example_ids=ids)
             broken, _ = recheck(model, union, xb, yb, result.x_adv)
             claimed = result.success.to(broken.device).bool()
-            keep = broken | ~claimed  # refuse claimed successes that fail the re-check
-            xa = torch.where(keep.reshape(-1, *[1] * (xb.dim() - 1)), result.x_adv.clamp(0, 1), xb)
+            xa, index = _kept(union, xb, result, broken)
             x_adv[idx] = xa.cpu()
+            which[idx] = index.cpu()
             clean_ok[idx] = correct.cpu()
             success[idx] = broken.cpu()
-            rejected += int((~keep).sum())
+            rejected += int((claimed & ~broken).sum())  # claimed successes the re-check refused
             nonfinite += int(bad.sum())
-            if result.threat_index is not None:
-                which[idx] = torch.where(broken, result.threat_index, -1).cpu()
             if bar is not None:
                 bar.update(idx.numel())
     return AttackReport(
