@@ -298,3 +298,135 @@ def test_attack_report_x_adv_moves_exactly_where_threat_index_names_a_member(att
     assert torch.equal(moved, rep.threat_index >= 0)
     assert not bool((moved & ~rep.success).any())
     assert bool((~rep.success & rep.clean_correct).any())  # some points survive
+
+
+# --------------------------------------------------------------------------- classes, API misuse
+class SevenOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Flatten(), nn.Linear(784, 7))
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_a_model_with_fewer_outputs_than_the_data_has_classes_is_refused(tmp_path, capsys):
+    src = tmp_path / "seven.py"
+    src.write_text(
+        "from torch import nn\n"
+        "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 7))\n"
+    )
+    data = ur.get_dataset("mnist-embedded", split="test")
+    _, y, _ = ur.load_data("mnist-embedded", "test", n=3)
+    assert int(y.max()) < 7  # the labels seen alone would not reveal the mismatch
+    for command in ("eval", "attack"):
+        err = cli_error(capsys, command, "--model-module", f"{src}:build", "--n", "3",
+                        "--no-progress")  # fmt: skip
+        assert "returns 7 logits" in err and "10 classes" in err
+    with pytest.raises(UnionRobustError, match="returns 7 logits") as e:
+        ur.evaluate(SevenOutputs(), data, threats="linf:0.1", suite="quick", n=3, progress=False)
+    one_line(e)
+    with pytest.raises(UnionRobustError, match="returns 7 logits"):
+        ur.attack_report(SevenOutputs(), data, attack="pgd", threats="linf:0.1", n=3,
+                         progress=False)  # fmt: skip
+    argv = ["--config", "mnist-small", "--set", "model.num_classes=7"]
+    err = cli_error(capsys, "train", *argv, "--out", str(tmp_path / "t"))
+    assert "returns 7 logits" in err and "training data has 10 classes" in err
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda x, y: ur.evaluate(tiny_mlp(), x, y, "linf:0.1", suite="quick", n=5.5,
+                                  progress=False), "must be an integer >= 1, got 5.5"),
+        (lambda x, y: ur.attack_report(tiny_mlp(), x, y, "pgd", "linf:0.1", n=5.5,
+                                       progress=False), "must be an integer >= 1, got 5.5"),
+        (lambda x, y: ur.evaluate(None, x, y, "linf:0.1", suite="quick", progress=False),
+         "model must be a torch.nn.Module, got NoneType"),
+        (lambda x, y: ur.evaluate(tiny_mlp(), x, y, "linf:0.1", suite=["pgd", 42],
+                                  progress=False), "suite entries must be attack names, got 42"),
+        (lambda x, y: ur.load_model("small-cnn", weights=123), "weights must be a file path"),
+        (lambda x, y: ur.get_model("small-cnn", weights=123), "weights must be a file path"),
+    ],
+)  # fmt: skip
+def test_api_misuse_is_a_one_line_error(call, needle):
+    x, y = tiny_data(10)
+    with pytest.raises(UnionRobustError) as e:
+        call(x, y)
+    assert needle in one_line(e)
+
+
+# --------------------------------------------------------------------------- malicious pickles
+class _Code:
+    """Pickles a call of ``os.system`` (never run: weights_only refuses it)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo never-run",))
+
+
+def test_a_pickle_with_code_is_refused_as_such(tmp_path, capsys):
+    import pickle
+
+    zipped, raw = tmp_path / "evil.pt", tmp_path / "evil.pkl"
+    torch.save({"w": torch.zeros(1), "x": _Code()}, zipped)
+    raw.write_bytes(pickle.dumps({"x": _Code()}, protocol=4))
+    for path in (zipped, raw):
+        with pytest.raises(UnionRobustError, match="refused") as e:
+            ur.load_model("small-cnn", weights=path)
+        text = one_line(e)
+        assert "corrupt" not in text and "forbids" in text and "nothing in it was run" in text
+        assert "In PyTorch 2.6" not in text
+        err = cli_error(capsys, "eval", "--model", "small-cnn", "--weights", str(path), "--n", "2")
+        assert "refused" in err
+    with pytest.raises(UnionRobustError, match=r"GLOBAL posix\.system"):
+        ur.load_model("small-cnn", weights=zipped)
+
+
+# --------------------------------------------------------------------------- training causes
+def _tiny_train_config(**sections):
+    from unionrobust.training.config import config_from_dict
+
+    base = {
+        "threats": "linf:0.1, l2:0.5",
+        "strategy": {"name": "max", "steps": 1},
+        "data": {"batch_size": 8, "augment": "none"},
+        "training": {"epochs": 1, "max_steps_per_epoch": 2, "progress": False},
+        "eval": {"n": 0},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return config_from_dict(base)
+
+
+def test_an_infinite_trades_beta_is_refused(tmp_path):
+    from unionrobust.training import train
+    from unionrobust.training.strategies import make_strategy
+
+    with pytest.raises(UnionRobustError, match="beta must be a finite number") as e:
+        make_strategy("max", parse("linf:0.1"), beta=float("inf"), loss="trades")
+    one_line(e)
+    cfg = _tiny_train_config(strategy={"name": "max", "beta": float("inf"), "loss": "trades"})
+    with pytest.raises(UnionRobustError, match="beta must be a finite number"):
+        train(cfg, tmp_path / "r", model=tiny_mlp(), train_data=tiny_data(40))
+
+
+def test_nan_initial_weights_are_named_not_called_a_divergence(tmp_path):
+    from unionrobust.training import train
+
+    model = tiny_mlp()
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    with pytest.raises(UnionRobustError, match="initial weights are not finite") as e:
+        train(_tiny_train_config(), tmp_path / "r", model=model, train_data=tiny_data(40))
+    assert "lower optimizer.lr" not in one_line(e)
+
+
+def test_a_nonfinite_loss_at_learning_rate_zero_does_not_blame_the_learning_rate():
+    from unionrobust.training.config import TrainingConfig
+    from unionrobust.training.finite import on_nonfinite
+
+    with pytest.raises(UnionRobustError, match="learning rate is 0") as e:
+        on_nonfinite(TrainingConfig(), 0, 0, 1, 0.0)
+    assert "lower optimizer.lr" not in one_line(e)

@@ -37,6 +37,10 @@ def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class NonFiniteModel(UnionRobustError):
+    """The model's logits are non-finite for a whole batch: a broken model (e.g. NaN weights)."""
+
+
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnionRobustError:
     """Error for an unknown registry name that lists the valid ones."""
     choices = ", ".join(sorted(valid))

@@ -20,6 +20,7 @@ from torch import nn
 
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import (
+    NonFiniteModel,
     UnionRobustError,
     check_example_ids,
     check_images,
@@ -145,7 +146,7 @@ def check_some_finite(logits: torch.Tensor) -> torch.Tensor:
     random). Isolated non-finite rows are the caller's to count (evaluation/checks.py)."""
     finite = torch.isfinite(logits).all(dim=1)
     if logits.shape[0] and not bool(finite.any()):
-        raise UnionRobustError(
+        raise NonFiniteModel(
             f"the model returned non-finite logits (NaN or inf) for all {logits.shape[0]} "
             "examples of a batch; it is broken (check its weights, e.g. a diverged training), "
             "not robust"

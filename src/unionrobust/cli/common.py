@@ -13,6 +13,7 @@ import torch
 
 from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.checks import check_model_classes
 from unionrobust.evaluation.inputs import resolve_device
 from unionrobust.evaluation.verdicts import write_json
 from unionrobust.models import get_model, load_model
@@ -140,6 +141,7 @@ def load_model_and_data(args: argparse.Namespace, require_weights: bool = False)
             }
         ),
     )
+    check_model_classes(model, x[:1], num_classes, f"--data {args.data}")
     return _on_device(args, model, x, y)
 
 

@@ -24,7 +24,12 @@ from unionrobust.atomic import atomic_path
 from unionrobust.attacks.base import Attack
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import clean_verdicts, recheck
+from unionrobust.evaluation.checks import (
+    check_model_classes,
+    clean_verdicts,
+    known_classes,
+    recheck,
+)
 from unionrobust.evaluation.inputs import as_tensors, chunks, device_for, progress_bar
 from unionrobust.evaluation.metrics import proportion
 from unionrobust.evaluation.verdicts import write_json
@@ -163,6 +168,7 @@ def attack_report(
         name, atk = type(attack).__name__, attack
     dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
+    check_model_classes(model, x[:1].to(dev), known_classes(x_or_dataset))
     count = x.shape[0]
     x_adv = x.clone()
     clean_ok = torch.zeros(count, dtype=torch.bool)

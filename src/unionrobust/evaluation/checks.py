@@ -30,6 +30,29 @@ def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model_output(model, x)
 
 
+def known_classes(data: object) -> int | None:
+    """The number of classes ``data`` names (a dataset's ``classes`` list, as torchvision's and
+    ours have), or None when it does not say."""
+    classes = getattr(data, "classes", None)
+    return len(classes) if isinstance(classes, list | tuple) and len(classes) >= 2 else None
+
+
+def check_model_classes(
+    model: nn.Module, x: torch.Tensor, num_classes: int | None, source: str = "the data"
+) -> None:
+    """Raise unless ``model`` returns ``num_classes`` logits per example (one forward on the
+    first example of ``x``; nothing to check when ``num_classes`` is None). Without it a
+    7-output model on 10-class data passes as long as the labels seen so far are below 7."""
+    if num_classes is None or x.shape[0] == 0:
+        return
+    outputs = int(model_logits(model, x[:1]).shape[1])
+    if outputs != num_classes:
+        raise UnionRobustError(
+            f"the model returns {outputs} logits per example but {source} has {num_classes} "
+            "classes; use a model built for this dataset (num_classes)"
+        )
+
+
 def clean_verdicts(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from unionrobust.errors import UnionRobustError, check_seed
-from unionrobust.evaluation.checks import clean_verdicts, recheck
+from unionrobust.evaluation.checks import (
+    check_model_classes,
+    clean_verdicts,
+    known_classes,
+    recheck,
+)
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
 from unionrobust.evaluation.inputs import chunks as _chunks
@@ -340,6 +345,7 @@ def evaluate(
         the_suite = the_suite.union_first()
     dev = device_for(model, device)
     x, y = as_tensors(x_or_dataset, y, n)
+    check_model_classes(model, x[:1].to(dev), known_classes(x_or_dataset))
     ids = _example_ids(example_ids, x.shape[0])
     config = _run_config(union, the_suite, seed, batch_size, x.shape[0], cascade, union_only, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unionrobust.data.arrays import as_tensors as dataset_as_tensors
-from unionrobust.errors import UnionRobustError, check_images, check_labels
+from unionrobust.errors import UnionRobustError, check_images, check_int, check_labels
 
 
 # --------------------------------------------------------------------------- helpers
@@ -38,7 +38,10 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
 
 
 def device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """:func:`resolve_device`, refusing a device the model is not on."""
+    """:func:`resolve_device`, refusing a device the model is not on (and a model that is not
+    an ``nn.Module``)."""
+    if not isinstance(model, nn.Module):
+        raise UnionRobustError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device, model)
     model_dev = resolve_device(None, model)
     if (model_dev.type, model_dev.index or 0) != (dev.type, dev.index or 0):
@@ -98,8 +101,8 @@ def as_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) from tensors, a map-style dataset of (image, label) pairs, or any iterable of
     ``(x, y)`` batches (a ``DataLoader``); the first ``n``, which must exist."""
-    if n is not None and int(n) <= 0:
-        raise UnionRobustError(f"n must be a positive number of examples, got {n}")
+    if n is not None:
+        n = check_int("n (the number of examples)", n, 1)
     if isinstance(data, torch.Tensor):
         if y is None:
             raise UnionRobustError("labels y are required when x is a tensor")

@@ -50,7 +50,7 @@ from typing import Any
 from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.pgd import PGD
 from unionrobust.attacks.registry import attack_names, default_attack, make_attack
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import UnionRobustError, short_repr, unknown_name
 from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union, parse
 
 #: (threat, seed) -> an Attack
@@ -364,6 +364,8 @@ def _user_entries(threats: Union, names: Sequence[str], index: int) -> list[Suit
     valid = list(attack_names())
     out = []
     for n in names:
+        if not isinstance(n, str):
+            raise UnionRobustError(f"suite entries must be attack names, got {short_repr(n)}")
         name = n.strip()
         if name not in valid:
             raise unknown_name("attack", name, valid)

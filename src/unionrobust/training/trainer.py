@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import NonFiniteModel, UnionRobustError
+from unionrobust.evaluation.checks import check_model_classes
 from unionrobust.models import save_weights
 from unionrobust.outdir import FolderLock
 from unionrobust.threats import parse
@@ -53,7 +54,12 @@ from unionrobust.training.distributed import (
     shard,
     wrap_model,
 )
-from unionrobust.training.finite import check_finite_weights, on_nonfinite, step_is_finite
+from unionrobust.training.finite import (
+    check_finite_weights,
+    check_initial_weights,
+    on_nonfinite,
+    step_is_finite,
+)
 from unionrobust.training.holdout import holdout_metrics
 from unionrobust.training.lifetime import deferred_signals, redeliver
 from unionrobust.training.runstate import RunState, TrainResult
@@ -121,6 +127,11 @@ class Trainer:
         self.data = TrainingData(cfg, train_data, eval_data, extra_data)
         self.steps_per_epoch = self.data.steps_per_epoch
         self.model = (model if model is not None else build_model_from(cfg)).to(self.device)
+        check_initial_weights(self.model)
+        train = self.data.train
+        if len(train) and train.num_classes is not None:
+            x1 = train.batch(torch.zeros(1, dtype=torch.int64))[0].to(self.device)
+            check_model_classes(self.model, x1, train.num_classes, "the training data")
         self.ddp_model = wrap_model(self.model, self.ctx, t.sync_bn)
         self.optimizer = build_optimizer(cfg, list(self.model.parameters()))
         s = cfg.schedule
@@ -262,7 +273,12 @@ class Trainer:
         n_adv = int(adv.sum())
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
             if n_adv:
-                out = self.strategy(self.ddp_model, x[adv_dev], y[adv_dev], example_ids=ids[adv])
+                xa, ya = x[adv_dev], y[adv_dev]
+                try:
+                    out = self.strategy(self.ddp_model, xa, ya, example_ids=ids[adv])
+                except NonFiniteModel:  # the strategy's attack met NaN logits: a non-finite batch
+                    run.skipped = on_nonfinite(t, run.skipped, epoch, run.global_step + 1, lr)
+                    return
                 total = total + out.loss.float() * n_adv
                 if out.logits is not None:
                     correct += float((out.logits.argmax(1) == y[adv_dev]).sum())
