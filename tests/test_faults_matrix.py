@@ -430,3 +430,32 @@ def test_a_nonfinite_loss_at_learning_rate_zero_does_not_blame_the_learning_rate
     with pytest.raises(UnionRobustError, match="learning rate is 0") as e:
         on_nonfinite(TrainingConfig(), 0, 0, 1, 0.0)
     assert "lower optimizer.lr" not in one_line(e)
+
+
+# --------------------------------------------------------------------------- budgets
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [
+        (["attack"], "--steps", "1000000000"),
+        (["attack"], "--restarts", "1000000"),
+        (["spatial", "--attack", "worst-of-k"], "--k", "1000000000"),
+        (["affine"], "--steps", "1000000000"),
+        (["minmax", "transforms"], "--steps", "1000000000"),
+    ],
+)
+def test_budgets_above_the_ceiling_need_force(capsys, command, flag, value):
+    import time
+
+    t0 = time.process_time()
+    err = cli_error(capsys, *command, *SMALL, flag, value)
+    assert f"{flag} {value} is above the ceiling" in err and "--force" in err
+    assert time.process_time() - t0 < 20
+
+
+def test_force_runs_a_budget_above_the_ceiling():
+    from unionrobust.errors import BUDGET_CEILINGS, check_budget
+
+    assert check_budget("--steps", str(BUDGET_CEILINGS["--steps"] + 1), force=True) == 10_001
+    assert check_budget("--k", "7") == 7
+    with pytest.raises(UnionRobustError, match="--k must be positive"):
+        check_budget("--k", "0")

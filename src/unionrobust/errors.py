@@ -215,3 +215,31 @@ def check_seed(value: object, name: str = "seed") -> int:
             f"{name} must be a whole number in [0, 2**63), got {short_repr(value)}"
         )
     return seed
+
+
+#: the largest attack budgets the CLI runs without ``--force`` (docs/usage.md): beyond them a
+#: typo (``--steps 1000000000``) would run until killed
+BUDGET_CEILINGS = {"--steps": 10_000, "--restarts": 1_000, "--k": 100_000}
+
+
+def check_budget(flag: str, value: object, force: bool = False) -> int:
+    """``value`` as an integer >= 1 for the budget option ``flag`` (a key of
+    :data:`BUDGET_CEILINGS`), refused above its ceiling unless ``force``."""
+    number = _int_text(flag, value) if isinstance(value, str) else check_int(flag, value, 1)
+    ceiling = BUDGET_CEILINGS[flag]
+    if number > ceiling and not force:
+        raise UnionRobustError(
+            f"{flag} {number} is above the ceiling of {ceiling:,} (a run that would not end); "
+            "add --force to run it anyway"
+        )
+    return number
+
+
+def _int_text(flag: str, text: str) -> int:
+    """A CLI integer option >= 1 given as text."""
+    stripped = text.strip()
+    if not stripped.lstrip("+-").isdigit():
+        raise UnionRobustError(f"{flag} must be a whole number, got {short_repr(text)}")
+    if int(stripped) < 1:
+        raise UnionRobustError(f"{flag} must be positive, got {int(stripped)}")
+    return int(stripped)

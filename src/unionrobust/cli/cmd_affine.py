@@ -9,13 +9,14 @@ import torch
 
 from unionrobust.attacks.affine import affine_attack, affine_contains, check_betas
 from unionrobust.cli.common import (
+    add_force_argument,
     add_model_data_arguments,
     batches,
     int_arg,
     load_model_and_data,
     write_report,
 )
-from unionrobust.errors import UnionRobustError, check_seed
+from unionrobust.errors import UnionRobustError, check_budget, check_seed
 from unionrobust.evaluation.inputs import progress_bar
 from unionrobust.reporting.tables import format_table
 from unionrobust.threats import parse
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a.add_argument("--steps", default="50", metavar="T", help="PGD iterations (default: 50)")
     a.add_argument("--k", default="10", help="linf + rt: transforms drawn per beta (default: 10)")
+    add_force_argument(a)
     a.add_argument("--loss", default="ce", choices=("ce", "cw"), help="attack loss")
     a.add_argument("--out", metavar="DIR", help="write report.json to DIR")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise UnionRobustError(f"--betas must be numbers in [0, 1], got {args.betas!r}") from None
     model, x, y, device, meta = load_model_and_data(args)
-    steps = int_arg(args.steps, "--steps", 1)
+    steps = check_budget("--steps", args.steps, args.force)
     seed = check_seed(args.seed, "--seed")
     batch = int_arg(args.batch_size, "--batch-size", 1)
-    k = int_arg(args.k, "--k", 1)
+    k = check_budget("--k", args.k, args.force)
     s1, s2 = union.members
     robust = {}
     seconds = {}

@@ -8,13 +8,20 @@ from pathlib import Path
 from unionrobust.attacks.domains import ModelEnsemble, TransformDomains, UniversalGroups
 from unionrobust.attacks.transforms import make_transforms
 from unionrobust.cli.common import (
+    add_force_argument,
     add_model_data_arguments,
     int_arg,
     load_model_and_data,
     write_report,
 )
 from unionrobust.data import load_data
-from unionrobust.errors import UnionRobustError, check_number, check_seed, unknown_name
+from unionrobust.errors import (
+    UnionRobustError,
+    check_budget,
+    check_number,
+    check_seed,
+    unknown_name,
+)
 from unionrobust.evaluation.engine import resolve_device
 from unionrobust.evaluation.minmax import (
     DEFAULT_WEIGHTINGS,
@@ -59,6 +66,7 @@ MODES = ("ensemble", "universal", "transforms")
 
 def add_attack_arguments(a: argparse._ArgumentGroup, steps: str = "50") -> None:
     a.add_argument("--steps", default=steps, metavar="T", help="iterations (default: %(default)s)")
+    add_force_argument(a)
     a.add_argument("--alpha", metavar="A", help="perturbation step size (default: the threat's)")
     a.add_argument(
         "--loss", default="cw", choices=("cw", "ce"), help="attack loss (default: %(default)s)"
@@ -151,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     domains, x, y, device = build_domains(args)
     threat = parse(args.threat)
     options = dict(
-        steps=int_arg(args.steps, "--steps", 1),
+        steps=check_budget("--steps", args.steps, args.force),
         alpha=None if args.alpha is None else check_number("--alpha", args.alpha),
         w_lr=check_number("--w-lr", args.w_lr),
         gamma=check_number("--gamma", args.gamma),

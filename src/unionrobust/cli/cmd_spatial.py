@@ -9,13 +9,14 @@ import torch
 
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.cli.common import (
+    add_force_argument,
     add_model_data_arguments,
     batches,
     int_arg,
     load_model_and_data,
     write_report,
 )
-from unionrobust.errors import UnionRobustError, check_seed
+from unionrobust.errors import UnionRobustError, check_budget, check_seed
 from unionrobust.evaluation.inputs import progress_bar
 from unionrobust.reporting.tables import format_table
 from unionrobust.threats import RotationTranslation, parse
@@ -41,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--threat", default="rt:30:3", metavar="SPEC", help="rt:DEGREES:PIXELS")
     a.add_argument("--attack", default="grid", choices=("grid", "worst-of-k"))
     a.add_argument("--k", default="10", help="worst-of-k: random transforms per input")
+    add_force_argument(a)
     a.add_argument("--n-rot", default="31", help="lattice angles (default: 31)")
     a.add_argument("--n-trans", default="5", help="lattice shifts per axis (default: 5)")
     a.add_argument("--no-shrink", action="store_true", help="try every transform on every input")
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.attack == "grid":
         atk = GridAttack(threat, **kw)
     else:
-        atk = WorstOfK(threat, k=int_arg(args.k, "--k", 1), **kw)
+        atk = WorstOfK(threat, k=check_budget("--k", args.k, args.force), **kw)
     batch = int_arg(args.batch_size, "--batch-size", 1)
     broken, params, clean = [], [], []
     t0 = time.perf_counter()

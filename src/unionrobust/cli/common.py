@@ -97,6 +97,15 @@ def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_force_argument(group: Any) -> None:
+    """``--force``: run attack budgets above :data:`unionrobust.errors.BUDGET_CEILINGS`."""
+    group.add_argument(
+        "--force",
+        action="store_true",
+        help="run budgets above the ceilings (--steps 10000, --restarts 1000, --k 100000)",
+    )
+
+
 def int_arg(value: Any, flag: str, low: int | None = None) -> int:
     """Parse an integer option; one-line error otherwise."""
     try:
