@@ -459,3 +459,37 @@ def test_force_runs_a_budget_above_the_ceiling():
     assert check_budget("--k", "7") == 7
     with pytest.raises(UnionRobustError, match="--k must be positive"):
         check_budget("--k", "0")
+
+
+# --------------------------------------------------------------------------- messages
+def test_cifar_without_root_names_the_root_option(monkeypatch, capsys):
+    monkeypatch.delenv("UNIONROBUST_DATA", raising=False)
+    err = cli_error(capsys, "eval", "--model", "small-cnn", "--untrained", "--data", "cifar10",
+                    "--n", "2")  # fmt: skip
+    assert "--root" in err and "--data-root" not in err
+
+
+def test_compare_refuses_a_repeated_strategy_up_front(tmp_path):
+    from unionrobust.training.compare import compare
+
+    with pytest.raises(UnionRobustError, match="natural is listed twice") as e:
+        compare(["natural", "natural"], tmp_path / "c", n_test=2, echo=lambda _: None)
+    one_line(e)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_resume_accepts_the_same_weights_under_another_name(tmp_path, capsys):
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ur.save_weights(ur.get_model("small-cnn", untrained=True, num_classes=10), first)
+    second.write_bytes(first.read_bytes())
+    out = str(tmp_path / "run")
+    argv = ["--model", "small-cnn", "--n", "4", "--suite", "quick", "--threats", "linf:0.1",
+            "--no-progress", "--out", out]  # fmt: skip
+    assert cli("eval", "--weights", str(first), *argv) == 0
+    assert cli("eval", "--weights", str(second), *argv, "--resume") == 0
+    other = tmp_path / "c.safetensors"
+    ur.save_weights(ur.get_model("small-cnn", untrained=True, num_classes=10), other)
+    capsys.readouterr()
+    err = cli_error(capsys, "eval", "--weights", str(other), *argv, "--resume")
+    assert "cannot resume" in err or "differs" in err

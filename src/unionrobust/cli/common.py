@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,13 +177,21 @@ def _on_device(args: argparse.Namespace, model: torch.nn.Module, x, y):
     model = model.to(device).eval()
     meta = {
         "model": args.model or args.model_module,
-        # the file's name only: the weights themselves are fingerprinted by the engine, and a
-        # moved file must not block --resume
-        "weights": Path(args.weights).name if args.weights else None,
+        # the file's content hash, not its name: the same weights moved or renamed resume
+        "weights": weights_digest(args.weights) if args.weights else None,
         "data": args.data,
         "split": args.split,
     }
     return model, x, y, device, meta
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """``"sha256:<first 16 hex digits>"`` of a weights file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
