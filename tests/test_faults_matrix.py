@@ -493,3 +493,69 @@ def test_resume_accepts_the_same_weights_under_another_name(tmp_path, capsys):
     capsys.readouterr()
     err = cli_error(capsys, "eval", "--weights", str(other), *argv, "--resume")
     assert "cannot resume" in err or "differs" in err
+
+
+# --------------------------------------------------------------------------- signals in setup
+class SignalsOnFirstForward(nn.Module):
+    """``tiny_mlp`` that sends this process SIGTERM when the trainer moves it to its device
+    (during setup, before any training step)."""
+
+    def __init__(self, send: bool) -> None:
+        super().__init__()
+        self.inner, self.send = tiny_mlp(seed=0), send
+
+    def to(self, *args, **kwargs):
+        if self.send:
+            import os
+            import signal
+
+            self.send = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().to(*args, **kwargs)
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Terminated(Exception):
+    pass
+
+
+def test_sigterm_during_setup_leaves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    import signal
+
+    from safetensors.torch import load_file
+
+    from unionrobust.training import train
+
+    def handler(signum, frame):
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        cfg = _tiny_train_config()
+        full = train(cfg, tmp_path / "full", model=SignalsOnFirstForward(False),
+                     train_data=tiny_data(40))  # fmt: skip
+        stopped = tmp_path / "stopped"
+        with pytest.raises(Terminated):
+            train(cfg, stopped, model=SignalsOnFirstForward(True), train_data=tiny_data(40))
+        assert (stopped / "checkpoints" / "last.json").is_file()
+        resumed = train(cfg, stopped, resume=True, model=SignalsOnFirstForward(False),
+                        train_data=tiny_data(40))  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert resumed.steps == full.steps
+    a = load_file(str(tmp_path / "full" / "last.safetensors"))
+    b = load_file(str(stopped / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, capsys):
+    from unionrobust.training import train
+
+    cfg = _tiny_train_config()
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.yaml").write_text("")
+    train(cfg, out, resume=True, model=tiny_mlp(), train_data=tiny_data(40))
+    assert "nothing to resume, starting fresh" in capsys.readouterr().err

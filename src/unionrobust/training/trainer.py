@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -112,8 +113,10 @@ class Trainer:
         self._lock = FolderLock(self.out_dir) if self.out_dir and self.ctx.is_main else None
         if self._lock is not None:
             self._lock.acquire()
+        self._stop: int | None = None  # a SIGINT/SIGTERM received during setup or fit
         try:
-            self._setup(model, strategy, train_data, eval_data, extra_data)
+            with self._signals():  # a signal during setup stops after the first checkpoint
+                self._setup(model, strategy, train_data, eval_data, extra_data)
         except BaseException:
             self.close()
             raise
@@ -142,11 +145,17 @@ class Trainer:
         self.amp = bool(t.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = RunState()
-        self._stop: int | None = None  # a SIGINT/SIGTERM received during fit
         self._tb: Any = None  # TensorBoard writer during fit (tblog.py)
         self.ckpt_dir = self.out_dir / "checkpoints" if self.out_dir else None
         if self.data.needs_labels:
             self._pseudo_label()
+        if self.resume and not can_resume(self.out_dir):
+            print(
+                f"note: {str(self.out_dir)!r} holds no checkpoint (the run stopped before "
+                "saving one): nothing to resume, starting fresh",
+                file=sys.stderr,
+            )
+            self.resume = False
         if self.resume:
             self.state = RunState.restore(
                 self.out_dir, self.model, self.optimizer, self.scaler, self.strategy, cfg
@@ -163,6 +172,7 @@ class Trainer:
             with self._writing("config.yaml"):
                 ckpt.atomic_write_text(self.out_dir / "config.yaml", dump_config(cfg))
                 ckpt.atomic_write_text(self.out_dir / "log.jsonl", "")
+            self.save("last")  # the first opportunity: a run stopped from here on resumes
 
     def close(self) -> None:
         """Release the output folder (done by :meth:`fit`; idempotent)."""
