@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unionrobust.errors import UnionRobustError, check_example_ids, check_images, check_labels
+from unionrobust.errors import (
+    UnionRobustError,
+    check_example_ids,
+    check_images,
+    check_labels,
+    check_seed,
+)
 from unionrobust.rng import keyed_bits
 from unionrobust.threats import L0, ThreatModel, Union, parse
 from unionrobust.training.strategies.objective import Objective
@@ -107,9 +113,7 @@ class Strategy(ABC):
     ) -> None:
         self.threats: Union = parse(threats)
         self.objective = Objective(loss, beta, mix)
-        if isinstance(seed, bool) or int(seed) != seed:
-            raise UnionRobustError(f"seed must be an integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.amp = bool(amp)
         self.scale = 1.0
         self.batches = 0
