@@ -346,7 +346,6 @@ def test_a_model_with_fewer_outputs_than_the_data_has_classes_is_refused(tmp_pat
         (lambda x, y: ur.evaluate(tiny_mlp(), x, y, "linf:0.1", suite=["pgd", 42],
                                   progress=False), "suite entries must be attack names, got 42"),
         (lambda x, y: ur.load_model("small-cnn", weights=123), "weights must be a file path"),
-        (lambda x, y: ur.get_model("small-cnn", weights=123), "weights must be a file path"),
     ],
 )  # fmt: skip
 def test_api_misuse_is_a_one_line_error(call, needle):
@@ -481,7 +480,7 @@ def test_compare_refuses_a_repeated_strategy_up_front(tmp_path):
 @pytest.mark.slow
 def test_resume_accepts_the_same_weights_under_another_name(tmp_path, capsys):
     first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    ur.save_weights(ur.get_model("small-cnn", untrained=True, num_classes=10), first)
+    ur.save_weights(ur.load_model("small-cnn", untrained=True, num_classes=10), first)
     second.write_bytes(first.read_bytes())
     out = str(tmp_path / "run")
     argv = ["--model", "small-cnn", "--n", "4", "--suite", "quick", "--threats", "linf:0.1",
@@ -489,7 +488,7 @@ def test_resume_accepts_the_same_weights_under_another_name(tmp_path, capsys):
     assert cli("eval", "--weights", str(first), *argv) == 0
     assert cli("eval", "--weights", str(second), *argv, "--resume") == 0
     other = tmp_path / "c.safetensors"
-    ur.save_weights(ur.get_model("small-cnn", untrained=True, num_classes=10), other)
+    ur.save_weights(ur.load_model("small-cnn", untrained=True, num_classes=10), other)
     capsys.readouterr()
     err = cli_error(capsys, "eval", "--weights", str(other), *argv, "--resume")
     assert "cannot resume" in err or "differs" in err

@@ -3,7 +3,9 @@
 (~410 lines: the named suites and the user-suite grammar build the same Suite; kept together.)
 
 A :class:`Suite` is an ordered list of :class:`SuiteEntry` (threat member index, attack name,
-keyword parameters, factory). The cascade engine runs the entries in order, each only on the
+keyword parameters, factory, seed offset), each named by one key, ``attack@threat`` or
+``attack@threat#pass`` for a repeated pass (:func:`entry_key`), unique in the suite and used by
+every file a run writes. The cascade engine runs the entries in order, each only on the
 points still robust for its threat model.
 
 Named suites (``suite_names()``):
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from unionrobust.attacks.apgd import APGD
@@ -57,38 +59,59 @@ from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union, parse
 AttackFactory = Callable[[ThreatModel, int], Any]
 
 
+def entry_key(attack: str, threat_spec: str, seed_offset: int = 0) -> str:
+    """The one name of a suite entry everywhere (progress, verdict log, verdicts.csv, reports):
+    ``attack@threat``, and ``#p`` for pass p = seed_offset + 1 > 1 (a repeated pass with fresh
+    random starts), e.g. ``apgd-t@l2:2#2``."""
+    return f"{attack}@{threat_spec}" + (f"#{seed_offset + 1}" if seed_offset else "")
+
+
 @dataclass(frozen=True)
 class SuiteEntry:
-    """One attack of a suite, aimed at member ``threat_index`` of the union."""
+    """One attack of a suite, aimed at member ``threat_index`` of the union.
+
+    ``params``: keyword parameters (a dict or (name, value) pairs); ``seed_offset``: the pass,
+    added to the run's seed so that a repeated attack draws fresh random starts (the keyed
+    randomness of the same seed would replay the same ones). Its key (:meth:`key`) is unique
+    within a suite."""
 
     threat_index: int
     attack: str
     params: tuple[tuple[str, Any], ...] = ()
     factory: AttackFactory | None = field(default=None, compare=False, repr=False)
+    seed_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, Mapping):
+            object.__setattr__(self, "params", tuple(sorted(self.params.items())))
+        off = self.seed_offset
+        if isinstance(off, bool) or not isinstance(off, int) or off < 0:
+            raise UnionRobustError(f"seed_offset must be an integer >= 0, got {off!r}")
 
     def build(self, threat: ThreatModel, seed: int):
-        """The attack object for ``threat`` (this entry's member) and ``seed``."""
+        """The attack object for ``threat`` (this entry's member) and the run's ``seed``
+        (shifted by ``seed_offset``)."""
+        seed = seed + self.seed_offset
         if self.factory is not None:
             return self.factory(threat, seed)
         return make_attack(self.attack, threat, seed=seed, **dict(self.params))
 
+    def key(self, threats: Union) -> str:
+        """``attack@threat`` or ``attack@threat#pass`` (:func:`entry_key`)."""
+        return entry_key(self.attack, threats[self.threat_index].spec, self.seed_offset)
+
     def label(self, threats: Union) -> str:
-        """``attack@threat``; a repeated pass with fresh random starts (a ``seed_offset``,
-        e.g. ``standard``'s survivor round) says which pass and how many steps."""
-        label = f"{self.attack}@{threats[self.threat_index].spec}"
-        params = dict(self.params)
-        offset = params.get("seed_offset", 0)
-        if not offset:
-            return label
-        steps = params.get("steps")
-        return label + f" (pass {offset + 1}" + ("" if steps is None else f", {steps} steps") + ")"
+        """The progress label: the key."""
+        return self.key(threats)
 
     def describe(self, threats: Union) -> dict[str, Any]:
         """JSON-able description (for reports and the run's config hash)."""
         return {
+            "key": self.key(threats),
             "threat_index": self.threat_index,
             "threat": threats[self.threat_index].spec,
             "attack": self.attack,
+            "seed_offset": self.seed_offset,
             "params": {k: _jsonable(v) for k, v in self.params},
         }
 
@@ -118,12 +141,25 @@ class Suite:
                     f"suite {self.name!r}: entry {e.attack!r} aims at threat {e.threat_index}, "
                     f"but the union has {len(self.threats)} members"
                 )
+        keys = self.keys()
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise UnionRobustError(
+                f"suite {self.name!r} repeats {', '.join(repeated)} (same attack, threat and "
+                "pass: the same seed would replay it); remove the repeat or give it its own "
+                "seed_offset"
+            )
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def keys(self) -> list[str]:
+        """Every entry's key (:meth:`SuiteEntry.key`), in order; they are distinct."""
+        return [e.key(self.threats) for e in self.entries]
+
     def labels(self) -> list[str]:
-        return [e.label(self.threats) for e in self.entries]
+        """The progress labels (the keys)."""
+        return self.keys()
 
     def describe(self) -> list[dict[str, Any]]:
         return [e.describe(self.threats) for e in self.entries]
@@ -149,19 +185,19 @@ def _pgd(threat: ThreatModel, seed: int, **kw):
     return PGD(threat, seed=seed, **kw)
 
 
-def _apgd(threat: ThreatModel, seed: int, seed_offset: int = 0, **kw):
-    """APGD with the run's seed shifted by ``seed_offset`` (fresh random starts for a repeated
-    pass: the keyed randomness of the same seed would replay the same starts)."""
-    return APGD(threat, seed=seed + seed_offset, **kw)
+def _apgd(threat: ThreatModel, seed: int, **kw):
+    return APGD(threat, seed=seed, **kw)
 
 
-def _entry(index: int, name: str, builder: Callable[..., Any], **params: Any) -> SuiteEntry:
+def _entry(
+    index: int, name: str, builder: Callable[..., Any], seed_offset: int = 0, **params: Any
+) -> SuiteEntry:
     items = tuple(sorted(params.items()))
 
     def factory(threat: ThreatModel, seed: int) -> Any:
         return builder(threat, seed, **dict(items))
 
-    return SuiteEntry(index, name, items, factory)
+    return SuiteEntry(index, name, items, factory, seed_offset)
 
 
 def _quick(threats: Union) -> list[SuiteEntry]:
@@ -350,7 +386,7 @@ def _spatial_aware(build: Callable[[Union], list[SuiteEntry]], union: Union) -> 
         return build(union)
     lp = [i for i in range(len(union)) if i not in searched]
     out = [] if not lp else build(Union([union[i] for i in lp]))
-    out = [SuiteEntry(lp[e.threat_index], e.attack, e.params, e.factory) for e in out]
+    out = [replace(e, threat_index=lp[e.threat_index]) for e in out]
     out += [_entry(i, default_attack(union[i]).name, _default) for i in searched]
     return sorted(out, key=lambda e: e.threat_index)
 

@@ -24,6 +24,7 @@ from torch import nn
 from unionrobust.errors import (
     UnionRobustError,
     check_example_ids,
+    check_fraction,
     check_images,
     check_labels,
     check_seed,
@@ -153,12 +154,7 @@ class Strategy(ABC):
 
     def set_scale(self, scale: float) -> None:
         """Multiply every ε and step size by ``scale`` ∈ (0, 1] (ε warm-up)."""
-        try:
-            s = float(scale)
-        except (TypeError, ValueError):
-            raise UnionRobustError(f"scale must be a number in (0, 1], got {scale!r}") from None
-        if not 0.0 < s <= 1.0:
-            raise UnionRobustError(f"scale must lie in (0, 1], got {scale!r}")
+        s = check_fraction("scale", scale)
         if s != self.scale:
             self.scale = s
             self._rescaled()
