@@ -176,7 +176,8 @@ class Trainer:
             with self._writing("config.yaml"):
                 ckpt.atomic_write_text(self.out_dir / "config.yaml", dump_config(cfg))
                 ckpt.atomic_write_text(self.out_dir / "log.jsonl", "")
-            self.save("last")  # the first opportunity: a run stopped from here on resumes
+        if not self.resume and self.out_dir is not None:
+            self.save("last")  # the first opportunity (every rank: save has a barrier)
 
     def close(self) -> None:
         """Release the output folder (done by :meth:`fit`; idempotent)."""
