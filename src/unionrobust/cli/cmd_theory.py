@@ -79,9 +79,9 @@ def _memory_need(args: argparse.Namespace) -> tuple[float, str, str]:
     --mix (the linear family) or --samples (the Monte-Carlo bounds), each with --dim."""
     linear = theorem1_bytes(args.dim, args.mix, 0, args.radius_scale)
     total = theorem1_bytes(args.dim, args.mix, args.samples, args.radius_scale)
-    flag = "--mix" if linear >= total - linear else "--samples"
-    value = args.mix if flag == "--mix" else args.samples
-    return total, f"theory {flag} {value} (with --dim {args.dim})", f"lower {flag} or --dim"
+    if linear >= total - linear:
+        return total, f"theory --mix {args.mix} (with --dim {args.dim})", "lower --mix or --dim"
+    return total, f"theory --dim {args.dim}", "lower --dim or --samples"
 
 
 def run(args: argparse.Namespace) -> int:

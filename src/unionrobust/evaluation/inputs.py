@@ -105,7 +105,9 @@ def read_examples(
     in [0, 1], integer labels). What every evaluation function accepts as its data; to stack a
     dataset use :func:`unionrobust.data.as_tensors`."""
     if n is not None:
-        n = check_int("n (the number of examples)", n, 1)
+        n = check_int("n (the number of examples)", n)
+        if n <= 0:
+            raise UnionRobustError(f"n must be a positive number of examples, got {n}")
     if isinstance(data, torch.Tensor):
         if y is None:
             raise UnionRobustError("labels y are required when x is a tensor")
