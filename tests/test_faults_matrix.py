@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import unionrobust as ur
-from _helpers import tiny_data, tiny_mlp
+from _helpers import Scaled, tiny_data, tiny_mlp
 from unionrobust.attacks import (
     APGD,
     MSD,
@@ -30,17 +30,6 @@ def one_line(err: pytest.ExceptionInfo) -> str:
     text = str(err.value)
     assert "\n" not in text and len(text) < 400, text
     return text
-
-
-class Scaled(nn.Module):
-    """``inner``'s logits times ``factor`` (NaN or inf: a broken model)."""
-
-    def __init__(self, inner: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.inner, self.factor = inner, factor
-
-    def forward(self, x):
-        return self.inner(x) * self.factor
 
 
 def img_data(n: int = 6):
