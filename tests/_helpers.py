@@ -55,6 +55,17 @@ def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
 
 
+class Scaled(nn.Module):
+    """``inner``'s logits times ``factor`` (NaN or inf: a broken model)."""
+
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x):
+        return self.inner(x) * self.factor
+
+
 class CountingModel(nn.Module):
     """Records the batch size of every forward pass."""
 

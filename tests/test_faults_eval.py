@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import unionrobust as ur
-from _helpers import tiny_data, tiny_mlp
+from _helpers import Scaled, tiny_data, tiny_mlp
 from unionrobust.attacks.base import misclassified
 from unionrobust.cli import main as cli_main
 from unionrobust.errors import UnionRobustError
@@ -35,17 +35,6 @@ def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     return err
-
-
-class Scaled(nn.Module):
-    """``inner``'s logits times ``factor`` (NaN makes a broken model)."""
-
-    def __init__(self, inner: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.inner, self.factor = inner, factor
-
-    def forward(self, x):
-        return self.inner(x) * self.factor
 
 
 class NaNWhere(nn.Module):

@@ -210,7 +210,7 @@ def test_pickle_code_is_never_run(tmp_path: Path) -> None:
         assert not marker.exists()
     raw4 = tmp_path / "evil_p4.pkl"  # protocol 4: refused by the unpickler at another opcode
     raw4.write_bytes(pickle.dumps({"x": _Evil(marker)}, protocol=4))
-    with pytest.warns(UserWarning), pytest.raises(UnionRobustError, match=r"evil_p4.pkl"):
+    with pytest.raises(UnionRobustError, match=r"evil_p4.pkl.*refused"):
         load_weights(_wrn(0), raw4)
     assert not marker.exists()
     # control: the same kind of file really does run code when loaded unsafely

@@ -142,7 +142,8 @@ def test_cli_eval_cifar10c_table(tmp_path, capsys, monkeypatch):
         "        self.s = torch.nn.Parameter(torch.tensor(1.0))\n"
         "    def forward(self, x):\n"
         "        m = x.flatten(1).mean(1)\n"
-        "        return self.s * torch.stack([0.5 - m, m - 0.5], 1)\n"
+        "        two = self.s * torch.stack([0.5 - m, m - 0.5], 1)\n"
+        "        return torch.cat([two, torch.full((x.shape[0], 8), -9.0)], 1)  # 10 classes\n"
         "def build():\n"
         "    return M()\n"
     )

@@ -116,7 +116,10 @@ def test_nonfinite_weights_are_never_best(tmp_path):
     with pytest.raises(UnionRobustError, match="weights are not finite"):
         train(natural(), out, model=tiny_mlp(), train_data=tiny_data(40), callbacks=[Poison()])
     assert not (out / "best.safetensors").exists()
-    assert not ckpt.has_checkpoint(out / "checkpoints", "last")
+    # the only checkpoint is the initial one (step 0), with finite weights
+    weights, state, _ = ckpt.load_checkpoint(out / "checkpoints", "last")
+    assert int(state["global_step"]) == 0
+    assert all(torch.isfinite(v).all() for v in weights.values())
 
 
 # ------------------------------------------------------------------ config values

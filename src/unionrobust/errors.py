@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import reprlib
 from collections.abc import Iterable
 
 import torch
@@ -15,6 +16,30 @@ import torch
 
 class UnionRobustError(ValueError):
     """A problem with the caller's input: the message is one line that names it."""
+
+
+#: the longest quote of a value an error message holds (see :func:`short_repr`)
+REPR_LIMIT = 80
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, REPR_LIMIT, REPR_LIMIT, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters, built without ever forming the full repr (a
+    value expanded from a YAML alias bomb may be gigabytes long): every error quotes values
+    through this."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a user object whose __repr__ fails
+        text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class NonFiniteModel(UnionRobustError):
+    """The model's logits are non-finite for a whole batch: a broken model (e.g. NaN weights)."""
 
 
 #: a list of valid names longer than this (characters) is replaced by the closest names
@@ -27,15 +52,16 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnionRobustError
     names = sorted(str(v) for v in valid)
     choices = ", ".join(names)
     if len(choices) <= LONG_LIST:
-        return UnionRobustError(f"unknown {kind} {name!r}; valid: {choices}")
+        return UnionRobustError(f"unknown {kind} {short_repr(name)}; valid: {choices}")
     close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.6)
     if not close:  # nothing alike: same prefix, else the first few
         close = [n for n in names if n.lower().startswith(str(name)[:4].lower())][:5] or names[:5]
         return UnionRobustError(
-            f"unknown {kind} {name!r}; {len(names)} valid names, e.g. {', '.join(close)}"
+            f"unknown {kind} {short_repr(name)}; {len(names)} valid names, e.g. {', '.join(close)}"
         )
     return UnionRobustError(
-        f"unknown {kind} {name!r}; did you mean {', '.join(close)}? ({len(names)} valid names)"
+        f"unknown {kind} {short_repr(name)}; did you mean {', '.join(close)}? "
+        f"({len(names)} valid names)"
     )
 
 
@@ -117,11 +143,11 @@ def check_logits(logits: torch.Tensor, batch: int) -> int:
 def _as_float(name: str, value: object, what: str) -> float:
     """``value`` as a float; bools, strings that are not numbers and other types raise."""
     if isinstance(value, bool):
-        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+        raise UnionRobustError(f"{name} must be {what}, got {short_repr(value)}")
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
-        raise UnionRobustError(f"{name} must be {what}, got {value!r}") from None
+        raise UnionRobustError(f"{name} must be {what}, got {short_repr(value)}") from None
 
 
 def check_int(name: str, value: object, low: int | None = None) -> int:
@@ -129,13 +155,13 @@ def check_int(name: str, value: object, low: int | None = None) -> int:
     fractions, strings and other types raise a one-line :class:`UnionRobustError`."""
     what = "an integer" if low is None else f"an integer >= {low}"
     if isinstance(value, str):
-        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+        raise UnionRobustError(f"{name} must be {what}, got {short_repr(value)}")
     v = _as_float(name, value, what)
     if not math.isfinite(v) or v != math.floor(v):
-        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+        raise UnionRobustError(f"{name} must be {what}, got {short_repr(value)}")
     out = int(value) if isinstance(value, int) else int(v)  # ints beyond 2**53 stay exact
     if low is not None and out < low:
-        raise UnionRobustError(f"{name} must be {what}, got {value!r}")
+        raise UnionRobustError(f"{name} must be {what}, got {short_repr(value)}")
     return out
 
 
@@ -150,10 +176,12 @@ def check_number(
     passes; ±inf only if a bound is infinite and included); bool and non-numbers raise."""
     v = _as_float(name, value, "a number")
     if math.isnan(v):
-        raise UnionRobustError(f"{name} must be a number, got {value!r}")
+        raise UnionRobustError(f"{name} must be a number, got {short_repr(value)}")
     if not (low <= v < high if high_open else low <= v <= high):
         right = ")" if high_open else "]"
-        raise UnionRobustError(f"{name} must lie in [{low:g}, {high:g}{right}, got {value!r}")
+        raise UnionRobustError(
+            f"{name} must lie in [{low:g}, {high:g}{right}, got {short_repr(value)}"
+        )
     return v
 
 
@@ -161,7 +189,9 @@ def check_finite(name: str, value: object, low: float = -math.inf) -> float:
     """``value`` as a finite float >= ``low``."""
     v = _as_float(name, value, "a number")
     if not (math.isfinite(v) and v >= low):
-        raise UnionRobustError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+        raise UnionRobustError(
+            f"{name} must be a finite number >= {low:g}, got {short_repr(value)}"
+        )
     return v
 
 
@@ -169,7 +199,7 @@ def check_positive(name: str, value: object) -> float:
     """``value`` as a finite float > 0."""
     v = _as_float(name, value, "a number")
     if not (v > 0 and math.isfinite(v)):
-        raise UnionRobustError(f"{name} must be a positive finite number, got {value!r}")
+        raise UnionRobustError(f"{name} must be a positive finite number, got {short_repr(value)}")
     return v
 
 
@@ -177,7 +207,8 @@ def check_fraction(name: str, value: object, one: bool = True) -> float:
     """``value`` as a float in (0, 1] (in (0, 1) if not ``one``): a rate, share or weight."""
     v = _as_float(name, value, "a number")
     if not (0.0 < v < 1.0 or (one and v == 1.0)):
-        raise UnionRobustError(f"{name} must lie in (0, 1{']' if one else ')'}, got {value!r}")
+        interval = f"(0, 1{']' if one else ')'}"
+        raise UnionRobustError(f"{name} must lie in {interval}, got {short_repr(value)}")
     return v
 
 
@@ -187,3 +218,55 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     if not isinstance(value, str) or value not in valid:
         raise unknown_name(name, value, valid)  # type: ignore[arg-type]
     return value
+
+
+#: seeds are refused outside [0, SEED_LIMIT): larger ones would wrap (2**64 gives seed 0's draws)
+SEED_LIMIT = 2**63
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """``value`` as a seed: a whole number in [0, 2**63). Larger seeds would silently wrap in the
+    keyed random numbers (:mod:`unionrobust.rng`), numpy and torch (``--seed 2**64`` would replay
+    ``--seed 0``), so they are refused; numeric strings (CLI values) are accepted."""
+    seed: int | None = None
+    if isinstance(value, str):
+        text = value.strip()
+        seed = int(text) if text.lstrip("+-").isdigit() else None
+    else:
+        try:
+            seed = check_int(name, value)
+        except UnionRobustError:
+            seed = None
+    if seed is None or not 0 <= seed < SEED_LIMIT:
+        raise UnionRobustError(
+            f"{name} must be a whole number in [0, 2**63), got {short_repr(value)}"
+        )
+    return seed
+
+
+#: the largest attack budgets the CLI runs without ``--force`` (docs/usage.md): beyond them a
+#: typo (``--steps 1000000000``) would run until killed
+BUDGET_CEILINGS = {"--steps": 10_000, "--restarts": 1_000, "--k": 100_000}
+
+
+def check_budget(flag: str, value: object, force: bool = False) -> int:
+    """``value`` as an integer >= 1 for the budget option ``flag`` (a key of
+    :data:`BUDGET_CEILINGS`), refused above its ceiling unless ``force``."""
+    number = _int_text(flag, value) if isinstance(value, str) else check_int(flag, value, 1)
+    ceiling = BUDGET_CEILINGS[flag]
+    if number > ceiling and not force:
+        raise UnionRobustError(
+            f"{flag} {number} is above the ceiling of {ceiling:,} (a run that would not end); "
+            "add --force to run it anyway"
+        )
+    return number
+
+
+def _int_text(flag: str, text: str) -> int:
+    """A CLI integer option >= 1 given as text."""
+    stripped = text.strip()
+    if not stripped.lstrip("+-").isdigit():
+        raise UnionRobustError(f"{flag} must be a whole number, got {short_repr(text)}")
+    if int(stripped) < 1:
+        raise UnionRobustError(f"{flag} must be positive, got {int(stripped)}")
+    return int(stripped)

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_seed
 
 _MASK32 = 0xFFFFFFFF
 
@@ -211,7 +211,7 @@ class KeyedRandom:
     """
 
     def __init__(self, seed: int, ids: torch.Tensor, window: tuple[int, int] | None = None) -> None:
-        self.seed = int(seed)
+        self.seed = check_seed(seed)  # a seed >= 2**64 would wrap onto another's draws
         self.ids = ids.to(torch.int64)
         self.window = window
         self._tables: dict[tuple[int, int], torch.Tensor] = {}

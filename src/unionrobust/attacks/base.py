@@ -20,11 +20,13 @@ from torch import nn
 
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import (
+    NonFiniteModel,
     UnionRobustError,
     check_example_ids,
     check_images,
     check_labels,
     check_logits,
+    check_seed,
 )
 from unionrobust.rng import KeyedRandom
 from unionrobust.threats import AdditiveThreat, ThreatModel, Union
@@ -80,8 +82,94 @@ def autocast_for(x: torch.Tensor, enabled: bool) -> contextlib.AbstractContextMa
 
 
 def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits (AMP) as float32; float32/float64 logits unchanged."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    """Half-precision (AMP), integer and bool logits as float32 (``log_softmax`` needs a float);
+    float32/float64 logits unchanged."""
+    if logits.dtype in (torch.float32, torch.float64):
+        return logits
+    return logits.float()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def forward_failed(err: BaseException, x: torch.Tensor) -> UnionRobustError:
+    """The one-line error for a model whose forward pass (or freezing) raised ``err``."""
+    return UnionRobustError(
+        f"the model's forward failed on a batch of shape {tuple(x.shape)} "
+        f"({_first_line(err)}); check its input channels/size and its code"
+    )
+
+
+@contextlib.contextmanager
+def frozen_checked(models: list[nn.Module], x: torch.Tensor) -> Iterator[None]:
+    """:func:`frozen_model` for every model of ``models``, under ``no_grad``; a model that cannot
+    be frozen (uninitialised lazy parameters) is the one-line error of :func:`forward_failed`."""
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for m in models:
+            try:
+                stack.enter_context(frozen_model(m))
+            except Exception as err:
+                raise forward_failed(err, x) from None
+        yield
+
+
+def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Float logits of ``model`` at ``x`` (call it under ``no_grad`` with the model frozen),
+    shape-checked, the shared check of every clean pass and re-check.
+
+    The model runs on a copy of ``x``: a model that changes its input in place (``x.mul_``,
+    ``x.data.mul_`` inside ``forward``) would move the attacks' reference point and the
+    caller's tensor, so it is detected and refused in one line; so is any failure of the
+    forward pass. Integer logits are cast to float."""
+    probe = x.clone()
+    try:
+        logits = model(probe)
+    except UnionRobustError:
+        raise
+    except Exception as err:  # the user's model: report its error in one line
+        raise forward_failed(err, x) from None
+    if not torch.equal(probe, x):
+        raise UnionRobustError(
+            "the model changed its input in place (e.g. x.mul_ or x.data.mul_ in forward); "
+            "attacks and evaluation need a model that leaves its input unchanged: work on a "
+            "copy (x = x * 0.9, or x = x.clone())"
+        )
+    check_logits(logits, x.shape[0])
+    return upcast(logits)
+
+
+def check_some_finite(logits: torch.Tensor) -> torch.Tensor:
+    """Bool (B,) of the rows whose logits are all finite; raise if no row is (a broken model,
+    e.g. diverged weights: ``argmax`` of a NaN row is 0, so it would look correct or broken at
+    random). Isolated non-finite rows are the caller's to count (evaluation/checks.py)."""
+    finite = torch.isfinite(logits).all(dim=1)
+    if logits.shape[0] and not bool(finite.any()):
+        raise NonFiniteModel(
+            f"the model returned non-finite logits (NaN or inf) for all {logits.shape[0]} "
+            "examples of a batch; it is broken (check its weights, e.g. a diverged training), "
+            "not robust"
+        )
+    return finite
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of ``model``'s first floating parameter or buffer (None if it has
+    none): inputs of another float dtype are cast to it."""
+    for t in (*model.parameters(), *model.buffers()):
+        if not isinstance(t, nn.parameter.UninitializedTensorMixin) and t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def input_grad(loss: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """d loss.sum() / d ``leaf``; zero where the loss does not depend on ``leaf`` through
+    autograd (integer logits: piecewise constant, so the gradient is zero almost everywhere)."""
+    if not loss.requires_grad:
+        return torch.zeros_like(leaf)
+    (grad,) = torch.autograd.grad(loss.sum(), leaf, allow_unused=True)
+    return torch.zeros_like(leaf) if grad is None else grad
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -101,7 +189,7 @@ def loss_and_grad(
             logits = model(x_adv)
         logits = upcast(logits)
         loss = loss_fn(logits, y)
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        grad = input_grad(loss, x_adv)
     return logits.detach(), loss.detach(), grad.detach()
 
 
@@ -198,7 +286,7 @@ class Attack(ABC):
     def __init__(self, threat: ThreatModel | Union, seed: int = 0, amp: bool = False) -> None:
         check_kind(type(self), threat)
         self.threat = threat
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.amp = bool(amp)
 
     def models_of(self, target: Any) -> list[nn.Module]:
@@ -227,7 +315,13 @@ class Attack(ABC):
         example_ids: torch.Tensor | None = None,
     ) -> AttackResult:
         """The one entry point (Foolbox's ``Attack.__call__``): checks, frozen models, keyed
-        randomness, then ``_run``. ``model`` is what :meth:`models_of` accepts."""
+        randomness, then ``_run``. ``model`` is what :meth:`models_of` accepts.
+
+        The attack works on its own copy of ``x`` (cast to the model's float dtype), so the
+        caller's tensor is never changed; the clean pass (:func:`model_output`) refuses a model
+        that changes its input in place, and a model whose logits are non-finite for the whole
+        batch (:func:`check_some_finite`; a non-finite row at a candidate point counts as
+        misclassified, as in :mod:`unionrobust.evaluation.checks`)."""
         models = self.models_of(model)
         check_images(x)
         check_labels(y, x.shape[0])
@@ -236,14 +330,13 @@ class Attack(ABC):
         if x.shape[0] == 0:  # nothing to attack: an empty result, the model is not called
             return self.empty_result(model, x)
         rand = KeyedRandom.for_batch(self.seed, x.shape[0], x.device, example_ids)
-        x = x.detach()
-        with contextlib.ExitStack() as frozen, torch.no_grad():
-            for m in models:
-                frozen.enter_context(frozen_model(m))
-            clean = [m(x) for m in models]
+        x = x.detach().to(model_dtype(models[0]) or x.dtype).clone()
+        with frozen_checked(models, x):
+            clean = [model_output(m, x) for m in models]
             for logits in clean:
-                check_labels(y, x.shape[0], check_logits(logits, x.shape[0]))
-            return self._run(model, x, y, rand, upcast(clean[0]))
+                check_labels(y, x.shape[0], int(logits.shape[1]))
+                check_some_finite(logits)
+            return self._run(model, x, y, rand, clean[0])
 
     @abstractmethod
     def _run(

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import autocast_for, loss_and_grad, misclassified
+from unionrobust.attacks.base import (
+    autocast_for,
+    input_grad,
+    loss_and_grad,
+    misclassified,
+    upcast,
+)
 from unionrobust.attacks.pgd import clip01
 from unionrobust.attacks.transforms import Transform, make_transforms
 from unionrobust.errors import UnionRobustError, check_int
@@ -86,7 +92,7 @@ class ModelEnsemble(Domains):
                 grads.append(g)
             else:
                 with torch.no_grad(), autocast_for(x_adv, amp):
-                    logits = m(x_adv).float()
+                    logits = upcast(m(x_adv))
                 loss = loss_fn(logits, y)
             losses.append(loss)
             fooled.append(misclassified(logits, y))
@@ -111,9 +117,9 @@ class _SingleModel(Domains):
             z = make(leaf) if make is not None else leaf
             with autocast_for(z, amp):
                 logits = self.model(z)
-            logits = logits.float()
+            logits = upcast(logits)
             loss = loss_fn(logits, y)
-            g = torch.autograd.grad(loss.sum(), leaf)[0] if grad else None
+            g = input_grad(loss, leaf) if grad else None
         return loss.detach(), misclassified(logits.detach(), y), g
 
 

@@ -7,13 +7,14 @@ import argparse
 from unionrobust.attacks.affine import affine_attack, check_betas
 from unionrobust.cli.common import (
     REPORT_FILES,
+    add_force_argument,
     add_model_data_arguments,
     add_out_arguments,
     int_arg,
     load_model_and_data,
     write_command_report,
 )
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_budget, check_seed
 from unionrobust.evaluation.affine_report import AFFINE, AffineReport, affine_pair, affine_report
 from unionrobust.evaluation.mode import attack_mark
 from unionrobust.outdir import owned_folder
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a.add_argument("--steps", default="50", metavar="T", help="PGD iterations (default: 50)")
     a.add_argument("--k", default="10", help="linf + rt: transforms drawn per beta (default: 10)")
+    add_force_argument(a)
     a.add_argument("--loss", default="ce", choices=("ce", "cw"), help="attack loss")
     add_out_arguments(a, "write report.json to DIR")
 
@@ -62,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise UnionRobustError(f"--betas must be numbers in [0, 1], got {args.betas!r}") from None
     options = dict(
-        k=int_arg(args.k, "--k", 1),
-        steps=int_arg(args.steps, "--steps", 1),
+        k=check_budget("--k", args.k, args.force),
+        steps=check_budget("--steps", args.steps, args.force),
         loss=args.loss,
-        seed=int_arg(args.seed, "--seed", 0),
+        seed=check_seed(args.seed, "--seed"),
     )
     affine_attack(s1, s2, betas=betas, **options)  # bad options fail before loading
     batch = int_arg(args.batch_size, "--batch-size", 1)

@@ -7,11 +7,12 @@ import argparse
 from unionrobust.attacks.registry import attack_names
 from unionrobust.cli.common import (
     DEFAULT_THREATS,
+    add_force_argument,
     add_model_data_arguments,
     int_arg,
     load_model_and_data,
 )
-from unionrobust.errors import unknown_name
+from unionrobust.errors import check_budget, check_seed, unknown_name
 from unionrobust.evaluation.attack_report import (
     ATTACK_FILES,
     AttackReport,
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a.add_argument("--steps", metavar="T", help="iterations per restart (attack default if unset)")
     a.add_argument("--restarts", metavar="R", help="restarts (attack default if unset)")
+    add_force_argument(a)
     a.add_argument("--out", metavar="DIR", help="write report.json and adversarial.safetensors")
     a.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,10 +79,12 @@ def run(args: argparse.Namespace) -> int:
     threats = parse(args.threats)
     if args.attack not in attack_names():
         raise unknown_name("attack", args.attack, attack_names())
-    steps = None if args.steps is None else int_arg(args.steps, "--steps", 1)
-    restarts = None if args.restarts is None else int_arg(args.restarts, "--restarts", 1)
+    steps = None if args.steps is None else check_budget("--steps", args.steps, args.force)
+    restarts = (
+        None if args.restarts is None else check_budget("--restarts", args.restarts, args.force)
+    )
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
-    seed = int_arg(args.seed, "--seed", 0)
+    seed = check_seed(args.seed, "--seed")
     union_attack(args.attack, threats, steps, restarts, seed)  # bad options fail before loading
     with owned_folder(args.out, ATTACK_FILES, args.overwrite):  # checked before the attack
         model, x, y, device, meta = load_model_and_data(args, require_weights=True)

@@ -13,7 +13,7 @@ from unionrobust.cli.common import (
     int_arg,
     load_model_and_data,
 )
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_seed
 from unionrobust.evaluation import evaluate, get_suite
 from unionrobust.evaluation.extras import Extras, run_extras
 from unionrobust.evaluation.mode import EvaluationMode
@@ -208,7 +208,7 @@ def _options(args: argparse.Namespace) -> tuple[Union, Extras, int, int]:
         mrb_every=int_arg(args.mrb_every, "--mrb-every", 1),
         mrb_reference=args.mrb_reference,
     )
-    seed = int_arg(args.seed, "--seed", 0)
+    seed = check_seed(args.seed, "--seed")
     extras.check(threats, seed)
     return threats, extras, int_arg(args.batch_size, "--batch-size", 1), seed
 

@@ -10,13 +10,20 @@ from unionrobust.attacks.domains import ModelEnsemble, TransformDomains, Univers
 from unionrobust.attacks.minmax import DomainMinMax
 from unionrobust.attacks.transforms import make_transforms
 from unionrobust.cli.common import (
+    add_force_argument,
     add_model_data_arguments,
     int_arg,
     load_model_and_data,
     write_command_report,
 )
 from unionrobust.data import load_data
-from unionrobust.errors import UnionRobustError, check_number, unknown_name
+from unionrobust.errors import (
+    UnionRobustError,
+    check_budget,
+    check_number,
+    check_seed,
+    unknown_name,
+)
 from unionrobust.evaluation.engine import resolve_device
 from unionrobust.evaluation.minmax import (
     DEFAULT_WEIGHTINGS,
@@ -64,6 +71,7 @@ MODES = ("ensemble", "universal", "transforms")
 
 def add_attack_arguments(a: argparse._ArgumentGroup, steps: str = "50") -> None:
     a.add_argument("--steps", default=steps, metavar="T", help="iterations (default: %(default)s)")
+    add_force_argument(a)
     a.add_argument("--alpha", metavar="A", help="perturbation step size (default: the threat's)")
     a.add_argument(
         "--loss", default="cw", choices=("cw", "ce"), help="attack loss (default: %(default)s)"
@@ -160,14 +168,14 @@ RUN_FILES = ("report.json", "weights.png")
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The attack options shared by every weighting, checked before anything is loaded."""
     return dict(
-        steps=int_arg(args.steps, "--steps", 1),
+        steps=check_budget("--steps", args.steps, args.force),
         alpha=None if args.alpha is None else check_number("--alpha", args.alpha),
         w_lr=check_number("--w-lr", args.w_lr),
         gamma=check_number("--gamma", args.gamma),
         loss=args.loss,
         kappa=check_number("--kappa", args.kappa),
         start=args.start,
-        seed=int_arg(args.seed, "--seed", 0),
+        seed=check_seed(args.seed, "--seed"),
     )
 
 

@@ -7,13 +7,14 @@ import argparse
 from unionrobust.attacks.spatial import GridAttack, WorstOfK
 from unionrobust.cli.common import (
     REPORT_FILES,
+    add_force_argument,
     add_model_data_arguments,
     add_out_arguments,
     int_arg,
     load_model_and_data,
     write_command_report,
 )
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_budget, check_seed
 from unionrobust.evaluation.mode import attack_mark
 from unionrobust.evaluation.spatial_report import SpatialReport, spatial_report
 from unionrobust.outdir import owned_folder
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--threat", default="rt:30:3", metavar="SPEC", help="rt:DEGREES:PIXELS")
     a.add_argument("--attack", default="grid", choices=("grid", "worst-of-k"))
     a.add_argument("--k", default="10", help="worst-of-k: random transforms per input")
+    add_force_argument(a)
     a.add_argument("--n-rot", default="31", help="lattice angles (default: 31)")
     a.add_argument("--n-trans", default="5", help="lattice shifts per axis (default: 5)")
     a.add_argument("--no-shrink", action="store_true", help="try every transform on every input")
@@ -51,11 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     threat = _threat(args)
     threat.check_memory()  # before loading anything: refuse a lattice that cannot fit
-    kw = dict(shrink=not args.no_shrink, seed=int_arg(args.seed, "--seed", 0))
+    kw = dict(shrink=not args.no_shrink, seed=check_seed(args.seed, "--seed"))
     if args.attack == "grid":
         atk = GridAttack(threat, **kw)
     else:
-        atk = WorstOfK(threat, k=int_arg(args.k, "--k", 1), **kw)
+        atk = WorstOfK(threat, k=check_budget("--k", args.k, args.force), **kw)
     batch = int_arg(args.batch_size, "--batch-size", 1)
     with owned_folder(args.out, REPORT_FILES, args.overwrite):
         model, x, y, device, meta = load_model_and_data(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, check_seed
 from unionrobust.resources import check_memory
 from unionrobust.theory.synthetic import SyntheticTask
 from unionrobust.theory.theorem1 import theorem1_bytes, theorem1_experiment
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples", type=int, default=20000, help="Monte-Carlo samples, non-linear models"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--seed", default="0", help="random seed, in [0, 2**63) (0)")
     parser.add_argument(
         "--radius-scale",
         type=float,
@@ -74,15 +74,23 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _memory_need(args: argparse.Namespace) -> tuple[float, str, str]:
+    """(bytes, what, fix) for :func:`check_memory`, blaming the option whose term dominates:
+    --mix (the linear family) or --samples (the Monte-Carlo bounds), each with --dim."""
+    linear = theorem1_bytes(args.dim, args.mix, 0, args.radius_scale)
+    total = theorem1_bytes(args.dim, args.mix, args.samples, args.radius_scale)
+    if linear >= total - linear:
+        return total, f"theory --mix {args.mix} (with --dim {args.dim})", "lower --mix or --dim"
+    return total, f"theory --dim {args.dim}", "lower --dim or --samples"
+
+
 def run(args: argparse.Namespace) -> int:
-    needed = theorem1_bytes(args.dim, args.mix, args.samples, args.radius_scale)
-    check_memory(needed, f"theory --dim {args.dim}", "lower --dim or --samples")
-    task = SyntheticTask(d=args.dim, alpha=args.alpha, p0=args.p0)
+    seed = check_seed(args.seed, "--seed")
     if args.samples < 1:
         raise UnionRobustError(f"--samples must be >= 1, got {args.samples}")
-    if args.seed < 0:
-        raise UnionRobustError(f"--seed must be >= 0, got {args.seed}")
-    result = theorem1_experiment(task, args.mix, args.samples, args.seed, args.radius_scale)
+    check_memory(*_memory_need(args))
+    task = SyntheticTask(d=args.dim, alpha=args.alpha, p0=args.p0)
+    result = theorem1_experiment(task, args.mix, args.samples, seed, args.radius_scale)
     res = result.as_dict()
     print(json.dumps(res, indent=2) if args.json else render(res))
     return 0

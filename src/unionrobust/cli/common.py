@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import torch
 
 from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.checks import check_model_classes
 from unionrobust.evaluation.inputs import resolve_device
 from unionrobust.evaluation.verdicts import write_json
 from unionrobust.models import load_model
@@ -95,6 +98,15 @@ def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_force_argument(group: Any) -> None:
+    """``--force``: run attack budgets above :data:`unionrobust.errors.BUDGET_CEILINGS`."""
+    group.add_argument(
+        "--force",
+        action="store_true",
+        help="run budgets above the ceilings (--steps 10000, --restarts 1000, --k 100000)",
+    )
+
+
 def int_arg(value: Any, flag: str, low: int | None = None) -> int:
     """Parse an integer option; one-line error otherwise."""
     try:
@@ -138,6 +150,7 @@ def load_model_and_data(args: argparse.Namespace, require_weights: bool = False)
             }
         ),
     )
+    check_model_classes(model, x[:1], num_classes, f"--data {args.data}")
     return _on_device(args, model, x, y)
 
 
@@ -162,13 +175,21 @@ def _on_device(args: argparse.Namespace, model: torch.nn.Module, x, y):
     model = model.to(device).eval()
     meta = {
         "model": args.model or args.model_module,
-        # the file's name only: the weights themselves are fingerprinted by the engine, and a
-        # moved file must not block --resume
-        "weights": Path(args.weights).name if args.weights else None,
+        # the file's content hash, not its name: the same weights moved or renamed resume
+        "weights": weights_digest(args.weights) if args.weights else None,
         "data": args.data,
         "split": args.split,
     }
     return model, x, y, device, meta
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """``"sha256:<first 16 hex digits>"`` of a weights file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
 
 
 #: the files of a command whose run is one report.json (affine, spatial)

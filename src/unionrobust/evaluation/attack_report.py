@@ -24,7 +24,13 @@ from unionrobust.atomic import atomic_path
 from unionrobust.attacks.base import Attack
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import check_int
-from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
+from unionrobust.evaluation.checks import (
+    check_model_classes,
+    checked_attack,
+    clean_batches,
+    known_classes,
+    rejected,
+)
 from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.evaluation.metrics import proportion
 from unionrobust.evaluation.mode import attack_fields
@@ -102,9 +108,24 @@ class AttackReport:
         }
 
 
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``mask`` (B,) shaped to broadcast over the batch ``like``."""
-    return mask.reshape(-1, *[1] * (like.dim() - 1))
+def _kept(
+    union: Union, x: torch.Tensor, result: Any, broken: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_adv, threat_index) kept for a batch: the attack's output where the re-check says
+    ``broken``, the clean input elsewhere; the index of the member whose ball holds x_adv (the
+    attack's own choice when its ball holds it, else the first member that does), -1 exactly
+    where x_adv = x (so the two saved tensors never disagree)."""
+    xa = torch.where(broken.reshape(-1, *[1] * (x.dim() - 1)), result.x_adv.clamp(0, 1), x)
+    delta = xa - x
+    moved = (delta != 0).flatten(1).any(dim=1)
+    inside = torch.stack([m.contains(delta, x) for m in union], dim=1)  # (B, K)
+    first = torch.where(inside.any(dim=1), inside.int().argmax(dim=1), -1)
+    own = result.threat_index
+    if own is not None:
+        own = own.to(x.device).long()
+        ok = (own >= 0) & inside.gather(1, own.clamp(min=0).reshape(-1, 1)).squeeze(1)
+        first = torch.where(ok, own, first)
+    return xa, torch.where(moved, first, -1)
 
 
 def union_attack(
@@ -151,6 +172,7 @@ def attack_report(
         name, atk = type(attack).__name__, attack
     dev = device_for(model, device)
     x, y = read_examples(x_or_dataset, y, n)
+    check_model_classes(model, x[:1].to(dev), known_classes(x_or_dataset))
     count = x.shape[0]
     x_adv = x.clone()
     clean_ok = torch.zeros(count, dtype=torch.bool)
@@ -161,15 +183,13 @@ def attack_report(
     with progress_bar(count, name, progress) as bar:
         for idx, xb, yb, correct, bad in clean_batches(model, x, y, batch_size, dev, bar):
             result, broken, _ = checked_attack(model, atk, union, xb, yb, idx.to(dev))
-            refused = rejected(result, broken)
-            xa = torch.where(_rows(refused, xb), xb, result.x_adv.clamp(0, 1))
+            xa, index = _kept(union, xb, result, broken)
             x_adv[idx] = xa.cpu()
+            which[idx] = index.cpu()
             clean_ok[idx] = correct.cpu()
             success[idx] = broken.cpu()
-            n_rejected += int(refused.sum())
+            n_rejected += int(rejected(result, broken).sum())
             nonfinite += bad
-            if result.threat_index is not None:
-                which[idx] = torch.where(broken, result.threat_index, -1).cpu()
     return AttackReport(
         attack=name,
         threats=[m.spec for m in union],

@@ -15,37 +15,46 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import frozen_model, misclassified
-from unionrobust.errors import UnionRobustError, check_labels, check_logits
+from unionrobust.attacks.base import (
+    check_some_finite,
+    frozen_checked,
+    misclassified,
+    model_output,
+)
+from unionrobust.errors import UnionRobustError, check_labels
 from unionrobust.evaluation.inputs import chunks
 from unionrobust.threats import DEFAULT_TOL, ThreatModel, Union
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
-
-
 def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the frozen ``model`` at ``x`` (no graph), shape-checked; any failure of the
-    forward pass is a one-line :class:`UnionRobustError`."""
-    try:
-        with frozen_model(model), torch.no_grad():
-            logits = model(x)
-    except UnionRobustError:
-        raise
-    except Exception as err:  # the user's model: report its error in one line
+    """Float logits of the frozen ``model`` at ``x`` (no graph), shape-checked; a failing
+    forward pass or a model that changes its input in place is a one-line
+    :class:`UnionRobustError` (:func:`unionrobust.attacks.base.model_output`)."""
+    with frozen_checked([model], x):
+        return model_output(model, x)
+
+
+def known_classes(data: object) -> int | None:
+    """The number of classes ``data`` names (a dataset's ``classes`` list, as torchvision's and
+    ours have), or None when it does not say."""
+    classes = getattr(data, "classes", None)
+    return len(classes) if isinstance(classes, list | tuple) and len(classes) >= 2 else None
+
+
+def check_model_classes(
+    model: nn.Module, x: torch.Tensor, num_classes: int | None, source: str = "the data"
+) -> None:
+    """Raise unless ``model`` returns ``num_classes`` logits per example (one forward on the
+    first example of ``x``; nothing to check when ``num_classes`` is None). Without it a
+    7-output model on 10-class data passes as long as the labels seen so far are below 7."""
+    if num_classes is None or x.shape[0] == 0:
+        return
+    outputs = int(model_logits(model, x[:1]).shape[1])
+    if outputs != num_classes:
         raise UnionRobustError(
-            f"the model's forward failed on a batch of shape {tuple(x.shape)} "
-            f"({_first_line(err)}); check its input channels/size and its code"
-        ) from None
-    check_logits(logits, x.shape[0])
-    return logits
-
-
-def finite_rows(logits: torch.Tensor) -> torch.Tensor:
-    """Bool (B,): every logit of the row is finite."""
-    return torch.isfinite(logits).all(dim=1)
+            f"the model returns {outputs} logits per example but {source} has {num_classes} "
+            "classes; use a model built for this dataset (num_classes)"
+        )
 
 
 def clean_verdicts(
@@ -57,12 +66,7 @@ def clean_verdicts(
     """
     logits = model_logits(model, x)
     check_labels(y, x.shape[0], int(logits.shape[1]))
-    finite = finite_rows(logits)
-    if not bool(finite.any()):
-        raise UnionRobustError(
-            f"the model returned non-finite logits (NaN or inf) for all {x.shape[0]} examples of "
-            "a batch; it is broken (check its weights, e.g. a diverged training), not robust"
-        )
+    finite = check_some_finite(logits)
     return (logits.argmax(dim=1) == y) & finite, ~finite
 
 

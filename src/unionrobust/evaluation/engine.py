@@ -24,8 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.errors import UnionRobustError, check_int
-from unionrobust.evaluation.checks import checked_attack, clean_verdicts, recheck, rejected
+from unionrobust.errors import UnionRobustError, check_int, check_seed
+from unionrobust.evaluation.checks import (
+    check_model_classes,
+    checked_attack,
+    clean_verdicts,
+    known_classes,
+    recheck,
+    rejected,
+)
 from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
 from unionrobust.evaluation.inputs import as_tensors as as_tensors  # deprecated re-export
 from unionrobust.evaluation.inputs import chunks as _chunks
@@ -223,7 +230,7 @@ def _report(
 def _check_options(batch_size: Any, seed: Any) -> None:
     """Validate the run options."""
     check_int("batch size", batch_size, 1)
-    check_int("seed", seed)
+    check_seed(seed)
 
 
 def _example_ids(example_ids: torch.Tensor | None, count: int) -> torch.Tensor:
@@ -348,6 +355,7 @@ def evaluate(
         the_suite = the_suite.union_first()
     dev = device_for(model, device)
     x, y = read_examples(x_or_dataset, y, n)
+    check_model_classes(model, x[:1].to(dev), known_classes(x_or_dataset))
     ids = _example_ids(example_ids, x.shape[0])
     config = _run_config(union, the_suite, seed, batch_size, x.shape[0], the_mode, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unionrobust.data.arrays import as_tensors as dataset_as_tensors
-from unionrobust.errors import UnionRobustError, check_images, check_labels
+from unionrobust.errors import UnionRobustError, check_images, check_int, check_labels
 
 
 # --------------------------------------------------------------------------- helpers
@@ -39,7 +39,10 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
 
 
 def device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """:func:`resolve_device`, refusing a device the model is not on."""
+    """:func:`resolve_device`, refusing a device the model is not on (and a model that is not
+    an ``nn.Module``)."""
+    if not isinstance(model, nn.Module):
+        raise UnionRobustError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device, model)
     model_dev = resolve_device(None, model)
     if (model_dev.type, model_dev.index or 0) != (dev.type, dev.index or 0):
@@ -136,8 +139,10 @@ def read_examples(
     :func:`in_index_order`); the first ``n``, which must exist; checked (images
     in [0, 1], integer labels). What every evaluation function accepts as its data; to stack a
     dataset use :func:`unionrobust.data.as_tensors`."""
-    if n is not None and int(n) <= 0:
-        raise UnionRobustError(f"n must be a positive number of examples, got {n}")
+    if n is not None:
+        n = check_int("n (the number of examples)", n)
+        if n <= 0:
+            raise UnionRobustError(f"n must be a positive number of examples, got {n}")
     data = in_index_order(data)
     if isinstance(data, torch.Tensor):
         if y is None:

@@ -44,6 +44,7 @@ from unionrobust.errors import UnionRobustError, check_finite, check_int, unknow
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.evaluation.mode import UPPER_MARK, EvaluationMode
+from unionrobust.safeyaml import YAMLTooLarge, safe_load
 
 CLEAN = "NoAttack"
 #: MultiRobustBench's grids (start, end, step) of the families we run, with our threat name
@@ -203,7 +204,9 @@ def load_reference(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise UnionRobustError(f"reference file {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load(p.read_text(encoding="utf-8"))
+    except YAMLTooLarge as exc:
+        raise UnionRobustError(f"reference file {str(p)!r}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnionRobustError(f"reference file {str(p)!r} is not JSON/YAML ({first})") from None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from unionrobust.errors import UnionRobustError, check_int
+from unionrobust.errors import UnionRobustError, check_int, short_repr
 from unionrobust.threats.parse import parse_number
 
 #: other spellings of parameters, used when the attack takes the canonical name
@@ -86,6 +86,8 @@ def parse_value(text: str) -> Any:
 
 def parse_call(token: str) -> Call:
     """``"apgd-ce(steps=200,restarts=2)"`` → ``("apgd-ce", {"steps": 200, "restarts": 2})``."""
+    if not isinstance(token, str):
+        raise UnionRobustError(f"suite entries must be attack names, got {short_repr(token)}")
     text = token.strip()
     name, paren, rest = text.partition("(")
     name = name.strip()

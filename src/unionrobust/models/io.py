@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,10 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 def weights_path(path: str | os.PathLike) -> Path:
     """``path`` as a Path if it names an existing file; a one-line error otherwise."""
+    if not isinstance(path, str | os.PathLike):
+        raise UnionRobustError(
+            f"weights must be a file path (str or os.PathLike), got {type(path).__name__}"
+        )
     p = Path(path)
     if not p.exists():
         raise UnionRobustError(f"weights file {str(p)!r} not found")
@@ -106,16 +111,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 f"weights file {str(p)!r} is not a valid safetensors file ({reason})"
             ) from None
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol warning: the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _weights_only_detail(exc)
         if "global" in detail.lower():
             raise UnionRobustError(
-                f"weights file {str(p)!r} was refused: it pickles objects other than tensors, "
-                f"which could run code ({detail[:120]}); re-save it as a state dict or safetensors"
+                f"weights file {str(p)!r} was refused: it pickles code or objects ({detail}) "
+                "that weights-only loading forbids, so nothing in it was run; re-save it as a "
+                "state dict or safetensors"
+            ) from None
+        if "weights only load failed" in str(exc).lower():
+            raise UnionRobustError(
+                f"weights file {str(p)!r} was refused by weights-only loading ({detail}): it is "
+                "not a torch weights file, or it pickles code or objects that weights-only "
+                "loading forbids (nothing in it was run)"
             ) from None
         raise UnionRobustError(
-            f"weights file {str(p)!r} is corrupt or not a weights file ({detail[:120]})"
+            f"weights file {str(p)!r} is corrupt or not a weights file ({detail})"
         ) from None
     except Exception as exc:  # garbage bytes raise all sorts (IndexError, KeyError, ...)
         raise UnionRobustError(
@@ -125,14 +139,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _weights_only_detail(exc: BaseException) -> str:
-    """The reason torch's weights-only unpickler gives, without its long advice text."""
-    text = str(exc)
+    """The reason torch's weights-only unpickler gives (e.g. "Trying to load unsupported GLOBAL
+    posix.system ..."), without its advice text, cut at a word boundary."""
+    boiler = ("weights only load failed", "please file an issue", "check the documentation")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.lower().startswith(boiler)]
     marker = "WeightsUnpickler error:"
-    if marker in text:
-        rest = text[text.index(marker) + len(marker) :].strip()
-        first = rest.splitlines()[0].strip() if rest else "unpickling failed"
-        return first.split(". Please")[0]
-    return _first_line(exc)
+    lines = [line.split(marker, 1)[-1].strip() for line in lines]
+    reason = next((line for line in lines if line), "") or _first_line(exc)
+    return _cut(reason.split(". Please")[0].rstrip("."))
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters at a word boundary."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from unionrobust.errors import (
     check_finite,
     check_int,
     check_number,
+    check_seed,
     unknown_name,
 )
 from unionrobust.evaluation.suites import get_suite
@@ -65,6 +66,8 @@ def check_optimizer(cfg: Config) -> None:
 
 def check_training(cfg: Config) -> None:
     t = cfg.training
+    check_seed(t.seed, "config key 'training.seed'")
+    check_seed(cfg.eval.seed, "config key 'eval.seed'")
     _at_least("training.epochs", t.epochs, 1)
     _number("training.adv_fraction", t.adv_fraction, 0.0, 1.0)
     _number("training.warmup_epochs", t.warmup_epochs, 0.0)

@@ -191,6 +191,12 @@ def compare(
         raise UnionRobustError(f"jobs must be >= 1 (omit it for one per CPU core), got {jobs}")
     if not strategies:
         raise UnionRobustError("give at least one strategy")
+    repeated = sorted({s for s in strategies if list(strategies).count(s) > 1})
+    if repeated:  # two workers would train into the same run folder
+        raise UnionRobustError(
+            f"strategy {', '.join(repeated)} is listed twice; give each strategy once (use "
+            "--seeds N for repeated runs)"
+        )
     for strategy in strategies:  # fail on a bad name, option or suite before training anything
         cfg = config_for(strategy, overrides, base)
         build_strategy(cfg)

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import UnionRobustError, short_repr
+from unionrobust.safeyaml import YAMLTooLarge, safe_load
 from unionrobust.training.checks import validate_config
 
 
@@ -148,6 +149,10 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f"{hint} valid: {', '.join(valid)}"
 
 
+def _bad(where: str, what: str, value: Any) -> UnionRobustError:
+    return UnionRobustError(f"config key {where!r} must be {what}, got {short_repr(value)}")
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check/convert ``value`` to the annotated type (YAML reads ``1e-3`` as a string)."""
     origin = typing.get_origin(hint)
@@ -160,13 +165,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise UnionRobustError(f"config key {where!r} must be true or false, got {value!r}")
+        raise _bad(where, "true or false", value)
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise UnionRobustError(f"config key {where!r} must be an integer, got {value!r}")
+        raise _bad(where, "an integer", value)
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -175,19 +180,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise UnionRobustError(f"config key {where!r} must be a number, got {value!r}")
+        raise _bad(where, "a number", value)
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UnionRobustError(f"config key {where!r} must be a string, got {value!r}")
+        raise _bad(where, "a string", value)
     if hint is list or origin is list:
         if isinstance(value, (list, tuple)):
             return list(value)
-        raise UnionRobustError(f"config key {where!r} must be a list, got {value!r}")
+        raise _bad(where, "a list", value)
     if hint is dict or origin is dict:
         if isinstance(value, dict):
             return dict(value)
-        raise UnionRobustError(f"config key {where!r} must be a mapping, got {value!r}")
+        raise _bad(where, "a mapping", value)
     return value
 
 
@@ -228,7 +233,9 @@ def builtin_configs() -> list[str]:
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
+    except YAMLTooLarge as exc:
+        raise UnionRobustError(f"config {source}: {exc}") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnionRobustError(f"config {source} is not valid YAML: {first}") from None
@@ -243,7 +250,13 @@ def read_config_dict(name_or_path: str) -> dict[str, Any]:
     """The raw mapping of a config file path or a built-in config name (``msd-mnist``)."""
     path = Path(name_or_path)
     if path.is_file():
-        return _read_yaml(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UnionRobustError(
+                f"config {str(path)!r} is not a text (UTF-8) YAML file"
+            ) from None
+        return _read_yaml(text, str(path))
     stem = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
     if stem in builtin_configs():
         text = (resources.files("unionrobust") / "configs" / f"{stem}.yaml").read_text("utf-8")
@@ -257,15 +270,17 @@ def read_config_dict(name_or_path: str) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"training.epochs=3"`` -> (["training", "epochs"], 3); the value is parsed as YAML."""
     if "=" not in text:
-        raise UnionRobustError(f"--set expects key=value, got {text!r}")
+        raise UnionRobustError(f"--set expects key=value, got {short_repr(text)}")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
+    except YAMLTooLarge as exc:
+        raise UnionRobustError(f"--set {key.strip()!r}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise UnionRobustError(f"--set expects key=value, got {text!r}")
+        raise UnionRobustError(f"--set expects key=value, got {short_repr(text)}")
     return parts, value
 
 
@@ -293,15 +308,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key = ".".join(parts)
         if not isinstance(value, dict) and _is_section(parts):
             raise UnionRobustError(
-                f"--set {text!r}: {key!r} is a config section, not a value; set one of its "
-                f"keys instead, e.g. --set {key}.KEY=VALUE"
+                f"--set {short_repr(text)}: {key!r} is a config section, not a value; set one "
+                f"of its keys instead, e.g. --set {key}.KEY=VALUE"
             )
         node = out
         for i, p in enumerate(parts[:-1]):
             child = node.get(p)
             if child is not None and not isinstance(child, dict):
                 raise UnionRobustError(
-                    f"--set {text!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section"
+                    f"--set {short_repr(text)}: {'.'.join(parts[: i + 1])!r} is a value, "
+                    "not a section"
                 )
             child = dict(child) if isinstance(child, dict) else {}
             node[p] = child

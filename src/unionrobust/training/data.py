@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from unionrobust.data.arrays import as_tensors
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.checks import known_classes
 
 
 def derive_seed(*parts: Any) -> int:
@@ -57,6 +58,8 @@ class Source:
             self._ds = None
             total = self._x.shape[0]
         self.index = torch.arange(total) if index is None else index.long()
+        #: the number of classes the data names (a dataset's ``classes``), else None
+        self.num_classes = known_classes(data)
 
     def __len__(self) -> int:
         return int(self.index.numel())
@@ -77,6 +80,7 @@ class Source:
     def subset(self, idx: torch.Tensor) -> Source:
         out = Source.__new__(Source)
         out._x, out._y, out._ds = self._x, self._y, self._ds
+        out.num_classes = self.num_classes
         out.index = self.index[idx]
         return out
 

@@ -42,6 +42,12 @@ def step_is_finite(
 
 def on_nonfinite(t: TrainingConfig, skipped: int, epoch: int, step: int, lr: float) -> int:
     """Apply the policy to a non-finite batch: raise, or return the new count of skipped ones."""
+    if t.nonfinite == "error" and lr == 0:  # nothing has moved the weights: not a divergence
+        raise UnionRobustError(
+            f"the loss or its gradient is not finite in epoch {epoch} at step {step} although "
+            "the learning rate is 0 (the weights have not moved): check the strategy's options "
+            "(e.g. beta), the data and the model's output"
+        )
     if t.nonfinite == "error":
         raise UnionRobustError(
             f"training diverged in epoch {epoch} at step {step}: the loss or its gradient is "
@@ -57,11 +63,26 @@ def on_nonfinite(t: TrainingConfig, skipped: int, epoch: int, step: int, lr: flo
     return skipped
 
 
+def finite_weights(model: nn.Module) -> bool:
+    """Every floating-point weight and buffer of ``model`` is finite (one host sync)."""
+    values = [v for v in model.state_dict().values() if v.is_floating_point()]
+    return bool(_all_finite(values))
+
+
 def check_finite_weights(model: nn.Module, epoch: int) -> None:
     """Raise if a floating-point weight or buffer of ``model`` is not finite."""
-    values = [v for v in model.state_dict().values() if v.is_floating_point()]
-    if not bool(_all_finite(values)):
+    if not finite_weights(model):
         raise UnionRobustError(
             f"training diverged in epoch {epoch}: the weights are not finite (the last finite "
             "checkpoint is kept); lower optimizer.lr"
+        )
+
+
+def check_initial_weights(model: nn.Module) -> None:
+    """Raise if ``model`` starts with non-finite weights (a NaN in model.weights or in the model
+    passed in): training could only report a divergence that is not one."""
+    if not finite_weights(model):
+        raise UnionRobustError(
+            "the model's initial weights are not finite (NaN or inf): check model.weights (or "
+            "the model passed in); nothing was trained"
         )

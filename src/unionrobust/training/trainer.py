@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unionrobust.atomic import append_line
-from unionrobust.errors import UnionRobustError
+from unionrobust.errors import NonFiniteModel, UnionRobustError
+from unionrobust.evaluation.checks import check_model_classes
 from unionrobust.models import save_weights
 from unionrobust.outdir import FolderLock, writing
 from unionrobust.threats import parse
@@ -54,7 +56,12 @@ from unionrobust.training.distributed import (
     shard,
     wrap_model,
 )
-from unionrobust.training.finite import check_finite_weights, on_nonfinite, step_is_finite
+from unionrobust.training.finite import (
+    check_finite_weights,
+    check_initial_weights,
+    on_nonfinite,
+    step_is_finite,
+)
 from unionrobust.training.holdout import holdout_bounds, holdout_metrics
 from unionrobust.training.lifetime import deferred_signals, redeliver
 from unionrobust.training.runstate import RunState, TrainResult
@@ -110,8 +117,10 @@ class Trainer:
         self._lock = FolderLock(self.out_dir) if self.out_dir and self.ctx.is_main else None
         if self._lock is not None:
             self._lock.acquire()
+        self._stop: int | None = None  # a SIGINT/SIGTERM received during setup or fit
         try:
-            self._setup(model, strategy, train_data, eval_data, extra_data)
+            with self._signals():  # a signal during setup stops after the first checkpoint
+                self._setup(model, strategy, train_data, eval_data, extra_data)
         except BaseException:
             self.close()
             raise
@@ -125,6 +134,11 @@ class Trainer:
         self.data = TrainingData(cfg, train_data, eval_data, extra_data)
         self.steps_per_epoch = self.data.steps_per_epoch
         self.model = (model if model is not None else build_model_from(cfg)).to(self.device)
+        check_initial_weights(self.model)
+        train = self.data.train
+        if len(train) and train.num_classes is not None:
+            x1 = train.batch(torch.zeros(1, dtype=torch.int64))[0].to(self.device)
+            check_model_classes(self.model, x1, train.num_classes, "the training data")
         self.ddp_model = wrap_model(self.model, self.ctx, t.sync_bn)
         self.optimizer = build_optimizer(cfg, list(self.model.parameters()))
         s = cfg.schedule
@@ -135,11 +149,17 @@ class Trainer:
         self.amp = bool(t.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = RunState()
-        self._stop: int | None = None  # a SIGINT/SIGTERM received during fit
         self._tb: Any = None  # TensorBoard writer during fit (tblog.py)
         self.ckpt_dir = self.out_dir / "checkpoints" if self.out_dir else None
         if self.data.needs_labels:
             self._pseudo_label()
+        if self.resume and not can_resume(self.out_dir):
+            print(
+                f"note: {str(self.out_dir)!r} holds no checkpoint (the run stopped before "
+                "saving one): nothing to resume, starting fresh",
+                file=sys.stderr,
+            )
+            self.resume = False
         if self.resume:
             self.state = RunState.restore(
                 self.out_dir, self.model, self.optimizer, self.scaler, self.strategy, cfg
@@ -156,6 +176,8 @@ class Trainer:
             with self._writing("config.yaml"):
                 ckpt.atomic_write_text(self.out_dir / "config.yaml", dump_config(cfg))
                 ckpt.atomic_write_text(self.out_dir / "log.jsonl", "")
+        if not self.resume and self.out_dir is not None:
+            self.save("last")  # the first opportunity (every rank: save has a barrier)
 
     def close(self) -> None:
         """Release the output folder (done by :meth:`fit`; idempotent)."""
@@ -257,7 +279,12 @@ class Trainer:
         n_adv = int(adv.sum())
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
             if n_adv:
-                out = self.strategy(self.ddp_model, x[adv_dev], y[adv_dev], example_ids=ids[adv])
+                xa, ya = x[adv_dev], y[adv_dev]
+                try:
+                    out = self.strategy(self.ddp_model, xa, ya, example_ids=ids[adv])
+                except NonFiniteModel:  # the strategy's attack met NaN logits: a non-finite batch
+                    run.skipped = on_nonfinite(t, run.skipped, epoch, run.global_step + 1, lr)
+                    return
                 total = total + out.loss.float() * n_adv
                 if out.logits is not None:
                     correct += float((out.logits.argmax(1) == y[adv_dev]).sum())

@@ -26,8 +26,8 @@ from unionrobust.errors import (
     check_example_ids,
     check_fraction,
     check_images,
-    check_int,
     check_labels,
+    check_seed,
 )
 from unionrobust.rng import keyed_bits
 from unionrobust.threats import L0, ThreatModel, Union, parse
@@ -114,7 +114,7 @@ class Strategy(ABC):
     ) -> None:
         self.threats: Union = parse(threats)
         self.objective = Objective(loss, beta, mix)
-        self.seed = check_int("seed", seed)
+        self.seed = check_seed(seed)
         self.amp = bool(amp)
         self.scale = 1.0
         self.batches = 0

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from unionrobust.errors import UnionRobustError, check_number, unknown_name
+from unionrobust.errors import UnionRobustError, check_finite, check_number, unknown_name
 from unionrobust.losses import cross_entropy, trades_kl
 
 LOSSES = ("ce", "trades", "trades-xent")
@@ -59,7 +59,7 @@ class Objective:
         if loss not in LOSSES:
             raise unknown_name("training loss", str(loss), LOSSES)
         self.loss = loss
-        self.beta = check_number("beta", beta, 0.0, float("inf"))
+        self.beta = check_finite("beta", beta, 0.0)
         self.mix = check_number("mix", mix, 0.0, 1.0)
         if loss != "ce" and self.mix != 1.0:
             raise UnionRobustError(
