@@ -285,6 +285,8 @@ CONTRACT = {
     "deepfool-linf": lambda: DeepFool(Linf(0.05), steps=5),
     "fab-l1": lambda: FAB(L1(1.0), steps=5, restarts=2),
     "fab-linf": lambda: FAB(Linf(0.05), steps=5, candidates=3),
+    "fab-t-l2": lambda: FAB(L2(0.5), steps=12, n_targets=3, early_stop=True, restarts=2),
+    "fab-t-l1": lambda: FAB(L1(1.0), steps=5, n_targets=2),
     "ddn": lambda: DDN(L2(0.5), steps=10),
     "gaussian": lambda: GaussianNoise(L2(1.0), steps=4, repeats=2),
     "salt-pepper-l0": lambda: SaltPepper(L0(6), steps=10, repeats=2),

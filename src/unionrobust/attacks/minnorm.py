@@ -74,6 +74,20 @@ class MinNormTracker:
     def found(self) -> torch.Tensor:
         return torch.isfinite(self.norms)
 
+    def subset(self, idx: torch.Tensor) -> MinNormTracker:
+        """A tracker over rows ``idx`` (an index tensor) holding their best so far."""
+        out = MinNormTracker.__new__(MinNormTracker)
+        out.x, out.threat = self.x[idx], self.threat
+        out.best, out.norms = self.best[idx].clone(), self.norms[idx].clone()
+        return out
+
+    def merge(self, local: MinNormTracker, idx: torch.Tensor) -> None:
+        """Write back a :meth:`subset` tracker (it only ever improved on these rows)."""
+        if local is self:
+            return
+        self.best[idx] = local.best
+        self.norms[idx] = local.norms
+
     def update(self, x_cand: torch.Tensor, broken: torch.Tensor) -> torch.Tensor:
         """Fold in candidates (already in the box) that ``broken`` marks misclassified."""
         n = self.threat.norm(x_cand - self.x)

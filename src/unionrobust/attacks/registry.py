@@ -53,6 +53,7 @@ ATTACKS: dict[str, AttackFactory] = {
     # square.py), peers (adapters.py: the peer packages are imported when the attack first runs)
     "deepfool": DeepFool,
     "fab": FAB,
+    "fab-t": partial(FAB, n_targets=9, steps=100),
     "ddn": DDN,
     "gaussian-noise": GaussianNoise,
     "salt-pepper": SaltPepper,

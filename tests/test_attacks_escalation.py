@@ -1,0 +1,113 @@
+"""The attacks of ``standard``'s escalation: FAB-T, Square (ℓ∞, ℓ2 and ℓ1) and the decision-based
+boundary search.
+
+Oracles on linear models: for a multiclass linear classifier whose decision boundaries all pass
+near the points (so the box does not bind), the smallest misclassifying perturbation in ℓp has
+norm min_k (f_y − f_k) / ‖w_y − w_k‖_q (q the dual exponent): the misclassified set is the union
+of the half-spaces {f_k ≥ f_y}. No attack may report less; the minimum-norm ones must get close.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from unionrobust.attacks.linearised import FAB
+from unionrobust.attacks.registry import make_attack
+from unionrobust.errors import UnionRobustError
+from unionrobust.threats import L1, L2, Linf
+
+FAST = settings(
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+D, B, C = 16, 6, 4
+DUAL = {"l2": 2.0, "linf": 1.0, "l1": math.inf}
+THREAT = {"l2": L2, "linf": Linf, "l1": L1}
+
+
+def multiclass_setup(linear_model, seed: int, spread: float = 0.02):
+    """A C-class linear model whose pairwise boundaries all pass through x = 0.5, points near
+    it labelled by the model, and the exact minimal ℓp norms per norm."""
+    model = linear_model(dim=D, classes=C, seed=seed).double()
+    with torch.no_grad():
+        model.bias.copy_(-0.5 * model.weight.sum(dim=1))
+    g = torch.Generator().manual_seed(seed + 7)
+    x = 0.5 + spread * (2 * torch.rand(B, D, generator=g, dtype=torch.float64) - 1)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    w = model.weight.detach()
+
+    def exact(norm: str) -> torch.Tensor:
+        gap = logits.gather(1, y[:, None]) - logits  # (B, C) ≥ 0
+        diff = (w[y][:, None, :] - w[None, :, :]).norm(p=DUAL[norm], dim=2)  # (B, C)
+        d = gap / diff.clamp_min(1e-300)
+        d[torch.arange(B), y] = math.inf
+        return d.amin(dim=1)
+
+    return model, x, y, exact
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@FAST
+@given(seed=st.integers(0, 10_000))
+def test_fab_t_finds_the_exact_minimum_on_a_multiclass_linear_model(norm, seed, linear_model):
+    model, x, y, exact = multiclass_setup(linear_model, seed)
+    opt = exact(norm)
+    # a radius below every minimum: every target pass runs on every point (later passes skip
+    # the points broken within ε, as in AutoAttack)
+    res = FAB(THREAT[norm](float(opt.min()) / 2), steps=30, n_targets=C - 1)(model, x, y)
+    assert not bool(res.success.any())
+    assert bool((res.norms >= opt * (1 - 1e-6)).all()), (res.norms / opt).tolist()
+    assert bool((res.norms <= opt * 1.03).all()), (res.norms / opt).tolist()
+
+
+def test_fab_t_uses_only_the_targets_it_is_given(linear_model):
+    """With one target, FAB-T finds the distance to that target's boundary, not a closer one."""
+    model, x, y, _ = multiclass_setup(linear_model, 3)
+    with torch.no_grad():
+        logits = model(x)
+    target = logits.scatter(1, y[:, None], -math.inf).argmax(1)
+    w = model.weight.detach()
+    gap = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
+    pair = gap / (w[y] - w[target]).norm(dim=1)
+    res = FAB(L2(10.0), steps=30, n_targets=1)(model, x, y)
+    assert bool((res.norms >= pair * (1 - 1e-6)).all())
+    assert bool((res.norms <= pair * 1.03).all())
+
+
+def test_fab_t_early_stop_keeps_the_verdicts_at_eps(linear_model):
+    model, x, y, exact = multiclass_setup(linear_model, 5)
+    opt = exact("l2")
+    eps = float(opt.median())
+    full = FAB(L2(eps), steps=30, n_targets=C - 1)(model, x, y)
+    fast = FAB(L2(eps), steps=30, n_targets=C - 1, early_stop=True)(model, x, y)
+    assert torch.equal(full.success, fast.success)
+    assert not bool(fast.success[opt > eps * (1 + 1e-6)].any())
+    assert bool(fast.success[opt < eps / 1.05].all())
+
+
+def test_fab_t_registry_defaults_are_autoattacks():
+    a = make_attack("fab-t", "l2:2")
+    assert isinstance(a, FAB)
+    assert (a.steps, a.n_targets, a.restarts) == (100, 9, 1)
+    assert (a.eta, a.beta, a.alpha_max) == (1.05, 0.9, 0.1)
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: FAB(L2(1.0), n_targets=0), "n_targets"),
+        (lambda: FAB(L2(1.0), n_targets=3, candidates=4), "not both"),
+    ],
+)
+def test_bad_parameters_raise(build, match):
+    with pytest.raises(UnionRobustError, match=match):
+        build()
