@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from unionrobust.attacks.linearised import FAB
 from unionrobust.attacks.registry import make_attack
+from unionrobust.attacks.square import Square, meta_patch
 from unionrobust.errors import UnionRobustError
 from unionrobust.threats import L1, L2, Linf
 
@@ -111,3 +112,37 @@ def test_fab_t_registry_defaults_are_autoattacks():
 def test_bad_parameters_raise(build, match):
     with pytest.raises(UnionRobustError, match=match):
         build()
+
+
+@pytest.mark.parametrize("norm,factor", [("linf", 1.5), ("l2", 2.0), ("l1", 3.0)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_square_breaks_what_is_within_its_budget_and_nothing_below(
+    norm, factor, seed, linear_model
+):
+    """Margins within the budget (a factor above the exact minimum: random search, not
+    optimisation) are broken; nothing closer than the exact minimum ever is."""
+    model, x, y, exact = multiclass_setup(linear_model, seed)
+    opt = exact(norm)
+    xi = x.reshape(B, 1, 4, 4)
+    threat = THREAT[norm](float(opt.max()) * factor)
+    res = Square(threat, steps=300)(model, xi, y)
+    assert bool(res.success.all())
+    assert bool(threat.contains(res.x_adv - xi, xi).all())
+    assert bool(((res.x_adv >= 0) & (res.x_adv <= 1)).all())
+    below = Square(THREAT[norm](float(opt.min()) * 0.99), steps=50)(model, xi, y)
+    assert not bool(below.success.any())
+
+
+def test_square_defaults_are_autoattacks():
+    a = make_attack("square", "l1:10")
+    assert (a.steps, a.p_init, a.restarts) == (5000, 0.8, 1)
+
+
+def test_l1_meta_patch_is_sparser_than_l2():
+    x = torch.zeros(1, 1, 7, 7, dtype=torch.float64)
+    p1, p2 = meta_patch(7, x, "l1"), meta_patch(7, x, "l2")
+    assert float(p1.abs().sum()) == pytest.approx(1.0)
+    assert float(p2.pow(2).sum()) == pytest.approx(1.0)
+    # ℓ1's bumps put more of their mass on the centre coordinates
+    top = lambda p: float(p.abs().flatten().topk(4).values.sum() / p.abs().sum())  # noqa: E731
+    assert top(p1) > top(p2)

@@ -294,6 +294,7 @@ CONTRACT = {
     "pointwise": lambda: Pointwise(L1(2.0), sp_steps=10, sp_repeats=1, binary_steps=2),
     "square": lambda: Square(Linf(0.05), steps=20, restarts=2),
     "square-l2": lambda: Square(L2(0.5), steps=20, restarts=2),
+    "square-l1": lambda: Square(L1(2.0), steps=20, restarts=2),
 }
 
 
@@ -350,7 +351,7 @@ def test_clean_misclassified_points_have_norm_zero(linear_model):
     [
         (lambda: DDN(Linf(0.1)), "supports l2"),
         (lambda: DeepFool(L1(1.0)), "supports linf, l2"),
-        (lambda: Square(L1(1.0)), "linf and l2"),
+        (lambda: Square(L0(3)), "linf, l2 and l1"),
         (lambda: FAB(L2(1.0), beta=1.5), "beta"),
         (lambda: DDN(L2(1.0), steps=0), "steps"),
         (lambda: SaltPepper(L1(1.0), max_p=2.0), "max_p"),
