@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from unionrobust.attacks.decision import BoundarySearch
 from unionrobust.attacks.linearised import FAB
 from unionrobust.attacks.registry import make_attack
 from unionrobust.attacks.square import Square, meta_patch
@@ -146,3 +147,54 @@ def test_l1_meta_patch_is_sparser_than_l2():
     # ℓ1's bumps put more of their mass on the centre coordinates
     top = lambda p: float(p.abs().flatten().topk(4).values.sum() / p.abs().sum())  # noqa: E731
     assert top(p1) > top(p2)
+
+
+@pytest.mark.parametrize("norm,tol", [("l2", 1.05), ("l1", 1.15)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decision_search_from_noise_closes_in_on_the_exact_minimum(norm, tol, seed, linear_model):
+    """Decisions only (blended-noise start): the median distance within a few per cent of the
+    exact minimum, never below it."""
+    model, x, y, exact = multiclass_setup(linear_model, seed)
+    opt = exact(norm)
+    threat = THREAT[norm](float(opt.min()) / 2)
+    res = BoundarySearch(threat, start="noise", steps=30)(model, x, y)
+    ratio = res.norms / opt
+    assert bool((ratio >= 1 - 1e-6).all()), ratio.tolist()
+    assert float(ratio.median()) <= tol, ratio.tolist()
+    with torch.no_grad():
+        assert bool((model(res.x_min).argmax(1) != y).all())
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_decision_search_counts_only_inside_the_ball(norm, linear_model):
+    model, x, y, exact = multiclass_setup(linear_model, 4)
+    opt = exact(norm)
+    eps = float(opt.median())
+    threat = THREAT[norm](eps)
+    res = BoundarySearch(threat, steps=10)(model, x, y)
+    assert bool(threat.contains(res.x_adv - x, x).all())
+    assert bool(((res.x_adv >= 0) & (res.x_adv <= 1)).all())
+    assert not bool(res.success[opt > eps * (1 + 1e-6)].any())
+    assert bool(res.success[opt < eps / 1.05].all())
+    assert torch.equal(res.x_adv[~res.success], x[~res.success])
+
+
+def test_decision_search_starts_from_the_fab_t_point(linear_model):
+    model, x, y, exact = multiclass_setup(linear_model, 6)
+    opt = exact("l2")
+    res = BoundarySearch(L2(float(opt.min()) / 2), start="fab-t", steps=0)(model, x, y)
+    assert bool((res.norms <= opt * 1.03).all())
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: BoundarySearch(Linf(0.1)), "supports l2, l1"),
+        (lambda: BoundarySearch(L2(1.0), start="boundary"), "start"),
+        (lambda: BoundarySearch(L2(1.0), grad_queries=0), "grad_queries"),
+        (lambda: make_attack("boundary-search", "l1:2", l1_fraction=2.0), "l1_fraction"),
+    ],
+)
+def test_decision_search_bad_parameters_raise(build, match):
+    with pytest.raises(UnionRobustError, match=match):
+        build()

@@ -20,6 +20,7 @@ from torch import nn
 
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
 from unionrobust.attacks.ddn import DDN
+from unionrobust.attacks.decision import BoundarySearch
 from unionrobust.attacks.linearised import FAB, DeepFool, project_hyperplane_box
 from unionrobust.attacks.minnorm import MinNormResult
 from unionrobust.attacks.registry import attack_names, make_attack
@@ -295,6 +296,8 @@ CONTRACT = {
     "square": lambda: Square(Linf(0.05), steps=20, restarts=2),
     "square-l2": lambda: Square(L2(0.5), steps=20, restarts=2),
     "square-l1": lambda: Square(L1(2.0), steps=20, restarts=2),
+    "boundary-search-l2": lambda: BoundarySearch(L2(0.5), steps=3, grad_queries=8, start_steps=3),
+    "boundary-search-l1": lambda: BoundarySearch(L1(2.0), steps=3, grad_queries=8, start="noise"),
 }
 
 

@@ -62,6 +62,9 @@ MEMBER_COUNTER = 1 << 29
 #: worst-of-k rotation-translation draws (+ draw index); was 2**29 = MEMBER_COUNTER, a real
 #: collision (``tests/test_rng.py::test_member_and_spatial_draws_no_longer_collide``)
 SPATIAL_DRAW_COUNTER = 3 << 28
+#: the decision-based boundary search (attacks/decision.py): its blended-noise starts (+ draw)
+#: and its gradient-estimation samples (+ 2**10 + step·2**8 + chunk)
+DECISION_COUNTER = (3 << 28) + (1 << 24)
 #: random starts (+ 4·restart (+ member) for PGD/MSD/DDN, + part for the affine attacks)
 INIT_COUNTER = 1 << 30
 
@@ -72,6 +75,7 @@ COUNTER_RANGES: dict[str, tuple[int, int]] = {
     "transform": (TRANSFORM_COUNTER, MEMBER_COUNTER),
     "member": (MEMBER_COUNTER, MEMBER_COUNTER + (1 << 20)),
     "spatial-draw": (SPATIAL_DRAW_COUNTER, SPATIAL_DRAW_COUNTER + (1 << 20)),
+    "decision": (DECISION_COUNTER, DECISION_COUNTER + (1 << 24)),
     "init": (INIT_COUNTER, 1 << 31),
 }
 

@@ -47,6 +47,7 @@ GRADIENT_FREE_ATTACKS = frozenset(
         "square-l2",
         "ta-square",
         "fb-boundary",
+        "boundary-search",
         "fb-pointwise",
         "boundary",
         "boundary-l2",
