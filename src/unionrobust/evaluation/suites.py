@@ -20,7 +20,13 @@ Named suites (``suite_names()``):
   the margin loss, 1,000 steps with CE), because ℓ1-APGD's sparse search misses points that
   sit within a few hundredths of the decision margin when it stops at 100 steps (issue 8,
   benchmarks/RESULTS.md). The round runs only on the survivors, so its cost grows with the
-  robust accuracy: up to about 3× the first round's on a model that keeps most points.
+  robust accuracy: up to about 3× the first round's on a model that keeps most points. Then
+  the escalation (:data:`ESCALATION`, issue 16), again only on the survivors: always a short
+  Square (1,000 queries); and on evidence of gradient masking — thresholding first-layer
+  filters, or a gradient-free pass that broke a point of that threat — AutoAttack's FAB-T
+  (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1), and for ℓ2/ℓ1 a
+  decision-based boundary search started from a FAB-T point (ℓ∞-trained MNIST models mask
+  the ℓ2/ℓ1 gradients: MSD §5.1, Tramèr & Boneh §4).
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
   sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
@@ -194,6 +200,58 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 
+#: ``standard``'s escalation, after the survivor round and only on the points still robust:
+#: per norm, (tier, registry name, parameters). The "probe" tier always runs (a short Square:
+#: cheap, and a gradient-free pass for the masking check); the "masked" tier — AutoAttack's
+#: FAB-T and Square at its budgets (Square ℓ1 as in "Mind the box"), then the decision-based
+#: search for ℓ2/ℓ1 started from a FAB-T point — runs only on evidence of gradient masking
+#: (:func:`escalation_open`): thresholding first-layer filters, or a gradient-free pass of the
+#: same threat broke a point. The tier is kept in the entry's parameters (``escalate``); the
+#: second Square pass has its own draws (``seed_offset``).
+ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    norm: [
+        ("probe", "square", {"steps": 1000}),
+        ("masked", "fab-t", {"steps": 100, "n_targets": 9, "early_stop": True}),
+        ("masked", "square", {"steps": 5000, "seed_offset": 1}),
+    ]
+    + ([("masked", "boundary-search", {"steps": 20})] if norm != "linf" else [])
+    for norm in ("linf", "l2", "l1")
+}
+
+
+def _escalated(name: str) -> Callable[..., Any]:
+    """A builder running registry attack ``name`` (the ``escalate`` tier is the engine's)."""
+
+    def build(
+        threat: ThreatModel, seed: int, escalate: str = "", seed_offset: int = 0, **kw: Any
+    ) -> Any:
+        return make_attack(name, threat, seed=seed + seed_offset, **kw)
+
+    return build
+
+
+def escalation_tier(entry: SuiteEntry) -> str | None:
+    """The entry's :data:`ESCALATION` tier ("probe", "masked"), None outside the escalation."""
+    return dict(entry.params).get("escalate")
+
+
+def escalation_open(
+    entry: SuiteEntry,
+    earlier: Sequence[tuple[SuiteEntry, bool]],
+    filters: int,
+    gradient_free: Callable[[str], bool],
+) -> bool:
+    """Whether ``entry`` runs: outside the "masked" tier always; in it, when the model has
+    ``filters`` > 0 thresholding first-layer filters or an ``earlier`` gradient-free entry of
+    the same threat broke a point (``earlier``: (entry, broke anything) pairs)."""
+    if escalation_tier(entry) != "masked" or filters > 0:
+        return True
+    return any(
+        broke and e.threat_index == entry.threat_index and gradient_free(e.attack)
+        for e, broke in earlier
+    )
+
+
 def _standard(threats: Union) -> list[SuiteEntry]:
     """AutoAttack 'standard' budgets for its APGD attacks: ℓ∞/ℓ2 one restart of APGD-CE and
     9 target classes for APGD-T; ℓ1 five restarts and 5 target classes, each pass with the
@@ -219,6 +277,8 @@ def _standard(threats: Union) -> list[SuiteEntry]:
         )
         for offset, (name, params) in enumerate(SURVIVOR_ROUND["l1" if l1 else "other"], start=1):
             out.append(_entry(i, name, _apgd, seed_offset=offset, **params, **extra))
+        for tier, name, params in ESCALATION.get(t.name, []):
+            out.append(_entry(i, name, _escalated(name), escalate=tier, **params))
     return out
 
 
