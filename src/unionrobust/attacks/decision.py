@@ -38,7 +38,7 @@ import torch
 
 from unionrobust.attacks.base import forward, misclassified
 from unionrobust.attacks.linearised import FAB
-from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker
+from unionrobust.attacks.minnorm import MinNormAttack, MinNormTracker, line_search
 from unionrobust.errors import check_choice, check_fraction, check_int
 from unionrobust.geometry.batch import rows as _rows
 from unionrobust.geometry.projections import project_l1
@@ -120,19 +120,11 @@ class BoundarySearch(MinNormAttack):
         return _rows(lam, delta) * delta
 
     def _boundary(self, model, x, y, x_adv, sub: MinNormTracker) -> torch.Tensor:
-        """Bisection for the smallest misclassified shrink of ``x_adv − x`` (``x_adv``
-        misclassified): the adversarial end, folded into ``sub``."""
-        delta = x_adv - x
-        lo = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        hi = torch.ones_like(lo)
-        for _ in range(self.binary_steps):
-            mid = (lo + hi) / 2
-            cand = (x + self._shrink(delta, mid)).clamp(0.0, 1.0)
-            broken = misclassified(forward(model, cand, self.amp), y)
-            sub.update(cand, broken)
-            hi = torch.where(broken, mid, hi)
-            lo = torch.where(broken, lo, mid)
-        return (x + self._shrink(delta, hi)).clamp(0.0, 1.0)
+        """The boundary bisection (2.) from the misclassified ``x_adv``: its adversarial end,
+        every probe folded into ``sub``."""
+        return line_search(
+            model, x, y, sub, self.binary_steps, self.amp, start=x_adv, shrink=self._shrink
+        )
 
     def _normal(self, model, y, x_b, rho, rand: KeyedRandom, t: int) -> torch.Tensor:
         """Unit estimate of the boundary's normal at ``x_b`` (towards misclassification) from

@@ -18,6 +18,7 @@ a :class:`MinNormResult` holding both
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -104,21 +105,29 @@ def line_search(
     tracker: MinNormTracker,
     steps: int,
     amp: bool = False,
-) -> None:
-    """Bisection on λ ∈ [0, 1] for the smallest λ with x + λ(x_min − x) misclassified (the box is
-    convex, so every point of the segment is a valid image; the ℓp norm scales with λ)."""
-    if steps <= 0:
-        return
-    delta = tracker.best - x
+    start: torch.Tensor | None = None,
+    shrink: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Bisection on λ ∈ [0, 1] for the smallest λ with x + S(δ, λ) misclassified, δ =
+    ``start`` − x (default: the tracker's best), S = ``shrink`` (default λδ: the box is convex,
+    so every point of the segment is a valid image; the ℓp norm scales with λ). Every
+    misclassified probe is folded into ``tracker``; returns the adversarial end x + S(δ, hi)."""
+    delta = (tracker.best if start is None else start) - x
+    if shrink is None:
+
+        def shrink(d: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+            return _rows(lam, d) * d
+
     lo = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     hi = torch.ones_like(lo)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        cand = (x + _rows(mid, x) * delta).clamp(0.0, 1.0)
+        cand = (x + shrink(delta, mid)).clamp(0.0, 1.0)
         broken = misclassified(forward(model, cand, amp), y)
         tracker.update(cand, broken)
         hi = torch.where(broken, mid, hi)
         lo = torch.where(broken, lo, mid)
+    return (x + shrink(delta, hi)).clamp(0.0, 1.0)
 
 
 class MinNormAttack(Attack):
