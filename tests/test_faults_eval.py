@@ -371,14 +371,14 @@ def test_model_and_data_loaders_are_library_functions(tmp_path):
     x, _, classes = ur.load_data("mnist-embedded", "test", n=30)
     assert x.shape == (30, 1, 28, 28) and classes == 10
     with pytest.raises(UnionRobustError, match="untrained=True"):
-        ur.get_model("small-cnn", num_classes=10)
-    model = ur.get_model("small-cnn", untrained=True, num_classes=10)
+        ur.load_model("small-cnn", num_classes=10)
+    model = ur.load_model("small-cnn", untrained=True, num_classes=10)
     path = tmp_path / "w.safetensors"
     ur.save_weights(model, path)
-    again = ur.get_model("small-cnn", weights=path)
+    again = ur.load_model("small-cnn", weights=path)
     assert torch.equal(again(x[:2]), model.eval()(x[:2]))
     src = _module_file(tmp_path, "def build():\n    return nn.Linear(2, 2)\n")
-    assert isinstance(ur.get_model(module=f"{src}:build"), nn.Linear)
+    assert isinstance(ur.load_model(module=f"{src}:build"), nn.Linear)
 
 
 def test_locked_folder_is_reentrant_in_one_process_only_through_locked_folder(tmp_path):

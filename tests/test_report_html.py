@@ -65,10 +65,11 @@ def test_reports_hold_every_section(setup, tmp_path):
         assert "Diagnostics" in text and "gradient masking linf:0.1" in text
         assert "CIFAR-10-C" in text and "37.5%" in text
         assert "Robustness curves" in text and _pct(curves[-1].accuracy[-1]) in text
-    # MSD Tables 3-4 "alone" column: accuracy against fgsm alone, every point attacked
-    e = [d["attack"] for d in report.entries].index("fgsm")
+    # MSD Tables 3-4 "alone" column: accuracy against fgsm alone, every point attacked; the
+    # row is named by the entry's key, as in verdicts.csv
+    e = report.entry_keys.index("fgsm@linf:0.1")
     alone = int((report.clean_correct & ~report.broken[:, e]).sum()) / report.n_examples
-    assert re.search(rf"\| linf:0.1 +\| +fgsm \| +{re.escape(_pct(alone))} \|", md)
+    assert re.search(rf"\| linf:0.1 +\| +fgsm@linf:0.1 \| +{re.escape(_pct(alone))} \|", md)
     assert "![filters.png](filters.png)" in md and "![curves.png](curves.png)" in md
     # self-contained: no external resources, pictures embedded and decodable
     assert not re.search(r'(src|href)="(?!data:)', page)

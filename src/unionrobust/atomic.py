@@ -83,3 +83,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     if not isinstance(text, str):
         raise TypeError(f"atomic_write_text needs str, got {type(text).__name__}")
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line (a newline is added) to ``path`` durably: flush and ``os.fsync`` before
+    returning, so after a kill the file holds every finished line and at most one cut last
+    line (append-only logs: the verdict log, the training log)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -122,14 +122,21 @@ def check_int(name: str, value: object, low: int | None = None) -> int:
     return out
 
 
-def check_number(name: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
-    """``value`` as a float in [``low``, ``high``] (NaN never passes; ±inf only if a bound is
-    infinite and included); bool and non-numbers raise."""
+def check_number(
+    name: str,
+    value: object,
+    low: float = -math.inf,
+    high: float = math.inf,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a float in [``low``, ``high``] (``[low, high)`` with ``high_open``; NaN never
+    passes; ±inf only if a bound is infinite and included); bool and non-numbers raise."""
     v = _as_float(name, value, "a number")
     if math.isnan(v):
         raise UnionRobustError(f"{name} must be a number, got {value!r}")
-    if not low <= v <= high:
-        raise UnionRobustError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
+    if not (low <= v < high if high_open else low <= v <= high):
+        right = ")" if high_open else "]"
+        raise UnionRobustError(f"{name} must lie in [{low:g}, {high:g}{right}, got {value!r}")
     return v
 
 

@@ -24,7 +24,13 @@ from unionrobust.attacks.base import (
     run_restarts,
 )
 from unionrobust.attacks.best import BestTracker
-from unionrobust.errors import UnionRobustError, check_int, check_positive, unknown_name
+from unionrobust.errors import (
+    UnionRobustError,
+    check_finite,
+    check_int,
+    check_positive,
+    unknown_name,
+)
 from unionrobust.losses import get_loss
 from unionrobust.rng import INIT_COUNTER, KeyedRandom
 from unionrobust.threats import L1, ThreatModel, Union, single_threat
@@ -97,9 +103,7 @@ class PGD(Attack):
         self.alpha = (
             threat.default_alpha(self.steps) if alpha is None else check_positive("alpha", alpha)
         )
-        if not float(momentum) >= 0:
-            raise UnionRobustError(f"momentum must be >= 0, got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = check_finite("momentum", momentum, 0.0)
 
     def _run(
         self,

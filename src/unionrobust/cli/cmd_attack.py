@@ -13,13 +13,14 @@ from unionrobust.cli.common import (
 )
 from unionrobust.errors import unknown_name
 from unionrobust.evaluation.attack_report import (
-    ADVERSARIAL_NAME,
+    ATTACK_FILES,
     AttackReport,
     attack_report,
     union_attack,
     write_attack_outputs,
 )
-from unionrobust.outdir import locked_folder, refuse_existing
+from unionrobust.outdir import owned_folder
+from unionrobust.reporting.tables import check_notes
 from unionrobust.threats import parse
 
 HELP = "run one attack against a union of threat models and save the adversarial examples"
@@ -80,13 +81,7 @@ def run(args: argparse.Namespace) -> int:
     batch_size = int_arg(args.batch_size, "--batch-size", 1)
     seed = int_arg(args.seed, "--seed", 0)
     union_attack(args.attack, threats, steps, restarts, seed)  # bad options fail before loading
-    with locked_folder(args.out):  # every output path is checked before the attack runs
-        if not args.overwrite:
-            refuse_existing(
-                args.out,
-                ("report.json", ADVERSARIAL_NAME),
-                "replace it with --overwrite or choose another --out",
-            )
+    with owned_folder(args.out, ATTACK_FILES, args.overwrite):  # checked before the attack
         model, x, y, device, meta = load_model_and_data(args, require_weights=True)
         report = attack_report(
             model,
@@ -104,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_attack(report))
         if args.out:
-            json_path, adv_path = write_attack_outputs(report, args.out)
+            json_path, adv_path = write_attack_outputs(report, args.out, args.overwrite)
             print(f"wrote {json_path} and {adv_path}")
     return 0
 
@@ -127,8 +122,4 @@ def format_attack(report: AttackReport) -> str:
     if len(report.threats) > 1:
         by = d["successes_by_threat"]
         lines.append("successes by threat: " + ", ".join(f"{k} {v}" for k, v in by.items()))
-    if report.rejected:
-        lines.append(f"rejected by the re-check: {report.rejected}")
-    if report.nonfinite:
-        lines.append(f"non-finite logits (counted as misclassified): {report.nonfinite}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *check_notes(report.rejected, report.nonfinite)])

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unionrobust.attacks.registry import attack_names
 from unionrobust.cli.common import (
     DEFAULT_THREATS,
     add_model_data_arguments,
     int_arg,
     load_model_and_data,
-    write_report,
 )
-from unionrobust.errors import UnionRobustError, unknown_name
-from unionrobust.evaluation import evaluate, get_suite, multirobust
-from unionrobust.evaluation.corruptions import corruption_accuracy
-from unionrobust.evaluation.curves import union_curve
+from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation import evaluate, get_suite
+from unionrobust.evaluation.extras import Extras, run_extras
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.verdicts import check_out_dir
 from unionrobust.models import model_names
-from unionrobust.outdir import locked_folder, writing
+from unionrobust.outdir import check_folder_name, locked_folder
 from unionrobust.reporting import format_report, write_reports
 from unionrobust.reporting.markdown import format_corruptions, format_curve, format_multirobust
 from unionrobust.threats import Union, parse
@@ -176,36 +171,25 @@ def _add_extra_arguments(e: argparse._ArgumentGroup) -> None:
     )
 
 
-@dataclass
-class _Options:
-    """The parsed and checked options of one ``eval`` run (all checked before any loading)."""
-
-    threats: Union
-    scales: list[float] | None
-    batch_size: int
-    seed: int
-    mrb_grid: Any = None
-    mrb_reference: Any = None
-
-
-def _options(args: argparse.Namespace) -> _Options:
+def _options(args: argparse.Namespace) -> tuple[Union, Extras, int, int]:
+    """(threats, extras, batch size, seed): every option checked before anything is loaded."""
     if args.resume and not args.out:
         raise UnionRobustError("--resume needs --out DIR (the folder of the run to continue)")
+    if args.out is not None:
+        check_folder_name(args.out)
     threats = parse(args.threats)
     get_suite(args.suite, threats)  # bad suite names fail before any loading
-    scales = None if args.curves is None else parse_scales(args.curves)
-    if scales is not None and args.curve_attack not in attack_names():
-        raise unknown_name("attack", args.curve_attack, attack_names())
-    batch_size = int_arg(args.batch_size, "--batch-size", 1)
-    opts = _Options(threats, scales, batch_size, int_arg(args.seed, "--seed", 0))
-    if args.mrb_grid is not None:
-        every = int_arg(args.mrb_every, "--mrb-every", 1)
-        opts.mrb_grid = multirobust.mrb_grid(args.mrb_grid, every)
-        if args.mrb_reference:
-            opts.mrb_reference = multirobust.load_reference(args.mrb_reference)
-    elif args.mrb_reference:
-        raise UnionRobustError("--mrb-reference needs --mrb-grid NAME (e.g. cifar10)")
-    return opts
+    extras = Extras(
+        scales=None if args.curves is None else parse_scales(args.curves),
+        curve_attack=args.curve_attack,
+        cifar10c=args.cifar10c,
+        mrb_grid=args.mrb_grid,
+        mrb_every=int_arg(args.mrb_every, "--mrb-every", 1),
+        mrb_reference=args.mrb_reference,
+    )
+    seed = int_arg(args.seed, "--seed", 0)
+    extras.check(threats, seed)
+    return threats, extras, int_arg(args.batch_size, "--batch-size", 1), seed
 
 
 def _warn(report: EvaluationReport) -> None:
@@ -225,75 +209,40 @@ def _warn(report: EvaluationReport) -> None:
         )
 
 
-def _extras(
-    args: argparse.Namespace, opts: _Options, model: Any, x: Any, y: Any, device: Any
-) -> dict[str, Any]:
-    """The optional measurements (curves, corruptions, MultiRobustBench), printed as they come."""
-    out: dict[str, Any] = {"curves": None, "corruptions": None, "multirobust": None}
-    if opts.scales is not None:
-        out["curves"] = union_curve(
-            model, x, y, opts.threats, opts.scales, args.curve_attack, seed=opts.seed,
-            batch_size=opts.batch_size,
-        )  # fmt: skip
-        for c in out["curves"]:
+def _show(name: str, value: Any) -> None:
+    """Print one optional measurement as it finishes."""
+    if name == "curves":
+        for c in value:
             print("\n" + format_curve(c))
-    if args.cifar10c:
-        n = None if args.n is None else int_arg(args.n, "--n", 1)
-        out["corruptions"] = corruption_accuracy(
-            model, args.cifar10c, n=n, batch_size=opts.batch_size
-        )
-        print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(out["corruptions"]))
-    if opts.mrb_grid is not None:
-        mrb = multirobust.multirobust_evaluation(
-            model, x, y, opts.mrb_grid, opts.mrb_reference, suite=args.suite,
-            batch_size=opts.batch_size, seed=opts.seed, device=device,
-            progress=not args.no_progress,
-        )  # fmt: skip
-        out["multirobust"] = mrb
-        print("\nMultiRobustBench grid (accuracy in %)\n\n" + "\n\n".join(format_multirobust(mrb)))
-    return out
-
-
-def _write(out_dir: str, report: EvaluationReport, model: Any, extras: dict[str, Any]) -> None:
-    """report.md/.html (and the grid's numbers added to report.json) into ``out_dir``."""
-    with writing(out_dir):
-        if extras["multirobust"] is not None:  # report.json (by evaluate) gains the grid
-            path = Path(out_dir) / "report.json"
-            write_report(
-                out_dir, {**json.loads(path.read_text()), "multirobustbench": extras["multirobust"]}
-            )
-        written = write_reports(out_dir, report, model=model, **extras)
-    names = ["report.json", "verdicts.csv", *written]
-    print(f"\nwrote {', '.join(str(Path(out_dir) / n) for n in names)}")
+    elif name == "corruptions":
+        print("\nCIFAR-10-C accuracy\n\n" + format_corruptions(value))
+    else:
+        tables = "\n\n".join(format_multirobust(value))
+        print("\nMultiRobustBench grid (accuracy in %)\n\n" + tables)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.model == "list":
         print("\n".join(model_names()))
         return 0
-    opts = _options(args)
+    threats, extras, batch_size, seed = _options(args)
     with locked_folder(args.out):  # held until the last report file is written
         check_out_dir(args.out, args.resume, args.overwrite)
         model, x, y, device, meta = load_model_and_data(args, require_weights=True)
         report = evaluate(
-            model,
-            x,
-            y,
-            threats=opts.threats,
-            suite=args.suite,
-            batch_size=opts.batch_size,
-            out_dir=args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            seed=opts.seed,
-            device=device,
-            progress=not args.no_progress,
-            meta=meta,
-            union_only=args.union_only,
-        )
+            model, x, y, threats=threats, suite=args.suite, batch_size=batch_size,
+            out_dir=args.out, resume=args.resume, overwrite=args.overwrite, seed=seed,
+            device=device, progress=not args.no_progress, meta=meta, union_only=args.union_only,
+        )  # fmt: skip
         print(format_report(report, args.format))
         _warn(report)
-        extras = _extras(args, opts, model, x, y, device)
+        measured = run_extras(
+            model, x, y, threats, extras, suite=args.suite, n=None if args.n is None else len(x),
+            seed=seed, batch_size=batch_size, device=device, progress=not args.no_progress,
+            show=_show,
+        )  # fmt: skip
         if args.out:
-            _write(args.out, report, model, extras)
+            written = write_reports(args.out, report, model=model, **measured)
+            names = ["report.json", "verdicts.csv", *written]
+            print(f"\nwrote {', '.join(str(Path(args.out) / n) for n in dict.fromkeys(names))}")
     return 0

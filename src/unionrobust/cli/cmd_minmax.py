@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from unionrobust.attacks.domains import ModelEnsemble, TransformDomains, UniversalGroups
+from unionrobust.attacks.minmax import DomainMinMax
 from unionrobust.attacks.transforms import make_transforms
 from unionrobust.cli.common import (
     add_model_data_arguments,
     int_arg,
     load_model_and_data,
-    write_report,
+    write_command_report,
 )
 from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError, check_number, unknown_name
@@ -23,6 +25,7 @@ from unionrobust.evaluation.minmax import (
     run_minmax,
 )
 from unionrobust.models import build_model, load_weights, model_names
+from unionrobust.outdir import owned_folder, writing
 from unionrobust.reporting.plots import plot_weights
 from unionrobust.reporting.tables import format_table
 from unionrobust.threats import parse
@@ -68,6 +71,7 @@ def add_attack_arguments(a: argparse._ArgumentGroup, steps: str = "50") -> None:
         "--start", default="zero", choices=("zero", "random"), help="start (default: zero)"
     )
     a.add_argument("--out", metavar="DIR", help="write report.json (and plots) to DIR")
+    a.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,10 +151,13 @@ def build_domains(args):
     return TransformDomains(model, ts), x, y, device
 
 
-def run(args: argparse.Namespace) -> int:
-    domains, x, y, device = build_domains(args)
-    threat = parse(args.threat)
-    options = dict(
+#: the files of a min-max run in --out
+RUN_FILES = ("report.json", "weights.png")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The attack options shared by every weighting, checked before anything is loaded."""
+    return dict(
         steps=int_arg(args.steps, "--steps", 1),
         alpha=None if args.alpha is None else check_number("--alpha", args.alpha),
         w_lr=check_number("--w-lr", args.w_lr),
@@ -158,40 +165,57 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss,
         kappa=check_number("--kappa", args.kappa),
         start=args.start,
-        seed=int_arg(args.seed, "--seed"),
+        seed=int_arg(args.seed, "--seed", 0),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    threat = parse(args.threat)
+    options = _options(args)
     weightings: dict = dict(DEFAULT_WEIGHTINGS)
     if args.fixed_weights:
         weightings["fixed"] = [
             check_number("--fixed-weights", v) for v in args.fixed_weights.split(",")
         ]
+    for weights in weightings.values():  # bad options fail before loading
+        DomainMinMax(threat, weights=weights, **options)
     batch = int_arg(args.batch_size, "--batch-size", 1)
-    progress = not args.no_progress
-    results = run_minmax(domains, x, y, threat, weightings, batch, device, progress, **options)
-    print(
-        f"{args.mode} min-max attack, {threat.spec}, {x.shape[0]} inputs, "
-        f"{options['steps']} steps (metrics in %)"
-    )
-    print(format_table(*minmax_table(results)))
-    mean_w = results["minmax"].weights.double().mean(0).tolist()
-    print(
-        "mean final weights: "
-        + ", ".join(f"{lab}={w:.3f}" for lab, w in zip(domains.labels, mean_w, strict=True))
-    )
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        report = {
-            "mode": args.mode,
-            "threat": threat.spec,
-            "settings": options,
-            "n_inputs": int(x.shape[0]),
-            **minmax_report(results),
-        }
-        write_report(out, report)
-        try:
-            plot_weights(results["minmax"], out / "weights.png", f"{args.mode}: {threat.spec}")
-        except UnionRobustError as err:
-            print(f"(no plot: {err})")
-        print(f"wrote {out / 'report.json'}")
+    with owned_folder(args.out, RUN_FILES, args.overwrite):
+        domains, x, y, device = build_domains(args)
+        progress = not args.no_progress
+        results = run_minmax(domains, x, y, threat, weightings, batch, device, progress, **options)
+        print(format_minmax(args.mode, threat.spec, int(x.shape[0]), options, domains, results))
+        if args.out:
+            report = {
+                "mode": args.mode,
+                "threat": threat.spec,
+                "settings": options,
+                "n_inputs": int(x.shape[0]),
+                **minmax_report(results),
+            }
+            _write(Path(args.out), report, results, f"{args.mode}: {threat.spec}", args.overwrite)
     return 0
+
+
+def format_minmax(mode, spec, n, options, domains, results) -> str:
+    """The screen summary: the table of weightings and the learned run's mean final weights."""
+    mean_w = results["minmax"].weights.double().mean(0).tolist()
+    pairs = zip(domains.labels, mean_w, strict=True)
+    return "\n".join(
+        [
+            f"{mode} min-max attack, {spec}, {n} inputs, {options['steps']} steps (metrics in %)",
+            format_table(*minmax_table(results)),
+            "mean final weights: " + ", ".join(f"{lab}={w:.3f}" for lab, w in pairs),
+        ]
+    )
+
+
+def _write(out: Path, report: dict, results: dict, title: str, overwrite: bool) -> None:
+    """report.json and weights.png (no plot without matplotlib: said, not an error)."""
+    path = write_command_report(out, report, overwrite, RUN_FILES)
+    try:
+        with writing(out):
+            plot_weights(results["minmax"], out / "weights.png", title)
+    except UnionRobustError as err:
+        print(f"(no plot: {err})")
+    print(f"wrote {path}")

@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from unionrobust.errors import UnionRobustError
+from unionrobust.evaluation.mode import EvaluationMode
 from unionrobust.training.config import builtin_configs, load_config, read_config_dict
 from unionrobust.training.distributed import shutdown
+from unionrobust.training.holdout import holdout_mode
 from unionrobust.training.trainer import Trainer
 
 HELP = "train a model (MSD, MAX, AVG, SAT, E-AT, min-max, ...) from a YAML config"
@@ -67,23 +69,30 @@ def resolve_config(args: argparse.Namespace):
     return load_config(config, overrides)
 
 
-def strength_note(suite: str) -> str:
-    """How to read held-out robust accuracies measured with ``suite``: only the named strong
-    suites give strict figures; anything else (the configs' default ``quick``: PGD-20) is an
-    upper bound, and says so."""
-    if suite in ("standard", "full"):
-        return f"suite {suite}"
-    return f"suite {suite}: upper bounds; evaluate best.safetensors with --suite standard"
+def strength_note(suite: str, mode: EvaluationMode = EvaluationMode.PER_THREAT) -> str:
+    """How to read held-out robust accuracies measured with ``suite`` in ``mode``, as
+    :meth:`EvaluationMode.upper_bounds` says: a suite weaker than ``standard`` (the configs'
+    default ``quick``: PGD-20) gives upper bounds only; union-only mode bounds the average."""
+    bounds = mode.upper_bounds(suite)
+    if "union" in bounds:
+        return f"suite {suite}: upper bounds; evaluate best.safetensors with --suite standard"
+    if bounds:
+        return f"suite {suite}, {mode.value} mode: ≤ marks upper bounds"
+    return f"suite {suite}"
 
 
-def report(result, suite: str = "quick") -> None:
+def report(result, suite: str = "quick", mode: EvaluationMode = EvaluationMode.PER_THREAT) -> None:
     last = result.history[-1] if result.history else {}
-    keys = ["clean_acc", "union_acc", "average_acc"]
-    shown = ", ".join(f"{k[:-4]} {last[k]:.1%}" for k in keys if k in last)
+    figures = {"clean_acc": None, "union_acc": "union", "average_acc": "average"}
+    shown = ", ".join(
+        f"{k[:-4]} {mode.mark(f, suite) if f else ''}{last[k]:.1%}"
+        for k, f in figures.items()
+        if k in last
+    )
     print(
         f"trained {result.epochs} epochs ({result.steps} steps, "
         f"{result.time_per_epoch:.1f} s/epoch)"
-        + (f"; held-out: {shown} ({strength_note(suite)})" if shown else "")
+        + (f"; held-out: {shown} ({strength_note(suite, mode)})" if shown else "")
     )
     if result.best:
         print(
@@ -105,7 +114,7 @@ def fit_and_report(cfg, out: str, resume: bool) -> int:
     finally:
         shutdown(trainer.ctx)
     if trainer.ctx.is_main:
-        report(result, str(cfg.eval.suite))
+        report(result, str(cfg.eval.suite).strip(), holdout_mode(cfg.eval))
     return 0
 
 

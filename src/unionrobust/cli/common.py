@@ -1,11 +1,10 @@
 """What the commands that run a model on data share: their arguments and how they resolve
-(through :func:`unionrobust.models.get_model` and :func:`unionrobust.data.load_data`)."""
+(through :func:`unionrobust.models.load_model` and :func:`unionrobust.data.load_data`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ from unionrobust.data import load_data
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.inputs import resolve_device
 from unionrobust.evaluation.verdicts import write_json
-from unionrobust.models import get_model, load_model
-from unionrobust.models.loader import check_model_request
+from unionrobust.models import load_model
 from unionrobust.models.robustbench import is_robustbench_name
+from unionrobust.outdir import clear_run, writing
 
 DEFAULT_THREATS = "linf:0.3, l2:2, l1:10"
 
@@ -124,8 +123,7 @@ def load_model_and_data(args: argparse.Namespace, require_weights: bool = False)
         )
         untrained = True
     x, y, num_classes = load_data(args.data, args.split, args.root, n)
-    check_model_request(args.model, args.weights, module=args.model_module, untrained=untrained)
-    model = get_model(
+    model = load_model(
         args.model,
         args.weights,
         module=args.model_module,
@@ -173,17 +171,28 @@ def _on_device(args: argparse.Namespace, model: torch.nn.Module, x, y):
     return model, x, y, device, meta
 
 
-def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
-    """Write ``report`` atomically as ``OUT_DIR/report.json`` (folder created); return the path."""
-    return write_json(Path(out_dir) / "report.json", report)
+#: the files of a command whose run is one report.json (affine, spatial)
+REPORT_FILES = ("report.json",)
 
 
-def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(start, xb, yb, ids)`` over consecutive batches moved to ``device``; ``ids`` are the
-    examples' positions in ``x`` (attack example ids: results do not depend on batching)."""
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size].to(device)
-        yb = y[start : start + batch_size].to(device)
-        yield start, xb, yb, torch.arange(start, start + xb.shape[0], device=device)
+def add_out_arguments(group: argparse._ArgumentGroup, what: str) -> None:
+    """--out DIR (``what`` it writes), --overwrite and --no-progress."""
+    group.add_argument("--out", metavar="DIR", help=what)
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out"
+    )
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def write_command_report(
+    out_dir: str | Path,
+    report: dict[str, Any],
+    overwrite: bool,
+    names: tuple[str, ...] = REPORT_FILES,
+) -> Path:
+    """Write ``report`` atomically as ``OUT_DIR/report.json``; with ``overwrite`` the earlier
+    run's files ``names`` are removed first. Return the path."""
+    with writing(out_dir):
+        if overwrite:
+            clear_run(out_dir, names)
+        return write_json(Path(out_dir) / "report.json", report)

@@ -7,12 +7,14 @@ from unionrobust.evaluation.curves import RobustnessCurve, robustness_curve, uni
 from unionrobust.evaluation.diagnostics import gradient_masking, run_diagnostics
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.metrics import wilson_interval
+from unionrobust.evaluation.mode import EvaluationMode
 from unionrobust.evaluation.multirobust import competitiveness_ratio, multirobust_evaluation
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import Suite, SuiteEntry, get_suite, suite_names
 
 __all__ = [
     "AttackReport",
+    "EvaluationMode",
     "EvaluationReport",
     "RobustnessCurve",
     "Suite",

@@ -23,15 +23,17 @@ from unionrobust._version import __version__
 from unionrobust.atomic import atomic_path
 from unionrobust.attacks.base import Attack
 from unionrobust.attacks.registry import make_attack
-from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import clean_verdicts, recheck
-from unionrobust.evaluation.inputs import as_tensors, chunks, device_for, progress_bar
+from unionrobust.errors import check_int
+from unionrobust.evaluation.checks import checked_attack, clean_batches, rejected
+from unionrobust.evaluation.inputs import device_for, progress_bar, read_examples
 from unionrobust.evaluation.metrics import proportion
 from unionrobust.evaluation.verdicts import write_json
-from unionrobust.outdir import writing
+from unionrobust.outdir import clear_run, writing
 from unionrobust.threats import ThreatModel, Union, parse
 
 ADVERSARIAL_NAME = "adversarial.safetensors"
+#: the files of an attack run in its folder
+ATTACK_FILES = ("report.json", ADVERSARIAL_NAME)
 
 
 @dataclass
@@ -98,6 +100,11 @@ class AttackReport:
         }
 
 
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask`` (B,) shaped to broadcast over the batch ``like``."""
+    return mask.reshape(-1, *[1] * (like.dim() - 1))
+
+
 def union_attack(
     name: str,
     threats: str | ThreatModel | Union,
@@ -135,39 +142,32 @@ def attack_report(
     ``seed`` — MSD searches all balls at once, any other attack runs per member, worst case
     kept — or an :class:`Attack`) on every example; data as for :func:`evaluate`."""
     union = parse(threats)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int("batch size", batch_size, 1)
     if isinstance(attack, str):
         name, atk = attack, union_attack(attack, union, steps, restarts, seed)
     else:
         name, atk = type(attack).__name__, attack
     dev = device_for(model, device)
-    x, y = as_tensors(x_or_dataset, y, n)
+    x, y = read_examples(x_or_dataset, y, n)
     count = x.shape[0]
     x_adv = x.clone()
     clean_ok = torch.zeros(count, dtype=torch.bool)
     success = torch.zeros(count, dtype=torch.bool)
     which = torch.full((count,), -1, dtype=torch.int64)
-    rejected = nonfinite = 0
+    n_rejected = nonfinite = 0
     t0 = time.perf_counter()
     with progress_bar(count, name, progress) as bar:
-        for idx in chunks(torch.arange(count), batch_size):
-            xb, yb, ids = x[idx].to(dev), y[idx].to(dev), idx.to(dev)
-            correct, bad = clean_verdicts(model, xb, yb)
-            result = atk(model, xb, yb, example_ids=ids)
-            broken, _ = recheck(model, union, xb, yb, result.x_adv)
-            claimed = result.success.to(broken.device).bool()
-            keep = broken | ~claimed  # refuse claimed successes that fail the re-check
-            xa = torch.where(keep.reshape(-1, *[1] * (xb.dim() - 1)), result.x_adv.clamp(0, 1), xb)
+        for idx, xb, yb, correct, bad in clean_batches(model, x, y, batch_size, dev, bar):
+            result, broken, _ = checked_attack(model, atk, union, xb, yb, idx.to(dev))
+            refused = rejected(result, broken)
+            xa = torch.where(_rows(refused, xb), xb, result.x_adv.clamp(0, 1))
             x_adv[idx] = xa.cpu()
             clean_ok[idx] = correct.cpu()
             success[idx] = broken.cpu()
-            rejected += int((~keep).sum())
-            nonfinite += int(bad.sum())
+            n_rejected += int(refused.sum())
+            nonfinite += bad
             if result.threat_index is not None:
                 which[idx] = torch.where(broken, result.threat_index, -1).cpu()
-            if bar is not None:
-                bar.update(idx.numel())
     return AttackReport(
         attack=name,
         threats=[m.spec for m in union],
@@ -177,7 +177,7 @@ def attack_report(
         clean_correct=clean_ok,
         success=success,
         threat_index=which,
-        rejected=rejected,
+        rejected=n_rejected,
         nonfinite=nonfinite,
         seconds=time.perf_counter() - t0,
         steps=steps,
@@ -186,10 +186,15 @@ def attack_report(
     )
 
 
-def write_attack_outputs(report: AttackReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """report.json and adversarial.safetensors in ``out_dir``, each written atomically."""
+def write_attack_outputs(
+    report: AttackReport, out_dir: str | os.PathLike, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """report.json and adversarial.safetensors in ``out_dir``, each written atomically; with
+    ``overwrite`` an earlier run's files are removed first (never a mix of two runs)."""
     out = Path(out_dir)
     with writing(out):
+        if overwrite:
+            clear_run(out, ATTACK_FILES)
         path = out / ADVERSARIAL_NAME
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in report.tensors().items()}, tmp)

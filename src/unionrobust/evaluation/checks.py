@@ -9,11 +9,15 @@ not correct (and is counted); a non-finite row at an adversarial point counts as
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import torch
 from torch import nn
 
 from unionrobust.attacks.base import frozen_model, misclassified
 from unionrobust.errors import UnionRobustError, check_labels, check_logits
+from unionrobust.evaluation.inputs import chunks
 from unionrobust.threats import DEFAULT_TOL, ThreatModel, Union
 
 
@@ -69,11 +73,12 @@ def predicts_wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 def recheck(
     model: nn.Module,
-    threat: ThreatModel | Union,
+    threat: ThreatModel | Union | None,
     x: torch.Tensor,
     y: torch.Tensor,
     x_adv: torch.Tensor,
     tol: float = DEFAULT_TOL,
+    inside: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Independently verify an attack's output: (broken (B,), norm (B,) float64).
 
@@ -81,7 +86,10 @@ def recheck(
     ``x_adv`` in [0, 1] (both up to the threat's float tolerance), and the model misclassifies
     ``x_adv`` clamped to [0, 1] (so the point judged is a valid image) or returns non-finite
     logits there (a broken output is never robust). For a :class:`Union` "inside" means inside
-    some member's ball, and the norm is NaN (no single norm applies).
+    some member's ball, and the norm is NaN (no single norm applies). ``inside``: the
+    membership mask, computed by the caller where it needs the attack's record (a
+    transformation's parameters, an affine decomposition); ``threat`` is then unused and the
+    norm NaN.
     """
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         shape = getattr(x_adv, "shape", None)
@@ -90,9 +98,55 @@ def recheck(
     finite_el = torch.isfinite(xa)
     finite = finite_el.reshape(xa.shape[0], -1).all(dim=1)
     xa = torch.where(finite_el, xa, x)
-    inside = threat.contains(xa - x, x, tol) & finite
+    given = inside is not None
+    member = inside.to(finite.device).bool() if given else threat.contains(xa - x, x, tol)
     xc = xa.clamp(0.0, 1.0)
-    broken = inside & predicts_wrong(model, xc, y)
-    if isinstance(threat, Union):
+    broken = member & finite & predicts_wrong(model, xc, y)
+    if given or isinstance(threat, Union):
         return broken, torch.full(broken.shape, float("nan"), dtype=torch.float64)
     return broken, threat.norm(xc - x).double()
+
+
+def clean_batches(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    bar: Any = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """``(idx, xb, yb, correct, nonfinite)`` over consecutive batches of ``x`` (host), each
+    moved to ``device`` and judged by :func:`clean_verdicts` (a batch of only non-finite logits
+    is an error); ``idx`` are the examples' positions, which key the attacks' randomness.
+    ``bar`` (a progress bar or None) advances after each batch is used."""
+    for idx in chunks(torch.arange(x.shape[0]), batch_size):
+        xb = x[idx].to(device, non_blocking=True)
+        yb = y[idx].to(device, non_blocking=True)
+        correct, bad = clean_verdicts(model, xb, yb)
+        yield idx, xb, yb, correct, int(bad.sum())
+        if bar is not None:
+            bar.update(idx.numel())
+
+
+def checked_attack(
+    model: nn.Module,
+    attack: Callable[..., Any],
+    threat: ThreatModel | Union | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    example_ids: torch.Tensor,
+    inside: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Run ``attack`` on one batch and re-check its output with :func:`recheck`: (result,
+    broken (B,), norms (B,)). The attack's own ``success`` never counts; a claimed success that
+    fails the re-check is ``result.success & ~broken``. ``inside(result, x)``: the membership
+    test for attacks whose output is judged by its record (spatial parameters, affine parts)."""
+    result = attack(model, x, y, example_ids=example_ids)
+    mask = None if inside is None else inside(result, x)
+    broken, norms = recheck(model, threat, x, y, result.x_adv, inside=mask)
+    return result, broken, norms
+
+
+def rejected(result: Any, broken: torch.Tensor) -> torch.Tensor:
+    """Bool (B,): the attack claimed a success the re-check refused."""
+    return result.success.to(broken.device).bool() & ~broken

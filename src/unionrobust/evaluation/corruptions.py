@@ -22,6 +22,7 @@ from unionrobust.data import get_dataset
 from unionrobust.data.arrays import as_tensors
 from unionrobust.data.datasets import CIFAR10C_CORRUPTIONS, DATA_ENV
 from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.evaluation.checks import clean_verdicts
 from unionrobust.evaluation.inputs import resolve_device
 
 
@@ -44,6 +45,14 @@ def available_corruptions(root: str | os.PathLike | None = None) -> list[str]:
     return [c for c in CIFAR10C_CORRUPTIONS if (folder / f"{c}.npy").is_file()]
 
 
+def present_corruptions(root: str | os.PathLike | None = None) -> list[str]:
+    """:func:`available_corruptions`, refusing a folder that holds none (one line)."""
+    names = available_corruptions(root)
+    if not names:
+        raise UnionRobustError(f"no CIFAR-10-C <corruption>.npy files in {str(_folder(root))!r}")
+    return names
+
+
 def corruption_accuracy(
     model: nn.Module,
     root: str | os.PathLike | None = None,
@@ -63,9 +72,7 @@ def corruption_accuracy(
     """
     folder = _folder(root)
     if corruptions is None:
-        names = available_corruptions(folder)
-        if not names:
-            raise UnionRobustError(f"no CIFAR-10-C <corruption>.npy files in {str(folder)!r}")
+        names = present_corruptions(folder)
     else:
         names = [str(c) for c in corruptions]
         for c in names:
@@ -79,7 +86,7 @@ def corruption_accuracy(
     dev = resolve_device(device, model)
     table: dict[str, dict[int, float]] = {}
     count = 0
-    with frozen_model(model), torch.no_grad():
+    with frozen_model(model):
         for c in names:
             table[c] = {}
             for s in sev:
@@ -89,7 +96,7 @@ def corruption_accuracy(
                 for i in range(0, x.shape[0], batch_size):
                     xb = x[i : i + batch_size].to(dev, non_blocking=True)
                     yb = y[i : i + batch_size].to(dev, non_blocking=True)
-                    correct += int((model(xb).argmax(dim=1) == yb).sum())
+                    correct += int(clean_verdicts(model, xb, yb)[0].sum())
                 table[c][s] = correct / max(x.shape[0], 1)
                 count = x.shape[0]
     per_c = {c: sum(v.values()) / len(v) for c, v in table.items()}

@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.attacks.base import frozen_model
 from unionrobust.attacks.registry import make_attack
 from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import recheck
-from unionrobust.evaluation.inputs import as_tensors, resolve_device
+from unionrobust.evaluation.checks import clean_verdicts, recheck
+from unionrobust.evaluation.inputs import read_examples, resolve_device
 from unionrobust.evaluation.metrics import wilson_interval
 from unionrobust.threats import ThreatModel, Union, parse
 
@@ -102,11 +101,28 @@ def _build(attack: AttackSpec, threat: ThreatModel, seed: int, kwargs: dict[str,
 
 
 def _clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> torch.Tensor:
-    out = []
-    with frozen_model(model), torch.no_grad():
-        for s in range(0, x.shape[0], bs):
-            out.append((model(x[s : s + bs]).argmax(dim=1) == y[s : s + bs]).cpu())
-    return torch.cat(out)
+    """Clean verdicts with the engine's checks (a batch of only non-finite logits is an error;
+    a non-finite row is not correct)."""
+    out = [
+        clean_verdicts(model, x[s : s + bs], y[s : s + bs])[0].cpu()
+        for s in range(0, x.shape[0], bs)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def check_union_curve(
+    threats: str | Union,
+    scales: Sequence[float],
+    attack: AttackSpec = "pgd",
+    seed: int = 0,
+    **attack_kwargs: Any,
+) -> None:
+    """Build ``attack`` for every member at its largest radius, so a curve that cannot run
+    (e.g. DDN, an ℓ2 attack, on an ℓ∞ member) fails in one line before any work."""
+    grid = _grid(scales)
+    for member in parse(threats):
+        if grid[-1] > 0:
+            _build(attack, member.with_size(grid[-1] * member.size), seed, attack_kwargs)
 
 
 def _attack_points(
@@ -152,7 +168,7 @@ def robustness_curve(
     """
     grid = _grid(eps_grid)
     make = _threat_kind(norm)
-    x, y = as_tensors(x, y)
+    x, y = read_examples(x, y)
     dev = resolve_device(None, model)
     x, y = x.to(dev), y.to(dev)
     n = x.shape[0]
@@ -206,6 +222,12 @@ def robustness_curve(
     )
 
 
+def _attack_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The attack parameters among :func:`robustness_curve`'s keyword arguments."""
+    own = ("seed", "batch_size", "example_ids", "label")
+    return {k: v for k, v in kwargs.items() if k not in own}
+
+
 def union_curve(
     model: nn.Module,
     x: Any,
@@ -220,6 +242,7 @@ def union_curve(
     :func:`robustness_curve` (seed, batch_size, attack parameters)."""
     union = parse(threats)
     grid = _grid(scales)
+    check_union_curve(union, grid, attack, kwargs.get("seed", 0), **_attack_kwargs(kwargs))
     curves = []
     for member in union:
         c = robustness_curve(

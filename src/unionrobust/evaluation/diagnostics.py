@@ -204,8 +204,8 @@ def gradient_masking(
         ]
         free = [e for e in mine if _is_gradient_free(report.entries[e]["attack"], names)]
         row: dict[str, Any] = {
-            "gradient_attacks": [report.entries[e]["attack"] for e in grad],
-            "gradient_free_attacks": [report.entries[e]["attack"] for e in free],
+            "gradient_attacks": [report.entry_keys[e] for e in grad],
+            "gradient_free_attacks": [report.entry_keys[e] for e in free],
         }
         if not grad or not free:
             row.update(

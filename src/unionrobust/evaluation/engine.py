@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from unionrobust.errors import UnionRobustError
-from unionrobust.evaluation.checks import clean_verdicts, recheck
+from unionrobust.errors import UnionRobustError, check_int
+from unionrobust.evaluation.checks import checked_attack, clean_verdicts, recheck, rejected
 from unionrobust.evaluation.diagnostics import (
     flags_of,
     gradient_masking,
@@ -33,9 +33,16 @@ from unionrobust.evaluation.diagnostics import (
     run_diagnostics,
 )
 from unionrobust.evaluation.filters import thresholding_filters
-from unionrobust.evaluation.inputs import as_tensors, device_for, progress_bar, resolve_device
+from unionrobust.evaluation.inputs import as_tensors as as_tensors  # deprecated re-export
 from unionrobust.evaluation.inputs import chunks as _chunks
-from unionrobust.evaluation.report import EVERYTHING, PER_THREAT, UNION_ONLY, EvaluationReport
+from unionrobust.evaluation.inputs import (
+    device_for,
+    progress_bar,
+    read_examples,
+    resolve_device,
+)
+from unionrobust.evaluation.mode import EvaluationMode
+from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import (
     Suite,
     escalation_open,
@@ -55,7 +62,7 @@ from unionrobust.evaluation.verdicts import (
 )
 from unionrobust.threats import ThreatModel, Union, parse
 
-__all__ = ["as_tensors", "check_out_dir", "evaluate", "recheck", "resolve_device"]
+__all__ = ["check_out_dir", "evaluate", "recheck", "resolve_device"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -110,13 +117,9 @@ class _Verdicts:
             clean_correct.reshape(-1, 1).repeat(1, n_threats),
         )
 
-    def todo(self, t: int, mode: str) -> torch.Tensor:
-        """Indices the next entry (of threat ``t``) attacks: in per-threat mode the points
-        still robust for t, in union-only mode those still robust for every threat."""
-        if mode == EVERYTHING:
-            return torch.arange(self.robust.shape[0])
-        mask = self.robust.all(dim=1) if mode == UNION_ONLY else self.robust[:, t]
-        return torch.nonzero(mask).reshape(-1)
+    def todo(self, t: int, mode: EvaluationMode) -> torch.Tensor:
+        """Indices the next entry (of threat ``t``) attacks (:meth:`EvaluationMode.attacked`)."""
+        return torch.nonzero(mode.attacked(self.robust, t)).reshape(-1)
 
 
 def _attack_chunk(
@@ -124,10 +127,9 @@ def _attack_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Attack examples ``idx`` and re-check the result: (broken, norms, rejected claims)."""
     xb, yb = run.x_on(idx)
-    result = attack(run.model, xb, yb, example_ids=run.ids[idx].to(run.dev))
-    b_dev, nrm_dev = recheck(run.model, threat, xb, yb, result.x_adv)
-    claimed = result.success.to(b_dev.device).bool()
-    return b_dev.cpu(), nrm_dev.cpu(), int((claimed & ~b_dev).sum())
+    ids = run.ids[idx].to(run.dev)
+    result, b_dev, nrm_dev = checked_attack(run.model, attack, threat, xb, yb, ids)
+    return b_dev.cpu(), nrm_dev.cpu(), int(rejected(result, b_dev).sum())
 
 
 def _run_entry(
@@ -145,13 +147,14 @@ def _run_entry(
     far, or the union's with ``union_bar``."""
     t = entry.threat_index
     threat = union[t]
+    key = entry.key(union)
     v.attacked.append(int(todo.numel()))
     attack = None
     seconds = 0.0
     n_rejected = 0
-    with progress_bar(int(todo.numel()), entry.label(union), run.progress) as bar:
+    with progress_bar(int(todo.numel()), key, run.progress) as bar:
         for k, idx in enumerate(_chunks(todo, run.batch_size)):
-            rec = run.replay(("attack", e, k), run.ids[idx])
+            rec = run.replay(("attack", key, k), run.ids[idx])
             if rec is not None:
                 b = torch.tensor(rec["broken"], dtype=torch.bool)
                 nrm = norms_from_json(rec["norms"])
@@ -163,7 +166,7 @@ def _run_entry(
                 b, nrm, r = _attack_chunk(run, attack, threat, idx)
                 dt = time.perf_counter() - tc
                 if run.log is not None:
-                    run.log.write_attack(e, k, run.ids[idx], b, nrm, r, dt)
+                    run.log.write_attack(key, k, run.ids[idx], b, nrm, r, dt)
             n_rejected += r
             seconds += dt
             v.broken[idx, e] = b
@@ -178,7 +181,12 @@ def _run_entry(
 
 
 def _attack_passes(
-    run: _Run, suite: Suite, union: Union, seed: int, mode: str, clean_correct: torch.Tensor
+    run: _Run,
+    suite: Suite,
+    union: Union,
+    seed: int,
+    mode: EvaluationMode,
+    clean_correct: torch.Tensor,
 ) -> _Verdicts:
     """Every suite entry in order: per-threat cascade, union-only, or everything on everything."""
     v = _Verdicts.start(clean_correct, len(suite.entries), len(union))
@@ -191,7 +199,7 @@ def _attack_passes(
             earlier = [(suite.entries[k], bool(v.broken[:, k].any())) for k in range(e)]
             if not escalation_open(entry, earlier, filters, is_gradient_free):
                 todo = todo[:0]
-        _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode == UNION_ONLY)
+        _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode is EvaluationMode.UNION_ONLY)
     return v
 
 
@@ -222,24 +230,15 @@ def _report(
         timings=timings,
         config=config,
         config_hash=config_hash(config),
-        cascade=bool(config["cascade"]),
-        union_only=bool(config["union_only"]),
+        mode=EvaluationMode.of(config["mode"]),
         nonfinite=nonfinite,
     )
 
 
-def _check_options(batch_size: Any, seed: Any, cascade: bool, union_only: bool) -> str:
-    """Validate the run options; return the mode (per-threat, union-only or everything)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise UnionRobustError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UnionRobustError(f"seed must be an integer, got {seed!r}")
-    if union_only and not cascade:
-        raise UnionRobustError(
-            "union_only=True skips points broken for any threat; it cannot be combined with "
-            "cascade=False (every attack on every point)"
-        )
-    return UNION_ONLY if union_only else PER_THREAT if cascade else EVERYTHING
+def _check_options(batch_size: Any, seed: Any) -> None:
+    """Validate the run options."""
+    check_int("batch size", batch_size, 1)
+    check_int("seed", seed)
 
 
 def _example_ids(example_ids: torch.Tensor | None, count: int) -> torch.Tensor:
@@ -256,8 +255,7 @@ def _run_config(
     seed: int,
     batch_size: int,
     count: int,
-    cascade: bool,
-    union_only: bool,
+    mode: EvaluationMode,
     meta: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The run's configuration, as kept in the report and checked on resume."""
@@ -268,8 +266,7 @@ def _run_config(
         "seed": int(seed),
         "batch_size": batch_size,
         "n": count,
-        "cascade": bool(cascade),
-        "union_only": bool(union_only),
+        "mode": mode.value,
         "meta": dict(meta or {}),
     }
 
@@ -293,7 +290,7 @@ def _clean_pass(run: _Run) -> tuple[torch.Tensor, int]:
     nonfinite = 0
     with progress_bar(count, "clean", run.progress) as bar:
         for k, idx in enumerate(_chunks(torch.arange(count), run.batch_size)):
-            rec = run.replay(("clean", -1, k), run.ids[idx])
+            rec = run.replay(("clean", None, k), run.ids[idx])
             if rec is not None:
                 correct = torch.tensor(rec["correct"], dtype=torch.bool)
                 bad = int(rec.get("nonfinite", 0))
@@ -325,6 +322,7 @@ def evaluate(
     progress: bool = True,
     n: int | None = None,
     *,
+    mode: EvaluationMode | str | None = None,
     cascade: bool = True,
     union_only: bool = False,
     example_ids: torch.Tensor | None = None,
@@ -342,25 +340,29 @@ def evaluate(
     configuration required, else an error); a folder that already holds a run needs
     ``resume`` or ``overwrite``. Non-finite logits: see :mod:`unionrobust.evaluation.checks`
     (``report.nonfinite`` counts them). ``device``: None = the model's, "auto" = CUDA if available.
-    ``cascade=False`` runs every attack on every point (same verdicts, slower; for checks and
-    benchmarks). ``union_only=True``: a point broken for any threat is not attacked again, and
-    the suite runs in union-first order (:meth:`Suite.union_first`); same union verdicts,
-    faster, per-threat figures are upper bounds. ``example_ids``: global ids of the examples
-    (default 0..n−1), which key the attacks' randomness. ``meta``: JSON-able facts about the run
-    (model name, data spec) kept in the report and checked on resume. ``diagnostics``: run the
-    model checks and the gradient-masking flag of :mod:`unionrobust.evaluation.diagnostics`
-    (``report.diagnostics``). The model is left exactly as found.
+    ``mode`` (:class:`~unionrobust.evaluation.mode.EvaluationMode` or its name, default
+    ``per-threat``): ``everything`` runs every attack on every point (same verdicts, slower; for
+    checks and benchmarks); ``union-only``: a point broken for any threat is not attacked again,
+    and the suite runs in union-first order (:meth:`Suite.union_first`); same union verdicts,
+    faster, per-threat figures are upper bounds (``report.upper_bounds``). The older flags
+    ``union_only=True`` / ``cascade=False`` still select those modes. ``example_ids``: global
+    ids of the examples (default 0..n−1), which key the attacks' randomness. ``meta``:
+    JSON-able facts about the run (model name, data spec) kept in the report and checked on
+    resume. ``diagnostics``: run the model checks and the gradient-masking flag of
+    :mod:`unionrobust.evaluation.diagnostics` (``report.diagnostics``). The model is left
+    exactly as found.
     """
     t_start = time.perf_counter()
     union = parse(threats)
     the_suite: Suite = get_suite(suite, union)
-    mode = _check_options(batch_size, seed, cascade, union_only)
-    if mode == UNION_ONLY:
+    _check_options(batch_size, seed)
+    the_mode = EvaluationMode.resolve(mode, cascade, union_only)
+    if the_mode is EvaluationMode.UNION_ONLY:
         the_suite = the_suite.union_first()
     dev = device_for(model, device)
-    x, y = as_tensors(x_or_dataset, y, n)
+    x, y = read_examples(x_or_dataset, y, n)
     ids = _example_ids(example_ids, x.shape[0])
-    config = _run_config(union, the_suite, seed, batch_size, x.shape[0], cascade, union_only, meta)
+    config = _run_config(union, the_suite, seed, batch_size, x.shape[0], the_mode, meta)
     if out_dir is not None:  # fingerprints guard --resume; not worth their cost otherwise
         config |= _fingerprints(model, x, y, ids)
 
@@ -377,7 +379,7 @@ def evaluate(
         if diagnostics:  # after the clean pass, which reports a broken model in one line
             diag = run_diagnostics(model, x, y, union)
 
-        v = _attack_passes(run, the_suite, union, seed, mode, clean_correct)
+        v = _attack_passes(run, the_suite, union, seed, the_mode, clean_correct)
     finally:
         if run.log is not None:
             run.log.close()

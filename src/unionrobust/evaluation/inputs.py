@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -93,11 +94,13 @@ def _from_batches(batches: Iterable, n: int | None) -> tuple[torch.Tensor, torch
     return torch.cat(xs), torch.cat(ys)
 
 
-def as_tensors(
+def read_examples(
     data: Any, y: torch.Tensor | None = None, n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) from tensors, a map-style dataset of (image, label) pairs, or any iterable of
-    ``(x, y)`` batches (a ``DataLoader``); the first ``n``, which must exist."""
+    ``(x, y)`` batches (a ``DataLoader``); the first ``n``, which must exist; checked (images
+    in [0, 1], integer labels). What every evaluation function accepts as its data; to stack a
+    dataset use :func:`unionrobust.data.as_tensors`."""
     if n is not None and int(n) <= 0:
         raise UnionRobustError(f"n must be a positive number of examples, got {n}")
     if isinstance(data, torch.Tensor):
@@ -141,6 +144,21 @@ def as_tensors(
     if x.shape[0] == 0:
         raise UnionRobustError("no examples to evaluate")
     return x, y.to(torch.int64)
+
+
+def as_tensors(
+    data: Any, y: torch.Tensor | None = None, n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deprecated name of :func:`read_examples` (``unionrobust.data.as_tensors(dataset, n)``
+    is the public one, with another signature)."""
+    warnings.warn(
+        "unionrobust.evaluation.engine.as_tensors / evaluation.inputs.as_tensors are deprecated: "
+        "use unionrobust.evaluation.inputs.read_examples (or unionrobust.data.as_tensors to "
+        "stack a dataset)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return read_examples(data, y, n)
 
 
 def chunks(index: torch.Tensor, size: int) -> Iterator[torch.Tensor]:

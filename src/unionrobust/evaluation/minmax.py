@@ -13,6 +13,7 @@ import torch
 from unionrobust.attacks.domains import Domains, UniversalGroups
 from unionrobust.attacks.minmax import DomainMinMax, MinMaxResult, merge_results
 from unionrobust.errors import check_int
+from unionrobust.evaluation.checks import clean_verdicts
 from unionrobust.evaluation.inputs import progress_bar
 from unionrobust.threats import ThreatModel
 
@@ -30,8 +31,10 @@ def attack_in_batches(
     bar: Any = None,
 ) -> MinMaxResult:
     """``attack(domains, ...)`` over consecutive batches of ``x`` (example ids = positions, so
-    results do not depend on the batch size; universal groups are never split), merged."""
-    batch = check_int("batch_size", batch_size, 1)
+    results do not depend on the batch size; universal groups are never split), merged. Each
+    batch first passes the clean check of every model (:func:`clean_verdicts`): a model with
+    non-finite logits on a whole batch is an error, never a 100 % attack success."""
+    batch = check_int("batch size", batch_size, 1)
     if isinstance(domains, UniversalGroups):
         batch = max(domains.group, batch - batch % domains.group)
     parts = []
@@ -39,6 +42,8 @@ def attack_in_batches(
         xb = x[start : start + batch].to(device, non_blocking=True)
         yb = y[start : start + batch].to(device, non_blocking=True)
         ids = torch.arange(start, start + xb.shape[0], device=xb.device)
+        for model in domains.models():
+            clean_verdicts(model, xb, yb)
         parts.append(attack(domains, xb, yb, ids))
         if bar is not None:
             bar.update(xb.shape[0])

@@ -6,10 +6,9 @@ robust for the union when robust for every threat. Union accuracy is 1 − R_max
 robust for the union), average accuracy is 1 − R_avg (the mean over threats of the per-threat
 accuracies). Misclassified clean points count as broken for every threat.
 
-Modes of the engine (:attr:`EvaluationReport.mode`): ``per-threat`` (each attack runs on the
-points still robust for its threat: exact per-threat and union figures), ``union-only`` (each
-attack runs on the points still robust for the union: exact union figures, per-threat and
-average figures are upper bounds) and ``everything`` (every attack on every point).
+The engine's mode (:attr:`EvaluationReport.mode`, an
+:class:`~unionrobust.evaluation.mode.EvaluationMode`) and the suite say which figures are upper
+bounds (:attr:`EvaluationReport.upper_bounds`).
 """
 
 from __future__ import annotations
@@ -22,13 +21,7 @@ import torch
 
 from unionrobust._version import __version__
 from unionrobust.evaluation.metrics import mean_score, proportion
-
-PER_THREAT, UNION_ONLY, EVERYTHING = "per-threat", "union-only", "everything"
-#: what a union-only report says of its per-threat (and average) figures
-UPPER_BOUND_NOTE = (
-    "union-only mode: a point broken for one threat was not attacked for the others, so the "
-    "per-threat and average accuracies are upper bounds; the union accuracy is exact"
-)
+from unionrobust.evaluation.mode import FIGURES, EvaluationMode
 
 
 @dataclass
@@ -55,9 +48,8 @@ class EvaluationReport:
     timings: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     config_hash: str | None = None
-    cascade: bool = True
-    #: union-only mode: attacks skipped points already broken for any threat
-    union_only: bool = False
+    #: which points each entry attacked
+    mode: EvaluationMode = EvaluationMode.PER_THREAT
     version: str = __version__
     #: :func:`unionrobust.evaluation.diagnostics.run_diagnostics` output (empty if not run)
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -79,21 +71,20 @@ class EvaluationReport:
         return out
 
     @property
-    def mode(self) -> str:
-        """``per-threat``, ``union-only`` or ``everything`` (see the module doc)."""
-        return UNION_ONLY if self.union_only else PER_THREAT if self.cascade else EVERYTHING
-
-    @property
-    def per_threat_upper_bound(self) -> bool:
-        """True when the per-threat and average figures are upper bounds (union-only mode)."""
-        return self.union_only
+    def upper_bounds(self) -> frozenset[str]:
+        """The figures ("per-threat", "union", "average") that are upper bounds, for this
+        report's mode and suite (:meth:`EvaluationMode.upper_bounds`)."""
+        return self.mode.upper_bounds(self.suite)
 
     def ran(self, e: int) -> torch.Tensor:
         """Bool (n,): the examples entry ``e`` attacked (it ran in the report's order)."""
-        if self.mode == EVERYTHING:
-            return torch.ones(self.n_examples, dtype=torch.bool)
-        before = self.threat_robust(e)
-        return before.all(dim=1) if self.union_only else before[:, self.entry_threat[e]]
+        return self.mode.attacked(self.threat_robust(e), self.entry_threat[e])
+
+    @property
+    def entry_keys(self) -> list[str]:
+        """Each entry's key (``attack@threat`` or ``attack@threat#pass``), as in progress, the
+        verdict log, verdicts.csv and the tables."""
+        return [d["key"] for d in self.entries]
 
     @property
     def union_robust(self) -> torch.Tensor:
@@ -142,6 +133,7 @@ class EvaluationReport:
             rows.append(
                 {
                     "entry": e,
+                    "key": desc["key"],
                     "threat": self.threats[t],
                     "attack": desc["attack"],
                     "params": desc.get("params", {}),
@@ -160,6 +152,7 @@ class EvaluationReport:
         """JSON-able summary (no per-example data; see :meth:`verdict_rows`)."""
         ci = self.intervals()
         acc = self.per_threat_accuracy
+        bounds = self.upper_bounds
         return {
             "clean_accuracy": self.clean_accuracy,
             "clean_accuracy_ci95": list(ci["clean"]),
@@ -185,10 +178,11 @@ class EvaluationReport:
             "attacks": self.entries,
             "threats": list(self.threats),
             "seed": self.seed,
-            "cascade": self.cascade,
-            "mode": self.mode,
-            "per_threat_upper_bound": self.per_threat_upper_bound,
-            **({"per_threat_note": UPPER_BOUND_NOTE} if self.union_only else {}),
+            "mode": self.mode.value,
+            "upper_bounds": [f for f in FIGURES if f in bounds],
+            "upper_bound_note": self.mode.bound_note(self.suite),
+            "per_threat_upper_bound": "per-threat" in bounds,
+            **({"per_threat_note": self.mode.bound_note(self.suite)} if bounds else {}),
             "version": self.version,
             "library_version": self.version,
             "timings": self.timings,
@@ -199,14 +193,12 @@ class EvaluationReport:
         }
 
     def verdict_rows(self) -> list[dict[str, Any]]:
-        """One row per example: id, label, clean correct, per entry broken/norm, per threat
-        robust (``robust_upper_bound[...]`` in union-only mode), union robust (the columns of
-        verdicts.csv)."""
-        robust_col = "robust_upper_bound" if self.per_threat_upper_bound else "robust"
-        labels = [
-            f"{d['attack']}@{self.threats[self.entry_threat[e]]}"
-            for e, d in enumerate(self.entries)
-        ]
+        """One row per example: id, label, clean correct, per entry (by key) broken/norm, per threat
+        robust (``robust_upper_bound[...]`` when the mode leaves them incomplete: union-only),
+        union robust (the columns of verdicts.csv: the verdicts of the suite's attacks)."""
+        per_threat_bound = "per-threat" in self.mode.upper_bounds()
+        robust_col = "robust_upper_bound" if per_threat_bound else "robust"
+        labels = self.entry_keys
         r = self.threat_robust()
         u = r.all(dim=1)
         rows = []

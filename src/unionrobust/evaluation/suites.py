@@ -3,7 +3,9 @@
 (~410 lines: the named suites and the user-suite grammar build the same Suite; kept together.)
 
 A :class:`Suite` is an ordered list of :class:`SuiteEntry` (threat member index, attack name,
-keyword parameters, factory). The cascade engine runs the entries in order, each only on the
+keyword parameters, factory, seed offset), each named by one key, ``attack@threat`` or
+``attack@threat#pass`` for a repeated pass (:func:`entry_key`), unique in the suite and used by
+every file a run writes. The cascade engine runs the entries in order, each only on the
 points still robust for its threat model.
 
 Named suites (``suite_names()``):
@@ -36,7 +38,8 @@ Named suites (``suite_names()``):
   verdicts. Its gradient-free attacks are not part of this suite.
 - ``full``: the papers' broad protocol (MSD App. B; Tramèr & Boneh §4): ``standard``, then the
   ``msd-paper`` PGD, then per norm FGSM/MIM/SLIDE, the minimum-norm attacks (DeepFool, DDN, FAB),
-  the gradient-free ones (Square, Gaussian noise, salt & pepper, Pointwise) and, when the
+  the gradient-free ones (Gaussian noise, salt & pepper, Pointwise; Square, FAB-T and the
+  boundary search come with ``standard``'s escalation, ungated here) and, when the
   optional ``peers`` extra is installed, Foolbox's Boundary (ℓ2) and HopSkipJump (ℓ∞) attacks
   and torchattacks' EAD (ℓ1) (:data:`FULL_NATIVE`, :data:`FULL_PEERS`).
 
@@ -50,7 +53,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from unionrobust.attacks.apgd import APGD
@@ -63,38 +66,59 @@ from unionrobust.threats import L1, AdditiveThreat, ThreatModel, Union, parse
 AttackFactory = Callable[[ThreatModel, int], Any]
 
 
+def entry_key(attack: str, threat_spec: str, seed_offset: int = 0) -> str:
+    """The one name of a suite entry everywhere (progress, verdict log, verdicts.csv, reports):
+    ``attack@threat``, and ``#p`` for pass p = seed_offset + 1 > 1 (a repeated pass with fresh
+    random starts), e.g. ``apgd-t@l2:2#2``."""
+    return f"{attack}@{threat_spec}" + (f"#{seed_offset + 1}" if seed_offset else "")
+
+
 @dataclass(frozen=True)
 class SuiteEntry:
-    """One attack of a suite, aimed at member ``threat_index`` of the union."""
+    """One attack of a suite, aimed at member ``threat_index`` of the union.
+
+    ``params``: keyword parameters (a dict or (name, value) pairs); ``seed_offset``: the pass,
+    added to the run's seed so that a repeated attack draws fresh random starts (the keyed
+    randomness of the same seed would replay the same ones). Its key (:meth:`key`) is unique
+    within a suite."""
 
     threat_index: int
     attack: str
     params: tuple[tuple[str, Any], ...] = ()
     factory: AttackFactory | None = field(default=None, compare=False, repr=False)
+    seed_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, Mapping):
+            object.__setattr__(self, "params", tuple(sorted(self.params.items())))
+        off = self.seed_offset
+        if isinstance(off, bool) or not isinstance(off, int) or off < 0:
+            raise UnionRobustError(f"seed_offset must be an integer >= 0, got {off!r}")
 
     def build(self, threat: ThreatModel, seed: int):
-        """The attack object for ``threat`` (this entry's member) and ``seed``."""
+        """The attack object for ``threat`` (this entry's member) and the run's ``seed``
+        (shifted by ``seed_offset``)."""
+        seed = seed + self.seed_offset
         if self.factory is not None:
             return self.factory(threat, seed)
         return make_attack(self.attack, threat, seed=seed, **dict(self.params))
 
+    def key(self, threats: Union) -> str:
+        """``attack@threat`` or ``attack@threat#pass`` (:func:`entry_key`)."""
+        return entry_key(self.attack, threats[self.threat_index].spec, self.seed_offset)
+
     def label(self, threats: Union) -> str:
-        """``attack@threat``; a repeated pass with fresh random starts (a ``seed_offset``,
-        e.g. ``standard``'s survivor round) says which pass and how many steps."""
-        label = f"{self.attack}@{threats[self.threat_index].spec}"
-        params = dict(self.params)
-        offset = params.get("seed_offset", 0)
-        if not offset:
-            return label
-        steps = params.get("steps")
-        return label + f" (pass {offset + 1}" + ("" if steps is None else f", {steps} steps") + ")"
+        """The progress label: the key."""
+        return self.key(threats)
 
     def describe(self, threats: Union) -> dict[str, Any]:
         """JSON-able description (for reports and the run's config hash)."""
         return {
+            "key": self.key(threats),
             "threat_index": self.threat_index,
             "threat": threats[self.threat_index].spec,
             "attack": self.attack,
+            "seed_offset": self.seed_offset,
             "params": {k: _jsonable(v) for k, v in self.params},
         }
 
@@ -124,12 +148,25 @@ class Suite:
                     f"suite {self.name!r}: entry {e.attack!r} aims at threat {e.threat_index}, "
                     f"but the union has {len(self.threats)} members"
                 )
+        keys = self.keys()
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise UnionRobustError(
+                f"suite {self.name!r} repeats {', '.join(repeated)} (same attack, threat and "
+                "pass: the same seed would replay it); remove the repeat or give it its own "
+                "seed_offset"
+            )
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def keys(self) -> list[str]:
+        """Every entry's key (:meth:`SuiteEntry.key`), in order; they are distinct."""
+        return [e.key(self.threats) for e in self.entries]
+
     def labels(self) -> list[str]:
-        return [e.label(self.threats) for e in self.entries]
+        """The progress labels (the keys)."""
+        return self.keys()
 
     def describe(self) -> list[dict[str, Any]]:
         return [e.describe(self.threats) for e in self.entries]
@@ -155,19 +192,19 @@ def _pgd(threat: ThreatModel, seed: int, **kw):
     return PGD(threat, seed=seed, **kw)
 
 
-def _apgd(threat: ThreatModel, seed: int, seed_offset: int = 0, **kw):
-    """APGD with the run's seed shifted by ``seed_offset`` (fresh random starts for a repeated
-    pass: the keyed randomness of the same seed would replay the same starts)."""
-    return APGD(threat, seed=seed + seed_offset, **kw)
+def _apgd(threat: ThreatModel, seed: int, **kw):
+    return APGD(threat, seed=seed, **kw)
 
 
-def _entry(index: int, name: str, builder: Callable[..., Any], **params: Any) -> SuiteEntry:
+def _entry(
+    index: int, name: str, builder: Callable[..., Any], seed_offset: int = 0, **params: Any
+) -> SuiteEntry:
     items = tuple(sorted(params.items()))
 
     def factory(threat: ThreatModel, seed: int) -> Any:
         return builder(threat, seed, **dict(items))
 
-    return SuiteEntry(index, name, items, factory)
+    return SuiteEntry(index, name, items, factory, seed_offset)
 
 
 def _quick(threats: Union) -> list[SuiteEntry]:
@@ -222,10 +259,8 @@ ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 def _escalated(name: str) -> Callable[..., Any]:
     """A builder running registry attack ``name`` (the ``escalate`` tier is the engine's)."""
 
-    def build(
-        threat: ThreatModel, seed: int, escalate: str = "", seed_offset: int = 0, **kw: Any
-    ) -> Any:
-        return make_attack(name, threat, seed=seed + seed_offset, **kw)
+    def build(threat: ThreatModel, seed: int, escalate: str = "", **kw: Any) -> Any:
+        return make_attack(name, threat, seed=seed, **kw)
 
     return build
 
@@ -252,11 +287,13 @@ def escalation_open(
     )
 
 
-def _standard(threats: Union) -> list[SuiteEntry]:
+def _standard(threats: Union, masked: str = "masked") -> list[SuiteEntry]:
     """AutoAttack 'standard' budgets for its APGD attacks: ℓ∞/ℓ2 one restart of APGD-CE and
     9 target classes for APGD-T; ℓ1 five restarts and 5 target classes, each pass with the
     large-ε schedule of "Mind the box" (``large_eps``: 30 % of the steps at 3ε, 30 % at 2ε,
-    the rest at ε; AutoAttack's ``use_largereps``). Then :data:`SURVIVOR_ROUND` per threat."""
+    the rest at ε; AutoAttack's ``use_largereps``). Then :data:`SURVIVOR_ROUND` and
+    :data:`ESCALATION` per threat (``masked``: the tier name its masked tier gets; ``full``
+    passes "always", which the engine never gates)."""
     out: list[SuiteEntry] = []
     for i, t in enumerate(threats):
         l1 = isinstance(t, L1)
@@ -278,6 +315,7 @@ def _standard(threats: Union) -> list[SuiteEntry]:
         for offset, (name, params) in enumerate(SURVIVOR_ROUND["l1" if l1 else "other"], start=1):
             out.append(_entry(i, name, _apgd, seed_offset=offset, **params, **extra))
         for tier, name, params in ESCALATION.get(t.name, []):
+            tier = masked if tier == "masked" else tier
             out.append(_entry(i, name, _escalated(name), escalate=tier, **params))
     return out
 
@@ -339,7 +377,6 @@ FULL_NATIVE: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("mim", {"steps": 20}),
         ("deepfool", {}),
         ("fab", {"steps": 100}),
-        ("square", {"steps": 5000}),
     ],
     "l2": [
         ("fgsm", {}),
@@ -347,7 +384,6 @@ FULL_NATIVE: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("deepfool", {}),
         ("ddn", {"steps": 300}),
         ("fab", {"steps": 100}),
-        ("square", {"steps": 5000}),
         ("gaussian-noise", {"repeats": 10}),
         ("pointwise", {}),
     ],
@@ -377,8 +413,9 @@ def _installed(package: str) -> bool:
 def _full(threats: Union) -> list[SuiteEntry]:
     """``standard`` + the ``msd-paper`` PGD + per norm the attacks of :data:`FULL_NATIVE` and
     the installed ones of :data:`FULL_PEERS` (minimum-norm and decision-based attacks count only
-    inside the ball: their threat-bound result is re-checked by the engine)."""
-    out = _standard(threats) + _msd_paper("mnist")(threats)
+    inside the ball: their threat-bound result is re-checked by the engine). ``standard``'s
+    escalation runs whole here, ungated (its Square passes are the suite's Square)."""
+    out = _standard(threats, masked="always") + _msd_paper("mnist")(threats)
     for i, t in enumerate(threats):
         for name, params in FULL_NATIVE.get(t.name, []):
             out.append(_entry(i, name, _named(name), **params))
@@ -410,7 +447,7 @@ def _spatial_aware(build: Callable[[Union], list[SuiteEntry]], union: Union) -> 
         return build(union)
     lp = [i for i in range(len(union)) if i not in searched]
     out = [] if not lp else build(Union([union[i] for i in lp]))
-    out = [SuiteEntry(lp[e.threat_index], e.attack, e.params, e.factory) for e in out]
+    out = [replace(e, threat_index=lp[e.threat_index]) for e in out]
     out += [_entry(i, default_attack(union[i]).name, _default) for i in searched]
     return sorted(out, key=lambda e: e.threat_index)
 

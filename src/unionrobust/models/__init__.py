@@ -1,7 +1,8 @@
 """Model zoo: registry of architectures from the papers, input normalisation, safe weight IO."""
 
-from unionrobust.models.io import load_model, load_weights, save_weights
-from unionrobust.models.loader import get_model, load_user_model
+from unionrobust.models.io import load_weights, save_weights
+from unionrobust.models.loader import get_model as get_model  # deprecated alias of load_model
+from unionrobust.models.loader import load_model, load_user_model
 from unionrobust.models.normalize import Normalize, NormalizedModel, with_normalization
 from unionrobust.models.registry import MODELS, ModelSpec, build_model, model_kwargs, model_names
 
@@ -11,7 +12,6 @@ __all__ = [
     "Normalize",
     "NormalizedModel",
     "build_model",
-    "get_model",
     "load_model",
     "load_user_model",
     "load_weights",

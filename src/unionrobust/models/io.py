@@ -8,7 +8,6 @@ prefix, RobustBench files) are unwrapped. Every failure is one line naming the f
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import struct
@@ -22,8 +21,6 @@ from torch import nn
 
 from unionrobust.atomic import atomic_path
 from unionrobust.errors import UnionRobustError
-from unionrobust.models.normalize import NormalizedModel
-from unionrobust.models.registry import build_model
 
 #: keys under which checkpoints commonly nest the state dict, tried in this order
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "last")
@@ -239,38 +236,3 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         )
     model.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
     return LoadResult(missing=missing, unexpected=unexpected)
-
-
-def load_model(
-    name: str,
-    weights: str | os.PathLike | None = None,
-    *,
-    strict: bool = True,
-    device: str | torch.device | None = None,
-    **kwargs,
-) -> nn.Module:
-    """``build_model(name, **kwargs)``, then load ``weights`` if given; returned in eval mode.
-
-    ``robustbench:<name>`` is a RobustBench zoo model: ``kwargs`` are those of
-    :func:`unionrobust.models.robustbench.load_robustbench_model` (``dataset``, ``threat_model``,
-    ``model_dir``, ``download``, ...), and ``weights`` overrides the model folder's file.
-    """
-    if isinstance(name, str) and name.startswith("robustbench:"):
-        # deferred: models.robustbench builds on this module's load_weights
-        from unionrobust.models.robustbench import load_robustbench_model
-
-        allowed = set(inspect.signature(load_robustbench_model).parameters) - {"name", "weights"}
-        bad = sorted(set(kwargs) - allowed - {"strict", "device"})
-        if bad:
-            raise UnionRobustError(
-                f"RobustBench models do not take argument(s) {', '.join(bad)}; "
-                f"valid: {', '.join(sorted(allowed))}"
-            )
-        return load_robustbench_model(name, weights=weights, strict=strict, device=device, **kwargs)
-    model = build_model(name, **kwargs)
-    if weights is not None:
-        target = model.model if isinstance(model, NormalizedModel) else model
-        load_weights(target, weights, strict=strict)
-    if device is not None:
-        model = model.to(device)
-    return model.eval()

@@ -9,14 +9,18 @@ own weights, so it is not asked for them.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.models.io import load_weights, weights_path
+from unionrobust.models.normalize import NormalizedModel
 from unionrobust.models.registry import build_model, model_names
 
 
@@ -85,22 +89,54 @@ def check_model_request(
         )
 
 
-def get_model(
+def load_model(
     name: str | None = None,
     weights: str | os.PathLike | None = None,
     *,
     module: str | None = None,
     untrained: bool = False,
-    **build_kwargs: Any,
+    strict: bool = True,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """The model of zoo architecture ``name`` (``build_kwargs``: ``num_classes``,
-    ``in_channels``, ``input_size``, ...) or of ``module`` = ``"FILE.py:FACTORY"``, with
-    ``weights`` loaded (safetensors or a weights-only torch file); in eval mode, on the CPU.
+    """The one model loader: zoo architecture ``name`` (``kwargs``: ``num_classes``,
+    ``in_channels``, ``input_size``, ``mean``/``std``, ...) or ``module`` =
+    ``"FILE.py:FACTORY"``, with ``weights`` loaded (safetensors or a weights-only torch file;
+    ``strict``), moved to ``device`` if given; returned in eval mode.
 
     A zoo model needs ``weights`` or ``untrained=True`` (the CLI's ``--weights`` /
-    ``--untrained``)."""
+    ``--untrained``). ``robustbench:<name>`` is a RobustBench zoo model: ``kwargs`` are those of
+    :func:`unionrobust.models.robustbench.load_robustbench_model` (``dataset``,
+    ``threat_model``, ``model_dir``, ``download``, ...), and ``weights`` overrides the model
+    folder's file.
+    """
+    if isinstance(name, str) and name.startswith("robustbench:"):
+        # deferred: models.robustbench builds on models.io
+        from unionrobust.models.robustbench import load_robustbench_model
+
+        allowed = set(inspect.signature(load_robustbench_model).parameters) - {"name", "weights"}
+        bad = sorted(set(kwargs) - allowed)
+        if bad:
+            raise UnionRobustError(
+                f"RobustBench models do not take argument(s) {', '.join(bad)}; "
+                f"valid: {', '.join(sorted(allowed))}"
+            )
+        return load_robustbench_model(name, weights=weights, strict=strict, device=device, **kwargs)
     check_model_request(name, weights, module=module, untrained=untrained)
-    model = load_user_model(module) if module is not None else build_model(name, **build_kwargs)
+    model = load_user_model(module) if module is not None else build_model(name, **kwargs)
     if weights is not None:
-        load_weights(model, weights)
+        target = model.model if isinstance(model, NormalizedModel) else model
+        load_weights(target, weights, strict=strict)
+    if device is not None:
+        model = model.to(device)
     return model.eval()
+
+
+def get_model(*args: Any, **kwargs: Any) -> nn.Module:
+    """Deprecated alias of :func:`load_model` (same arguments)."""
+    warnings.warn(
+        "unionrobust.get_model is deprecated; use unionrobust.load_model (same arguments)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return load_model(*args, **kwargs)

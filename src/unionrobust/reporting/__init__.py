@@ -6,14 +6,13 @@ from unionrobust.reporting.tables import (
     format_table,
     write_csv,
     write_json,
-    write_report,
 )
+from unionrobust.reporting.tables import write_report as write_report  # deprecated
 
 __all__ = [
     "format_report",
     "format_table",
     "write_csv",
     "write_json",
-    "write_report",
     "write_reports",
 ]

@@ -19,6 +19,8 @@ from torch import nn
 from unionrobust.atomic import atomic_write_bytes, atomic_write_text
 from unionrobust.evaluation.filters import filter_grid_png
 from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.evaluation.verdicts import write_json
+from unionrobust.outdir import writing
 from unionrobust.reporting.markdown import (
     CURVES_PNG,
     FILTERS_PNG,
@@ -120,7 +122,8 @@ def write_reports(
     diagnostics: dict[str, Any] | None = None,
     multirobust: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and the PNG pictures into ``out_dir`` atomically.
+    """Write ``report.md``, ``report.html`` and the PNG pictures into ``out_dir`` atomically
+    (with ``multirobust``, report.json gains its numbers under "multirobustbench").
 
     ``model``: draws the first-layer filters; ``curves``: RobustnessCurve objects (or dicts);
     ``corruptions``: a :func:`~unionrobust.evaluation.corruptions.corruption_accuracy` result;
@@ -134,9 +137,16 @@ def write_reports(
         report, diagnostics, curves, corruptions, pictures, notes, multirobust=multirobust
     )
     written: dict[str, Path] = {}
-    for name, data in pictures.items():
-        if data is not None:
-            written[name] = atomic_write_bytes(out / name, data)
-    written["report.md"] = atomic_write_text(out / "report.md", render_markdown(sections))
-    written["report.html"] = atomic_write_text(out / "report.html", render_html(sections, pictures))
+    with writing(out):
+        if multirobust:
+            written["report.json"] = write_json(
+                out / "report.json", {**report.to_dict(), "multirobustbench": multirobust}
+            )
+        for name, data in pictures.items():
+            if data is not None:
+                written[name] = atomic_write_bytes(out / name, data)
+        written["report.md"] = atomic_write_text(out / "report.md", render_markdown(sections))
+        written["report.html"] = atomic_write_text(
+            out / "report.html", render_html(sections, pictures)
+        )
     return written

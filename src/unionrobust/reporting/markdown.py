@@ -9,13 +9,13 @@ accuracies, the MultiRobustBench grid and picture slots; :func:`render_markdown`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from unionrobust.evaluation.mode import FIGURES, EvaluationMode
 from unionrobust.evaluation.multirobust import eps_key as _eps_key
-from unionrobust.evaluation.report import UPPER_BOUND_NOTE, EvaluationReport
-from unionrobust.reporting.tables import format_breakdown, format_summary, format_table
+from unionrobust.evaluation.report import EvaluationReport
+from unionrobust.reporting.tables import format_breakdown, format_summary, format_table, pct
 
 #: picture names used by the reports (and file names next to report.md)
 FILTERS_PNG = "filters.png"
@@ -43,31 +43,27 @@ class Section:
         return self
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
-
-
 def per_attack_table(report: EvaluationReport) -> str:
     """MSD Tables 3–4: per threat, one row per attack with the accuracy against that attack
     alone (only known without the cascade) and against all attacks of the threat so far."""
     n = max(report.n_examples, 1)
     cc = report.clean_correct
     rows = []
-    for e, desc in enumerate(report.entries):
+    for e, key in enumerate(report.entry_keys):
         t = report.entry_threat[e]
-        alone = "-" if report.cascade else _pct(int((cc & ~report.broken[:, e]).sum()) / n)
+        alone = "-" if report.mode.cascade else pct(int((cc & ~report.broken[:, e]).sum()) / n)
         rows.append(
             [
                 report.threats[t],
-                desc["attack"],
+                key,
                 alone,
-                _pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
+                pct(int(report.threat_robust(e + 1)[:, t].sum()) / n),
             ]
         )
     for spec in report.threats:
-        rows.append([spec, "**all attacks**", "", _pct(report.per_threat_accuracy[spec])])
-    rows.append(["**union**", "**all attacks**", "", _pct(report.union_accuracy)])
-    return format_table(["threat", "attack", "alone", "with the attacks above"], rows)
+        rows.append([spec, "**all attacks**", "", pct(report.per_threat_accuracy[spec])])
+    rows.append(["**union**", "**all attacks**", "", pct(report.union_accuracy)])
+    return format_table(["threat", "entry", "alone", "with the attacks above"], rows)
 
 
 def format_diagnostics(diag: dict[str, Any]) -> str:
@@ -103,7 +99,7 @@ def format_diagnostics(diag: dict[str, Any]) -> str:
 
 def format_curve(curve: Any) -> str:
     c = curve if isinstance(curve, dict) else curve.to_dict()
-    rows = [[f"{e:.4g}", _pct(a)] for e, a in zip(c["eps"], c["accuracy"], strict=True)]
+    rows = [[f"{e:.4g}", pct(a)] for e, a in zip(c["eps"], c["accuracy"], strict=True)]
     head = [c.get("x_label", "epsilon"), f"accuracy ({c['label']})"]
     if "ci95" in c:
         head.append("95% CI")
@@ -117,10 +113,10 @@ def format_corruptions(result: dict[str, Any]) -> str:
     sev = result["severities"]
     acc = result["accuracy"]
     rows = [
-        [c, *(_pct(acc[c][s]) for s in sev), _pct(result["per_corruption"][c])]
+        [c, *(pct(acc[c][s]) for s in sev), pct(result["per_corruption"][c])]
         for c in result["corruptions"]
     ]
-    rows.append(["mean", *(_pct(result["per_severity"][s]) for s in sev), _pct(result["mean"])])
+    rows.append(["mean", *(pct(result["per_severity"][s]) for s in sev), pct(result["mean"])])
     return format_table(["corruption", *(f"severity {s}" for s in sev), "mean"], rows)
 
 
@@ -195,11 +191,14 @@ def _summary_section(report: EvaluationReport, diag: dict[str, Any] | None) -> S
     title = Section("Summary")
     title.text(
         f"Threats: {', '.join(report.threats)}; suite: {report.suite}; "
-        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode}; "
+        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode.value}; "
         f"unionrobust {report.version}" + (f". {facts}" if facts else "")
     )
-    if report.per_threat_upper_bound:
-        title.text(f"**Per-threat figures are upper bounds**: {UPPER_BOUND_NOTE}.")
+    if report.upper_bounds:
+        figures = ", ".join(f for f in FIGURES if f in report.upper_bounds)
+        title.text(
+            f"**Upper bounds ({figures})**: {report.mode.bound_note(report.suite)}."
+        )
     if diag and diag.get("flags"):
         title.text("**Warnings: " + ", ".join(diag["flags"]) + "** (see Diagnostics)")
     title.table(format_summary(report))
@@ -220,11 +219,12 @@ def _attack_sections(report: EvaluationReport) -> list[Section]:
         )
     )
     msd = Section("Per attack and threat (as MSD Tables 3-4)").table(per_attack_table(report))
-    if report.cascade:
+    if report.mode.cascade:
+        union_only = report.mode is EvaluationMode.UNION_ONLY
         msd.text(
-            "'alone' needs every attack run on every point (evaluate(..., cascade=False)); "
+            "'alone' needs every attack run on every point (evaluate(..., mode='everything')); "
             "the cascade only attacks points still robust"
-            + (" for the union: per-threat rows are upper bounds." if report.union_only else ".")
+            + (" for the union: per-threat rows are upper bounds." if union_only else ".")
         )
     return [breakdown, msd]
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unionrobust.evaluation.report import UPPER_BOUND_NOTE, EvaluationReport
+from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.verdicts import write_csv, write_json, write_outputs
 
 FORMATS = ("markdown", "plain")
@@ -21,11 +22,11 @@ __all__ = [
     "format_table",
     "write_csv",
     "write_json",
-    "write_report",
 ]
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal ("12.5%"); None or NaN as "-"."""
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
 
@@ -60,29 +61,34 @@ def format_table(
 
 
 def format_summary(report: EvaluationReport, fmt: str = "markdown") -> str:
-    """Clean, per-threat, union and average accuracy with 95% intervals (in union-only mode
-    the per-threat and average rows say "upper bound")."""
+    """Clean, per-threat, union and average accuracy with 95% intervals; the rows of figures
+    that are upper bounds (:attr:`EvaluationReport.upper_bounds`) say so."""
     ci = report.intervals()
-    bound = " (upper bound)" if report.per_threat_upper_bound else ""
+    bounds = report.upper_bounds
+
+    def bound(figure: str) -> str:
+        return " (upper bound)" if figure in bounds else ""
+
     n = report.n_examples
     acc = report.per_threat_accuracy
     robust = report.threat_robust()
     rows = [
-        ["clean", _pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
+        ["clean", pct(report.clean_accuracy), _ci(ci["clean"]), int(report.clean_correct.sum())]
     ]
     for i, spec in enumerate(report.threats):
-        label = spec + bound if i in report.entry_threat else f"{spec} (no attack run!)"
-        rows.append([label, _pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
+        ran = i in report.entry_threat
+        label = spec + bound("per-threat") if ran else f"{spec} (no attack run!)"
+        rows.append([label, pct(acc[spec]), _ci(ci["per_threat"][spec]), int(robust[:, i].sum())])
     rows.append(
         [
-            "union (1 - R_max)",
-            _pct(report.union_accuracy),
+            "union (1 - R_max)" + bound("union"),
+            pct(report.union_accuracy),
             _ci(ci["union"]),
             int(report.union_robust.sum()),
         ]
     )
-    avg = f"average (1 - R_avg){bound}"
-    rows.append([avg, _pct(report.average_accuracy), _ci(ci["average"]), "-"])
+    avg = "average (1 - R_avg)" + bound("average")
+    rows.append([avg, pct(report.average_accuracy), _ci(ci["average"]), "-"])
     return format_table(["accuracy", "value", "95% CI", f"robust / {n}"], rows, fmt)
 
 
@@ -95,19 +101,19 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
             [
                 r["entry"] + 1,
                 r["threat"],
-                r["attack"],
+                r["key"],
                 r["attacked"],
                 r["broken"],
                 r["rejected"],
-                _pct(r["threat_accuracy_after"]),
-                _pct(r["union_accuracy_after"]),
+                pct(r["threat_accuracy_after"]),
+                pct(r["union_accuracy_after"]),
                 "-" if secs is None else f"{secs:.1f}",
             ]
         )
     headers = [
         "#",
         "threat",
-        "attack",
+        "entry",
         "attacked",
         "broken",
         "rejected",
@@ -118,21 +124,38 @@ def format_breakdown(report: EvaluationReport, fmt: str = "markdown") -> str:
     return format_table(headers, rows, fmt)
 
 
+def check_notes(rejected: int, nonfinite: int) -> list[str]:
+    """The screen lines a one-attack report adds under its table when the checks fired."""
+    notes = [f"rejected by the re-check: {rejected}"] if rejected else []
+    if nonfinite:
+        notes.append(f"non-finite logits (counted as misclassified): {nonfinite}")
+    return notes
+
+
 def format_report(report: EvaluationReport, fmt: str = "markdown") -> str:
     """The summary and the per-attack breakdown, with a title line."""
     title = (
         f"Union robustness: {', '.join(report.threats)}; suite {report.suite}; "
-        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode}"
+        f"{report.n_examples} examples; seed {report.seed}; mode {report.mode.value}"
     )
     note = (
         "95% CI: Wilson score (average: normal approx.). 'rejected': claimed successes that "
         "failed the re-check (outside the ball/box or not misclassified)."
     )
-    if report.per_threat_upper_bound:
-        note += f" NOTE: {UPPER_BOUND_NOTE}."
+    if report.upper_bounds:
+        note += f" NOTE: {report.mode.bound_note(report.suite)}."
     return "\n\n".join([title, format_summary(report, fmt), format_breakdown(report, fmt), note])
 
 
 def write_report(report: EvaluationReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Atomically write ``out_dir``/report.json and ``out_dir``/verdicts.csv."""
+    """Deprecated: :func:`unionrobust.evaluation.verdicts.write_outputs` (report.json and
+    verdicts.csv, which ``evaluate(out_dir=...)`` already writes); report.md/.html:
+    :func:`unionrobust.reporting.write_reports`."""
+    warnings.warn(
+        "unionrobust.reporting.write_report is deprecated: evaluate(out_dir=...) writes "
+        "report.json and verdicts.csv (unionrobust.evaluation.verdicts.write_outputs); "
+        "write_reports writes report.md/.html",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return write_outputs(report, out_dir)

@@ -11,7 +11,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from unionrobust.errors import UnionRobustError, unknown_name
+from unionrobust.errors import (
+    UnionRobustError,
+    check_finite,
+    check_int,
+    check_number,
+    unknown_name,
+)
 from unionrobust.evaluation.suites import get_suite
 from unionrobust.threats import parse
 from unionrobust.training.schedules import make_schedule
@@ -28,17 +34,17 @@ NONFINITE = ("error", "skip")
 
 def _number(key: str, value: Any, lo: float, hi: float = math.inf, hi_open: bool = False) -> None:
     """``value`` is a finite number in ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``)."""
-    ok = isinstance(value, int | float) and math.isfinite(value) and value >= lo
-    ok = ok and (value < hi if hi_open else value <= hi)
-    if not ok:
-        upper = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi:g}"
-        raise UnionRobustError(f"config key {key!r} must be a finite number >= {lo:g}{upper}, "
-                               f"got {value!r}")  # fmt: skip
+    name = f"config key {key!r}"
+    if hi == math.inf:
+        check_finite(name, value, lo)
+    else:
+        check_number(name, value, lo, hi, high_open=hi_open)
 
 
 def _at_least(key: str, value: Any, lo: int) -> None:
-    if value is not None and value < lo:
-        raise UnionRobustError(f"config key {key!r} must be >= {lo}, got {value!r}")
+    """``value`` is None or a whole number >= ``lo``."""
+    if value is not None:
+        check_int(f"config key {key!r}", value, lo)
 
 
 def check_optimizer(cfg: Config) -> None:

@@ -30,7 +30,13 @@ from unionrobust.evaluation.suites import get_suite
 from unionrobust.models import load_weights
 from unionrobust.outdir import locked_folder
 from unionrobust.training.build import build_model_from, build_strategy, load_split
-from unionrobust.training.compare_table import bounds_note, plot, table, upper_bound_columns
+from unionrobust.training.compare_table import (
+    bounds_note,
+    compare_mode,
+    plot,
+    table,
+    upper_bound_columns,
+)
 from unionrobust.training.config import builtin_configs, load_config
 from unionrobust.training.data import Source
 from unionrobust.training.lifetime import stop_workers, worker_init
@@ -239,14 +245,14 @@ def _train_and_compare(
         f"in {jobs} process(es); runs in {out / 'runs'}"
     )
 
-    bound = "≤ " if union_only or suite == "quick" else ""  # union-only: average ≤
+    mode = compare_mode(union_only)
 
     def done(run: dict[str, Any]) -> None:
-        union = "≤ " if suite == "quick" else ""
         echo(
             f"[{time.perf_counter() - start:6.0f} s] {run['strategy']} (seed {run['seed']}): "
-            f"clean {run['clean']:.1%}, union {union}{run['union']:.1%}, "
-            f"average {bound}{run['average']:.1%}, {run['time_per_epoch']:.1f} s/epoch"
+            f"clean {run['clean']:.1%}, union {mode.mark('union', suite)}{run['union']:.1%}, "
+            f"average {mode.mark('average', suite)}{run['average']:.1%}, "
+            f"{run['time_per_epoch']:.1f} s/epoch"
         )
 
     runs = _run_all(todo, jobs, done)
@@ -297,7 +303,7 @@ def _aggregate(
 def _note(payload: dict[str, Any]) -> str:
     """The sentence above the table: what was measured, how, and what it cost."""
     p = payload
-    suite, seeds, bounds = p["suite"], p["seeds"], p["upper_bound_columns"]
+    suite, seeds = p["suite"], p["seeds"]
     return (
         f"Accuracy (%) on the first {p['n_test']} test points of the embedded MNIST against the "
         f"union {', '.join(p['threats'])} (suite '{suite}', {p['runs'][0]['mode']} mode), "
@@ -307,7 +313,7 @@ def _note(payload: dict[str, Any]) -> str:
             if seeds > 1
             else "1 seed, [95 % interval] (Wilson; average: normal approx.); "
         )
-        + bounds_note(suite, bounds)
+        + bounds_note(suite, p["union_only"])
         + f"{p['jobs']} training process(es); total wall time {p['wall_time']:.0f} s, CPU time "
         f"{p['cpu_time']:.0f} s (training {p['train_cpu_time']:.0f} s, evaluation "
         f"{p['eval_cpu_time']:.0f} s) on {os.cpu_count()} core(s) (wall time ≈ CPU time / "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from unionrobust.atomic import atomic_savefig
+from unionrobust.evaluation.mode import EvaluationMode
 
 
 def _fmt(values: list[float], pct: bool = True) -> str:
@@ -48,18 +49,26 @@ def table(rows: list[dict[str, Any]], threats: list[str], upper_bounds: Sequence
     return "\n".join(lines)
 
 
+def compare_mode(union_only: bool) -> EvaluationMode:
+    """The mode of the comparison's evaluation."""
+    return EvaluationMode.resolve(None, union_only=bool(union_only))
+
+
 def upper_bound_columns(suite: str, union_only: bool, threats: Sequence[str]) -> list[str]:
-    """Columns whose figures are upper bounds: all robust ones for the ``quick`` suite (PGD-20
-    only), the per-threat and average ones in union-only mode (the union is exact there)."""
-    if suite == "quick":
-        return [*threats, "union", "average"]
-    return [*threats, "average"] if union_only else []
+    """Columns whose figures are upper bounds, as :meth:`EvaluationMode.upper_bounds` says for
+    the comparison's ``suite`` and mode: every robust column for a suite weaker than
+    ``standard`` (e.g. ``quick``, ``msd-paper``), the per-threat and average ones in union-only
+    mode (the union is exact there)."""
+    bounds = compare_mode(union_only).upper_bounds(suite)
+    per_threat = list(threats) if "per-threat" in bounds else []
+    return per_threat + [c for c in ("union", "average") if c in bounds]
 
 
 def plot(
     rows: list[dict[str, Any]], threats: list[str], path: Path, bounds: Sequence[str] = ()
 ) -> str | None:
-    """Grouped bars per strategy; whiskers: the 95 % interval (one seed) or ± std (seeds)."""
+    """Grouped bars per strategy; whiskers: the 95 % interval (one seed) or ± std (seeds); the
+    columns in ``bounds`` (upper bounds) are hatched and marked "≤" (bar and key)."""
     try:
         import matplotlib
 
@@ -86,9 +95,14 @@ def plot(
             errs.append((100 * err[0], 100 * err[1]))
         xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
         yerr = [[e[0] for e in errs], [e[1] for e in errs]]
-        ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None, label=col,
-               capsize=2, error_kw={"elinewidth": 0.8})  # fmt: skip
-        ax.containers[-1].set_label(f"≤ {col}" if col in bounds else col)
+        bound = col in bounds  # an upper bound: hatched, marked "≤" above the bar and in the key
+        ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None,
+                      label=f"≤ {col}" if bound else col, capsize=2,
+                      error_kw={"elinewidth": 0.8}, hatch="////" if bound else None,
+                      edgecolor="white" if bound else None, linewidth=0)  # fmt: skip
+        if bound:
+            for x, m, e in zip(xs, means, errs, strict=True):
+                ax.text(x, min(m + e[1], 100) + 1, "≤", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -98,16 +112,9 @@ def plot(
     return None
 
 
-def bounds_note(suite: str, bounds: Sequence[str]) -> str:
-    if not bounds:
+def bounds_note(suite: str, union_only: bool) -> str:
+    """The sentence on upper bounds (:meth:`EvaluationMode.bound_note`)."""
+    note = compare_mode(union_only).bound_note(suite)
+    if not note:
         return "every accuracy is the strict figure of the suite; "
-    if suite == "quick":
-        return (
-            "≤: upper bounds — the quick suite runs PGD-20 only (use --suite standard for "
-            "strict figures); "
-        )
-    return (
-        "≤: upper bounds — in union-only mode a point broken for one threat is not attacked "
-        "for the others; the union accuracy is exact (--no-union-only for exact per-threat "
-        "figures); "
-    )
+    return f"≤: upper bounds (hatched in compare.png) — {note}; "

@@ -10,6 +10,7 @@ from torch import nn
 
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
+from unionrobust.evaluation.mode import EvaluationMode
 from unionrobust.threats import Union
 from unionrobust.training.build import load_split
 from unionrobust.training.config import Config, EvalConfig
@@ -44,6 +45,12 @@ def holdout_union_only(e: EvalConfig) -> bool:
     Union-only gives the same union verdicts with fewer attacks; the logged per-threat and
     average figures are then upper bounds (``evaluate(..., union_only=True)``)."""
     return e.select == "union" and str(e.suite).strip() != "quick"
+
+
+def holdout_mode(e: EvalConfig) -> EvaluationMode:
+    """The held-out evaluation's mode (:func:`holdout_union_only`), which says which of its
+    figures are upper bounds (:meth:`EvaluationMode.upper_bounds`)."""
+    return EvaluationMode.resolve(None, union_only=holdout_union_only(e))
 
 
 def holdout_metrics(

@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from unionrobust.atomic import append_line
 from unionrobust.errors import UnionRobustError
 from unionrobust.models import save_weights
-from unionrobust.outdir import FolderLock
+from unionrobust.outdir import FolderLock, writing
 from unionrobust.threats import parse
 from unionrobust.training import checkpoint as ckpt
 from unionrobust.training.batches import TrainingData
@@ -59,6 +60,9 @@ from unionrobust.training.lifetime import deferred_signals, redeliver
 from unionrobust.training.runstate import RunState, TrainResult
 from unionrobust.training.schedules import make_schedule
 from unionrobust.training.tblog import open_writer, write_record
+
+#: how to go on after a failed write: the last checkpoint is intact
+AFTER_WRITE_ERROR = "free space (or fix permissions) and continue with --resume"
 
 
 def can_resume(out_dir: str | os.PathLike) -> bool:
@@ -166,17 +170,10 @@ class Trainer:
 
     # --------------------------------------------------------------------- files
 
-    @contextlib.contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
-        """Turn a failed write (full disk, permissions) into a one-line error; the writers are
-        atomic, so the previous checkpoint and files stay intact."""
-        try:
-            yield
-        except OSError as exc:
-            raise UnionRobustError(
-                f"cannot write {what} in {str(self.out_dir)!r}: {exc.strerror or exc}; free "
-                "space (or fix permissions) and continue with --resume"
-            ) from None
+    def _writing(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """A failed write of ``what`` (full disk, permissions) as a one-line error; the writers
+        are atomic, so the previous checkpoint and files stay intact."""
+        return writing(self.out_dir, AFTER_WRITE_ERROR, what)
 
     def _pseudo_label(self) -> None:
         """Label the unlabelled extra set with the initial model (saved for resume)."""
@@ -205,11 +202,8 @@ class Trainer:
             return
         if self._tb is not None:
             write_record(self._tb, record)
-        log = self.out_dir / "log.jsonl"
-        with self._writing("log.jsonl"), open(log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self._writing("log.jsonl"):
+            append_line(self.out_dir / "log.jsonl", json.dumps(record))
 
     def _save_best(self) -> None:
         if self.out_dir is None:

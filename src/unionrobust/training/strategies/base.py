@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unionrobust.errors import UnionRobustError, check_example_ids, check_images, check_labels
+from unionrobust.errors import (
+    UnionRobustError,
+    check_example_ids,
+    check_fraction,
+    check_images,
+    check_int,
+    check_labels,
+)
 from unionrobust.rng import keyed_bits
 from unionrobust.threats import L0, ThreatModel, Union, parse
 from unionrobust.training.strategies.objective import Objective
@@ -107,9 +114,7 @@ class Strategy(ABC):
     ) -> None:
         self.threats: Union = parse(threats)
         self.objective = Objective(loss, beta, mix)
-        if isinstance(seed, bool) or int(seed) != seed:
-            raise UnionRobustError(f"seed must be an integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         self.amp = bool(amp)
         self.scale = 1.0
         self.batches = 0
@@ -149,12 +154,7 @@ class Strategy(ABC):
 
     def set_scale(self, scale: float) -> None:
         """Multiply every ε and step size by ``scale`` ∈ (0, 1] (ε warm-up)."""
-        try:
-            s = float(scale)
-        except (TypeError, ValueError):
-            raise UnionRobustError(f"scale must be a number in (0, 1], got {scale!r}") from None
-        if not 0.0 < s <= 1.0:
-            raise UnionRobustError(f"scale must lie in (0, 1], got {scale!r}")
+        s = check_fraction("scale", scale)
         if s != self.scale:
             self.scale = s
             self._rescaled()
