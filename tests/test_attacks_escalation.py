@@ -198,3 +198,13 @@ def test_decision_search_starts_from_the_fab_t_point(linear_model):
 def test_decision_search_bad_parameters_raise(build, match):
     with pytest.raises(UnionRobustError, match=match):
         build()
+
+
+def test_seeded_normal_is_keyed_by_example():
+    from unionrobust.rng import KeyedRandom
+
+    batch = KeyedRandom(3, torch.arange(20)).seeded_normal(7, (5, 2))
+    part = KeyedRandom(3, torch.arange(10, 15)).seeded_normal(7, (5, 2))
+    assert torch.equal(part, batch[10:15])
+    assert not torch.equal(batch, KeyedRandom(3, torch.arange(20)).seeded_normal(8, (5, 2)))
+    assert not torch.equal(batch, KeyedRandom(4, torch.arange(20)).seeded_normal(7, (5, 2)))

@@ -137,7 +137,8 @@ class BoundarySearch(MinNormAttack):
         r = _rows(rho, x_b).unsqueeze(1)
         for k, lo in enumerate(range(0, n, _CHUNK)):
             m = min(_CHUNK, n - lo)
-            u = rand.normal(DECISION_COUNTER + (1 << 10) + t * (1 << 8) + k, (m, *shape), x_b.dtype)
+            ctr = DECISION_COUNTER + (1 << 10) + t * (1 << 8) + k
+            u = rand.seeded_normal(ctr, (m, *shape), x_b.dtype)
             u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).reshape(b, m, *(1,) * len(shape))
             pert = (x_b.unsqueeze(1) + r * u).clamp(0.0, 1.0)
             u = (pert - x_b.unsqueeze(1)) / r
