@@ -26,14 +26,25 @@ def test_standard_keys_are_distinct_and_name_each_pass():
         "apgd-ce@linf:0.05",
         "apgd-t@linf:0.05",
         "apgd-t@linf:0.05#2",
+        "square@linf:0.05",  # the escalation (issue 16): probe, then the masked tier
+        "fab-t@linf:0.05",
+        "square@linf:0.05#2",
         "apgd-ce@l2:1",
         "apgd-t@l2:1",
         "apgd-t@l2:1#2",
+        "square@l2:1",
+        "fab-t@l2:1",
+        "square@l2:1#2",
+        "boundary-search@l2:1",
         "apgd-ce@l1:6",
         "apgd-t@l1:6",
         "apgd-ce@l1:6#2",
         "apgd-cw@l1:6#3",
         "apgd-ce@l1:6#4",
+        "square@l1:6",
+        "fab-t@l1:6",
+        "square@l1:6#2",
+        "boundary-search@l1:6",
     ]
     assert suite.labels() == suite.keys()  # progress shows the key
     assert [d["key"] for d in suite.describe()] == suite.keys()
