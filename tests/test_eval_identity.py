@@ -59,8 +59,14 @@ def test_seed_offset_is_a_field_and_keeps_todays_seeds():
     for e in suite.entries:
         assert "seed_offset" not in dict(e.params)
         assert e.build(union[e.threat_index], 7).seed == 7 + e.seed_offset
-    assert [e.seed_offset for e in suite.entries if e.threat_index == 2] == [0, 0, 1, 2, 3]
-    assert [e.seed_offset for e in suite.entries if e.threat_index == 0] == [0, 0, 1]
+    # then the escalation: the Square probe, FAB-T, Square pass 2 (and the boundary search)
+    assert [e.seed_offset for e in suite.entries if e.threat_index == 2] == [0, 0, 1, 2, 3] + [
+        0,
+        0,
+        1,
+        0,
+    ]
+    assert [e.seed_offset for e in suite.entries if e.threat_index == 0] == [0, 0, 1, 0, 0, 1]
 
 
 def test_a_new_entry_is_one_line():
