@@ -20,6 +20,7 @@ from torch import nn
 
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
 from unionrobust.attacks.ddn import DDN
+from unionrobust.attacks.decision import BoundarySearch
 from unionrobust.attacks.linearised import FAB, DeepFool, project_hyperplane_box
 from unionrobust.attacks.minnorm import MinNormResult
 from unionrobust.attacks.registry import attack_names, make_attack
@@ -285,6 +286,8 @@ CONTRACT = {
     "deepfool-linf": lambda: DeepFool(Linf(0.05), steps=5),
     "fab-l1": lambda: FAB(L1(1.0), steps=5, restarts=2),
     "fab-linf": lambda: FAB(Linf(0.05), steps=5, candidates=3),
+    "fab-t-l2": lambda: FAB(L2(0.5), steps=12, n_targets=3, early_stop=True, restarts=2),
+    "fab-t-l1": lambda: FAB(L1(1.0), steps=5, n_targets=2),
     "ddn": lambda: DDN(L2(0.5), steps=10),
     "gaussian": lambda: GaussianNoise(L2(1.0), steps=4, repeats=2),
     "salt-pepper-l0": lambda: SaltPepper(L0(6), steps=10, repeats=2),
@@ -292,6 +295,9 @@ CONTRACT = {
     "pointwise": lambda: Pointwise(L1(2.0), sp_steps=10, sp_repeats=1, binary_steps=2),
     "square": lambda: Square(Linf(0.05), steps=20, restarts=2),
     "square-l2": lambda: Square(L2(0.5), steps=20, restarts=2),
+    "square-l1": lambda: Square(L1(2.0), steps=20, restarts=2),
+    "boundary-search-l2": lambda: BoundarySearch(L2(0.5), steps=3, grad_queries=8, start_steps=3),
+    "boundary-search-l1": lambda: BoundarySearch(L1(2.0), steps=3, grad_queries=8, start="noise"),
 }
 
 
@@ -348,7 +354,7 @@ def test_clean_misclassified_points_have_norm_zero(linear_model):
     [
         (lambda: DDN(Linf(0.1)), "supports l2"),
         (lambda: DeepFool(L1(1.0)), "supports linf, l2"),
-        (lambda: Square(L1(1.0)), "linf and l2"),
+        (lambda: Square(L0(3)), "linf, l2 and l1"),
         (lambda: FAB(L2(1.0), beta=1.5), "beta"),
         (lambda: DDN(L2(1.0), steps=0), "steps"),
         (lambda: SaltPepper(L1(1.0), max_p=2.0), "max_p"),

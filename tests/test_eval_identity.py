@@ -26,14 +26,25 @@ def test_standard_keys_are_distinct_and_name_each_pass():
         "apgd-ce@linf:0.05",
         "apgd-t@linf:0.05",
         "apgd-t@linf:0.05#2",
+        "square@linf:0.05",  # the escalation (issue 16): probe, then the masked tier
+        "fab-t@linf:0.05",
+        "square@linf:0.05#2",
         "apgd-ce@l2:1",
         "apgd-t@l2:1",
         "apgd-t@l2:1#2",
+        "square@l2:1",
+        "fab-t@l2:1",
+        "square@l2:1#2",
+        "boundary-search@l2:1",
         "apgd-ce@l1:6",
         "apgd-t@l1:6",
         "apgd-ce@l1:6#2",
         "apgd-cw@l1:6#3",
         "apgd-ce@l1:6#4",
+        "square@l1:6",
+        "fab-t@l1:6",
+        "square@l1:6#2",
+        "boundary-search@l1:6",
     ]
     assert suite.labels() == suite.keys()  # progress shows the key
     assert [d["key"] for d in suite.describe()] == suite.keys()
@@ -48,8 +59,10 @@ def test_seed_offset_is_a_field_and_keeps_todays_seeds():
     for e in suite.entries:
         assert "seed_offset" not in dict(e.params)
         assert e.build(union[e.threat_index], 7).seed == 7 + e.seed_offset
-    assert [e.seed_offset for e in suite.entries if e.threat_index == 2] == [0, 0, 1, 2, 3]
-    assert [e.seed_offset for e in suite.entries if e.threat_index == 0] == [0, 0, 1]
+    # then the escalation: the Square probe, FAB-T, Square pass 2 (and the boundary search)
+    offsets = [e.seed_offset for e in suite.entries if e.threat_index == 2]
+    assert offsets == [0, 0, 1, 2, 3, 0, 0, 1, 0]
+    assert [e.seed_offset for e in suite.entries if e.threat_index == 0] == [0, 0, 1, 0, 0, 1]
 
 
 def test_a_new_entry_is_one_line():

@@ -142,9 +142,14 @@ def check_recomputable(out: Path) -> None:
     # per entry, in run order: points attacked (which the mode says), broken, accuracies after
     state = {t: list(cc) for t in threats}
     after = []
+    # standard's masked tier runs only on evidence of gradient masking (issue 16)
+    masked = {d["key"] for d in report["attacks"] if d["params"].get("escalate") == "masked"}
+    gated = masked & {r["key"] for r in report["per_attack"] if r["attacked"] == 0}
     for e, k in enumerate(keys):
         t = threat_of[k]
-        if mode is EvaluationMode.EVERYTHING:
+        if k in gated:
+            todo = [False] * n
+        elif mode is EvaluationMode.EVERYTHING:
             todo = [True] * n
         elif mode is EvaluationMode.UNION_ONLY:
             todo = [all(state[s][i] for s in threats) for i in range(n)]

@@ -146,6 +146,7 @@ def test_counter_ranges_are_disjoint_and_named_counters_lie_in_them():
         "transform": rng.TRANSFORM_COUNTER,
         "member": rng.MEMBER_COUNTER,
         "spatial-draw": rng.SPATIAL_DRAW_COUNTER,
+        "decision": rng.DECISION_COUNTER,
         "init": rng.INIT_COUNTER,
     }
     assert {k: v[0] for k, v in rng.COUNTER_RANGES.items()} == named

@@ -62,6 +62,9 @@ MEMBER_COUNTER = 1 << 29
 #: worst-of-k rotation-translation draws (+ draw index); was 2**29 = MEMBER_COUNTER, a real
 #: collision (``tests/test_rng.py::test_member_and_spatial_draws_no_longer_collide``)
 SPATIAL_DRAW_COUNTER = 3 << 28
+#: the decision-based boundary search (attacks/decision.py): its blended-noise starts (+ draw)
+#: and its gradient-estimation samples (+ 2**10 + step·2**8 + chunk)
+DECISION_COUNTER = (3 << 28) + (1 << 24)
 #: random starts (+ 4·restart (+ member) for PGD/MSD/DDN, + part for the affine attacks)
 INIT_COUNTER = 1 << 30
 
@@ -72,6 +75,7 @@ COUNTER_RANGES: dict[str, tuple[int, int]] = {
     "transform": (TRANSFORM_COUNTER, MEMBER_COUNTER),
     "member": (MEMBER_COUNTER, MEMBER_COUNTER + (1 << 20)),
     "spatial-draw": (SPATIAL_DRAW_COUNTER, SPATIAL_DRAW_COUNTER + (1 << 20)),
+    "decision": (DECISION_COUNTER, DECISION_COUNTER + (1 << 24)),
     "init": (INIT_COUNTER, 1 << 31),
 }
 
@@ -235,6 +239,22 @@ class KeyedRandom:
 
     def normal(self, counter: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32):
         return keyed_normal(self.seed, self.ids, counter, tuple(shape), dtype)
+
+    def seeded_normal(
+        self, counter: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Standard normal samples of shape ``(B, *shape)`` for large draws: per example a
+        ``torch.Generator`` seeded by the keyed hash of (seed, id, counter), so an example's
+        samples still do not depend on its batch, at the cost of one generator call per example
+        instead of a hash per element (the hash costs ~40 integer ops per sample). The numbers
+        differ between CPU and CUDA generators; one host sync for the seeds."""
+        seeds = keyed_bits(self.seed, self.ids, counter, 1, STREAM_NORMAL).reshape(-1).tolist()
+        dev = self.ids.device
+        out = torch.empty((len(seeds), *shape), dtype=dtype, device=dev)
+        for i, s in enumerate(seeds):
+            gen = torch.Generator(device=dev).manual_seed(int(s))
+            out[i] = torch.randn(tuple(shape), generator=gen, dtype=dtype, device=dev)
+        return out
 
     def randint(self, counter: int, low: int, high: int) -> torch.Tensor:
         if self.window is not None:

@@ -18,6 +18,7 @@ a :class:`MinNormResult` holding both
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,20 @@ class MinNormTracker:
     def found(self) -> torch.Tensor:
         return torch.isfinite(self.norms)
 
+    def subset(self, idx: torch.Tensor) -> MinNormTracker:
+        """A tracker over rows ``idx`` (an index tensor) holding their best so far."""
+        out = MinNormTracker.__new__(MinNormTracker)
+        out.x, out.threat = self.x[idx], self.threat
+        out.best, out.norms = self.best[idx].clone(), self.norms[idx].clone()
+        return out
+
+    def merge(self, local: MinNormTracker, idx: torch.Tensor) -> None:
+        """Write back a :meth:`subset` tracker (it only ever improved on these rows)."""
+        if local is self:
+            return
+        self.best[idx] = local.best
+        self.norms[idx] = local.norms
+
     def update(self, x_cand: torch.Tensor, broken: torch.Tensor) -> torch.Tensor:
         """Fold in candidates (already in the box) that ``broken`` marks misclassified."""
         n = self.threat.norm(x_cand - self.x)
@@ -90,21 +105,29 @@ def line_search(
     tracker: MinNormTracker,
     steps: int,
     amp: bool = False,
-) -> None:
-    """Bisection on λ ∈ [0, 1] for the smallest λ with x + λ(x_min − x) misclassified (the box is
-    convex, so every point of the segment is a valid image; the ℓp norm scales with λ)."""
-    if steps <= 0:
-        return
-    delta = tracker.best - x
+    start: torch.Tensor | None = None,
+    shrink: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Bisection on λ ∈ [0, 1] for the smallest λ with x + S(δ, λ) misclassified, δ =
+    ``start`` − x (default: the tracker's best), S = ``shrink`` (default λδ: the box is convex,
+    so every point of the segment is a valid image; the ℓp norm scales with λ). Every
+    misclassified probe is folded into ``tracker``; returns the adversarial end x + S(δ, hi)."""
+    delta = (tracker.best if start is None else start) - x
+    if shrink is None:
+
+        def shrink(d: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+            return _rows(lam, d) * d
+
     lo = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     hi = torch.ones_like(lo)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        cand = (x + _rows(mid, x) * delta).clamp(0.0, 1.0)
+        cand = (x + shrink(delta, mid)).clamp(0.0, 1.0)
         broken = misclassified(forward(model, cand, amp), y)
         tracker.update(cand, broken)
         hi = torch.where(broken, mid, hi)
         lo = torch.where(broken, lo, mid)
+    return (x + shrink(delta, hi)).clamp(0.0, 1.0)
 
 
 class MinNormAttack(Attack):

@@ -24,6 +24,7 @@ from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.base import Attack
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
 from unionrobust.attacks.ddn import DDN
+from unionrobust.attacks.decision import BoundarySearch
 from unionrobust.attacks.linearised import FAB, DeepFool
 from unionrobust.attacks.msd import MSD
 from unionrobust.attacks.pgd import FGSM, MIM, PGD, SLIDE
@@ -53,11 +54,13 @@ ATTACKS: dict[str, AttackFactory] = {
     # square.py), peers (adapters.py: the peer packages are imported when the attack first runs)
     "deepfool": DeepFool,
     "fab": FAB,
+    "fab-t": partial(FAB, n_targets=9, steps=100),
     "ddn": DDN,
     "gaussian-noise": GaussianNoise,
     "salt-pepper": SaltPepper,
     "pointwise": Pointwise,
     "square": Square,
+    "boundary-search": BoundarySearch,
     "ta-ead": TAEAD,
     "ta-cw": TACW,
     "ta-fab": TAFAB,

@@ -3,7 +3,10 @@ margin z_y − max_{j≠y} z_j decreases, window side from the paper's p-schedul
 start from vertical ±ε stripes, each step sets one s × s window to ±ε per channel. ℓ2
 (Alg. 3, as the authors implement it): start from tiles of pseudo-Gaussian meta-patches, each
 step moves the mass of a second window into the first (plus a new meta-patch), rescaled to
-norm ε. Images (B, C, H, W), one forward per step.
+norm ε. ℓ1 (AutoAttack's ℓ1 Square, as in "Mind the box", Croce & Hein 2021): the ℓ2 scheme with
+ℓ1 norms and ℓ1-normalised meta-patches of weights 1/(k+1)⁴ (sparser than ℓ2's 1/(k+1)²), each
+proposal projected onto the ℓ1 ball ∩ box exactly (the threat's ``project``). Images
+(B, C, H, W), one forward per step.
 Never calls backward; randomness from the example-keyed :class:`~unionrobust.rng.KeyedRandom`.
 """
 
@@ -31,25 +34,27 @@ def square_p(p_init: float, step: int, steps: int) -> float:
 
 
 class Square(Attack):
-    """Square attack, ℓ∞ and ℓ2 (see the module doc). ``steps`` queries after the initial one;
-    ``p_init`` the initial fraction of pixels per window (the paper's 0.05 for ImageNet-size
-    models; 0.3 suits MNIST/CIFAR, as in the authors' defaults); ``restarts`` random restarts on
-    the examples not yet broken."""
+    """Square attack, ℓ∞, ℓ2 and ℓ1 (see the module doc). ``steps`` queries after the initial
+    one (AutoAttack's 5,000); ``p_init`` the initial fraction of pixels per window (AutoAttack's
+    0.8; the paper's 0.05 for ImageNet-size models); ``restarts`` random restarts on the
+    examples not yet broken."""
 
     name = "square"
 
     def __init__(
         self,
         threat: ThreatModel | str,
-        steps: int = 1000,
-        p_init: float = 0.3,
+        steps: int = 5000,
+        p_init: float = 0.8,
         restarts: int = 1,
         seed: int = 0,
         amp: bool = False,
     ) -> None:
         threat = single_threat(threat, "Square")
-        if threat.name not in ("linf", "l2"):
-            raise UnionRobustError(f"Square supports linf and l2 threats, got {threat.spec!r}")
+        if threat.name not in ("linf", "l2", "l1"):
+            raise UnionRobustError(
+                f"Square supports linf, l2 and l1 threats, got {threat.spec!r}"
+            )
         super().__init__(threat, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
         self.p_init = check_fraction("p_init", p_init)
@@ -74,7 +79,7 @@ class Square(Attack):
         return AttackResult(best, misclassified(logits, y), cw_margin(logits, y))
 
     def _once(self, model, x, y, rand, restart) -> tuple[torch.Tensor, torch.Tensor]:
-        l2 = self.threat.name == "l2"
+        l2 = self.threat.name != "linf"  # ℓ2 and ℓ1 share Alg. 3's window moves
         base = restart * (self.steps + 1) * 8
         cur = self._init_l2(x, rand, base) if l2 else self._init_linf(x, rand, base)
         margin = -cw_margin(forward(model, cur, self.amp), y)
@@ -105,26 +110,40 @@ class Square(Attack):
         signs = _signs(u[:, 2:]).to(x.dtype).reshape(-1, c, 1, 1)
         return torch.where(window, (x + self.threat.size * signs).clamp(0.0, 1.0), cur)
 
-    # ℓ2: Alg. 3 -------------------------------------------------------------------------------
+    # ℓ2 and ℓ1: Alg. 3 ------------------------------------------------------------------------
+    def _norm(self, t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """ℓ2 or ℓ1 norm (the threat's) over ``dims``, kept as size-1 dims."""
+        if self.threat.name == "l1":
+            return t.abs().sum(dim=dims, keepdim=True)
+        return t.pow(2).sum(dim=dims, keepdim=True).sqrt()
+
+    def _to_ball(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """ℓ2: ``delta`` rescaled to norm ε, then clipped to the box (the authors' rule);
+        ℓ1: ``delta`` projected onto the ℓ1 ball ∩ box exactly."""
+        if self.threat.name == "l1":
+            return (x + self.threat.project(delta, x)).clamp(0.0, 1.0)
+        norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+        return (x + self.threat.size * delta / _rows(norm, x)).clamp(0.0, 1.0)
+
     def _init_l2(self, x, rand, ctr) -> torch.Tensor:
         """Tiles of side h // 5 (at least 1), each a meta-patch times a random sign per channel,
-        rescaled to ℓ2 norm ε (the authors' initialisation)."""
+        rescaled to norm ε (ℓ2) or projected onto the ℓ1 ball ∩ box (the authors' start)."""
         _, c, h, w = x.shape
         s = max(h // 5, 1)
-        patch = meta_patch(s, x)
+        patch = meta_patch(s, x, self.threat.name)
         delta = torch.zeros_like(x)
         top, left = (h - s * (h // s)) // 2, (w - s * (w // s)) // 2
         tiles = [(r0, c0) for r0 in range(top, h - s + 1, s) for c0 in range(left, w - s + 1, s)]
         signs = _signs(rand.uniform(ctr, (len(tiles), c, 1, 1), x.dtype))
         for k, (r0, c0) in enumerate(tiles):
             delta[:, :, r0 : r0 + s, c0 : c0 + s] += patch * signs[:, k]
-        norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
-        return (x + self.threat.size * delta / _rows(norm, x)).clamp(0.0, 1.0)
+        return self._to_ball(x, delta)
 
     def _propose_l2(self, x, cur, p, rand, ctr) -> torch.Tensor:
         """One step of Alg. 3 (the authors' implementation): in window W1 the old content,
         normalised, plus a random-sign meta-patch; window W2 zeroed; the budget freed in W1 ∪ W2
-        and unused by the image is given to W1; the whole perturbation rescaled to norm ε."""
+        and unused by the image is given to W1; the whole perturbation back to the ball
+        (:meth:`_to_ball`). Norms are ℓ2 or ℓ1 as the threat's."""
         eps = self.threat.size
         _, c, h, w = x.shape
         s = max(round(math.sqrt(p * h * w)), 3)
@@ -137,19 +156,20 @@ class Square(Attack):
         delta = cur - x
 
         def chan_norm(t: torch.Tensor) -> torch.Tensor:
-            return t.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+            return self._norm(t, (2, 3))
 
         norm_w1 = chan_norm(delta * w1)
-        norm_img = chan_norm(delta)
+        norm_img = self._norm(delta, (1, 2, 3))
         norm_both = chan_norm(delta * both)
-        patch = _place(meta_patch(s, x), x, s, r1, c1, u[:, 4] < 0.5) * w1
+        patch = _place(meta_patch(s, x, self.threat.name), x, s, r1, c1, u[:, 4] < 0.5) * w1
         signs = _signs(u[:, 5:]).to(x.dtype).reshape(-1, c, 1, 1)
         new = patch * signs + delta * w1 / (1e-10 + norm_w1)
-        budget = ((eps**2 - norm_img**2).clamp_min(0.0) / c + norm_both**2).sqrt()
+        if self.threat.name == "l1":
+            budget = (eps - norm_img).clamp_min(0.0) / c + norm_both
+        else:
+            budget = ((eps**2 - norm_img**2).clamp_min(0.0) / c + norm_both**2).sqrt()
         new = new / chan_norm(new).clamp_min(1e-12) * budget
-        delta = delta * (1 - both) + new * w1
-        norm = delta.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-12)
-        return (x + eps * delta / _rows(norm, x)).clamp(0.0, 1.0)
+        return self._to_ball(x, delta * (1 - both) + new * w1)
 
 
 def _signs(u: torch.Tensor) -> torch.Tensor:
@@ -189,9 +209,10 @@ def _place(
     return rows.gather(2, ci[:, None, :].expand(b, h, w))[:, None]
 
 
-def _rect_patch(a: int, bw: int) -> torch.Tensor:
+def _rect_patch(a: int, bw: int, norm: str = "l2") -> torch.Tensor:
     """The authors' pseudo-Gaussian a × bw rectangle: nested centred rectangles, weight 1/(k+1)²
-    for the k-th, unit ℓ2 norm."""
+    for the k-th and unit ℓ2 norm (``norm`` "l2"), or 1/(k+1)⁴ and unit ℓ1 norm ("l1")."""
+    power = 4 if norm == "l1" else 2
     delta = torch.zeros(a, bw, dtype=torch.float64)
     if a == 0 or bw == 0:
         return delta
@@ -199,19 +220,24 @@ def _rect_patch(a: int, bw: int) -> torch.Tensor:
     r, c = xc - 1, yc - 1
     for k in range(max(xc, yc)):
         delta[max(r, 0) : min(r + 2 * k + 1, a), max(c, 0) : min(c + 2 * k + 1, bw)] += (
-            1.0 / (k + 1) ** 2
+            1.0 / (k + 1) ** power
         )
         r, c = r - 1, c - 1
-    return delta / delta.pow(2).sum().sqrt()
+    return delta / _lp(delta, norm)
 
 
-def meta_patch(s: int, x: torch.Tensor) -> torch.Tensor:
+def _lp(t: torch.Tensor, norm: str) -> torch.Tensor:
+    return (t.abs().sum() if norm == "l1" else t.pow(2).sum().sqrt()).clamp_min(1e-12)
+
+
+def meta_patch(s: int, x: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     """Andriushchenko et al. 2020, Alg. 3's s × s update: a pseudo-Gaussian bump on the upper
-    half and its negative on the lower half, unit ℓ2 norm (``dtype``/``device`` of ``x``)."""
+    half and its negative on the lower half, unit norm in ``norm`` ("l2", or "l1" with the
+    sharper ℓ1 bumps) (``dtype``/``device`` of ``x``)."""
     delta = torch.zeros(s, s, dtype=torch.float64)
-    delta[: s // 2] = _rect_patch(s // 2, s)
-    delta[s // 2 :] = -_rect_patch(s - s // 2, s)
-    delta = delta / delta.pow(2).sum().sqrt().clamp_min(1e-12)
+    delta[: s // 2] = _rect_patch(s // 2, s, norm)
+    delta[s // 2 :] = -_rect_patch(s - s // 2, s, norm)
+    delta = delta / _lp(delta, norm)
     return delta.to(device=x.device, dtype=x.dtype)
 
 

@@ -224,6 +224,10 @@ def _warn(report: EvaluationReport) -> None:
             "(EOT APGD, each final point re-checked K of K times); these figures overstate it",
             file=sys.stderr,
         )
+    masking = (report.diagnostics.get("gradient_masking") or {}).get("per_threat", {})
+    for spec, row in masking.items():  # the evidence: which points, which filters
+        if row.get("flag"):
+            print(f"WARNING (gradient masking {spec}): {row['message']}", file=sys.stderr)
     if report.nonfinite:
         print(
             f"\nWARNING: the model returned non-finite logits for {report.nonfinite} "

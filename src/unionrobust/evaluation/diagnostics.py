@@ -47,6 +47,7 @@ GRADIENT_FREE_ATTACKS = frozenset(
         "square-l2",
         "ta-square",
         "fb-boundary",
+        "boundary-search",
         "fb-pointwise",
         "boundary",
         "boundary-l2",
@@ -157,20 +158,38 @@ def _is_gradient_free(name: str, gradient_free: frozenset[str]) -> bool:
     return name in gradient_free
 
 
+def is_gradient_free(name: str) -> bool:
+    """Whether registry attack ``name`` uses no gradient of the model
+    (:data:`GRADIENT_FREE_ATTACKS`)."""
+    return name in GRADIENT_FREE_ATTACKS
+
+
+#: how many example ids a masking message lists (report.json keeps them all)
+_SHOWN_IDS = 20
+
+
 def gradient_masking(
     report: Any,
     threshold: float = 0.01,
     gradient_free: Iterable[str] | None = None,
+    first_layer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per threat of an :class:`EvaluationReport`: points broken only by gradient-free attacks.
 
-    For threat t, let G be the clean-correct points on which every first-order entry of t ran
-    and failed (``report.ran(e)``: with the cascade, an entry ran on a point iff it was still
-    robust for t — for the union in union-only mode — before that entry). ``extra`` = points
-    of G that a gradient-free entry of t broke. The flag fires when the Wilson 95% lower bound
+    For threat t, ``extra`` = the clean-correct points that a gradient-free entry of t broke
+    although every first-order entry of t before it ran on them and failed (``report.ran(e)``:
+    with the cascade, an entry ran on a point iff it was still robust for t — for the union in
+    union-only mode — before that entry); a gradient-free entry with no first-order entry
+    before it gives no evidence. The flag fires when the Wilson 95% lower bound
     of ``extra / clean-correct`` exceeds ``threshold`` (a fraction). Threats without both
-    kinds of attack are reported as not checked.
+    kinds of attack are reported as not checked. The evidence: ``points``, the example ids of
+    those points, and ``thresholding_filters``, the count of thresholding first-layer filters
+    (``first_layer``: :func:`thresholding_filters`' result, when known).
     """
+    n_filters = None if first_layer is None else int(first_layer.get("count", 0))
+    filter_note = "" if not n_filters else (
+        f"; {n_filters} of {first_layer.get('filters')} first-layer filters threshold pixels"
+    )
     names = GRADIENT_FREE_ATTACKS if gradient_free is None else frozenset(gradient_free)
     n_entries = len(report.entry_threat)
     cc = report.clean_correct.bool()
@@ -198,17 +217,23 @@ def gradient_masking(
             )
             out["per_threat"][spec] = row
             continue
-        survived = cc.clone()
-        for e in grad:
-            ran = report.ran(e) & cc
-            survived &= ran & ~report.broken[:, e]
-        by_free = torch.zeros_like(cc)
-        for e in free:
-            by_free |= report.broken[:, e]
+        # a gradient-free entry's break counts when every first-order entry before it ran on
+        # the point and failed (``standard`` runs first-order passes after its Square probe)
+        only_free = torch.zeros_like(cc)
+        for f in free:
+            before = [e for e in grad if e < f]
+            if not before:
+                continue
+            survived = cc.clone()
+            for e in before:
+                survived &= report.ran(e) & ~report.broken[:, e]
+            only_free |= survived & report.broken[:, f]
         by_grad = torch.zeros_like(cc)
         for e in grad:
             by_grad |= report.broken[:, e]
-        extra = int((survived & by_free).sum())
+        extra = int(only_free.sum())
+        ids = [int(i) for i in report.example_ids[only_free.cpu()].tolist()]
+        shown = ", ".join(map(str, ids[:_SHOWN_IDS])) + (", …" if len(ids) > _SHOWN_IDS else "")
         lo, hi = wilson_interval(extra, n_cc) if n_cc else (math.nan, math.nan)
         flag = bool(n_cc and lo > threshold)
         row.update(
@@ -219,11 +244,16 @@ def gradient_masking(
             clean_correct=n_cc,
             fraction=extra / n_cc if n_cc else math.nan,
             ci95=[lo, hi],
+            points=ids,
+            thresholding_filters=n_filters,
             message=(
                 f"gradient-free attacks broke {extra}/{n_cc} points that first-order attacks "
-                "could not: likely gradient masking; trust the full suite, not PGD/APGD alone"
+                f"could not (ids {shown}){filter_note}: likely gradient masking; "
+                "trust the gradient-free passes, not PGD/APGD alone"
                 if flag
                 else f"{extra}/{n_cc} points broken only by gradient-free attacks"
+                + (f" (ids {shown})" if ids else "")
+                + filter_note
             ),
         )
         out["flag"] = out["flag"] or flag
@@ -264,7 +294,7 @@ def run_diagnostics(
     out["gradients"] = check_gradients(model, xs, ys)
     out["first_layer"] = thresholding_filters(model)
     if report is not None:
-        out["gradient_masking"] = gradient_masking(report)
+        out["gradient_masking"] = gradient_masking(report, first_layer=out["first_layer"])
     out["flags"] = flags_of(out)
     return out
 

@@ -33,7 +33,13 @@ from unionrobust.evaluation.checks import (
     recheck,
     rejected,
 )
-from unionrobust.evaluation.diagnostics import flags_of, gradient_masking, run_diagnostics
+from unionrobust.evaluation.diagnostics import (
+    flags_of,
+    gradient_masking,
+    is_gradient_free,
+    run_diagnostics,
+)
+from unionrobust.evaluation.filters import thresholding_filters
 from unionrobust.evaluation.inputs import as_tensors as as_tensors  # deprecated re-export
 from unionrobust.evaluation.inputs import chunks as _chunks
 from unionrobust.evaluation.inputs import (
@@ -44,7 +50,12 @@ from unionrobust.evaluation.inputs import (
 )
 from unionrobust.evaluation.mode import EvaluationMode
 from unionrobust.evaluation.report import EvaluationReport
-from unionrobust.evaluation.suites import Suite, get_suite
+from unionrobust.evaluation.suites import (
+    Suite,
+    escalation_open,
+    escalation_tier,
+    get_suite,
+)
 from unionrobust.evaluation.verdicts import (
     VerdictLog,
     check_out_dir,
@@ -189,8 +200,15 @@ def _attack_passes(
 ) -> _Verdicts:
     """Every suite entry in order: per-threat cascade, union-only, or everything on everything."""
     v = _Verdicts.start(clean_correct, len(suite.entries), len(union))
+    filters: int | None = None
     for e, entry in enumerate(suite.entries):
         todo = v.todo(entry.threat_index, mode)
+        if escalation_tier(entry) == "masked":  # standard's escalation: only on evidence
+            if filters is None:
+                filters = int(thresholding_filters(run.model).get("count", 0))
+            earlier = [(suite.entries[k], bool(v.broken[:, k].any())) for k in range(e)]
+            if not escalation_open(entry, earlier, filters, is_gradient_free):
+                todo = todo[:0]
         _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode is EvaluationMode.UNION_ONLY)
     return v
 
@@ -382,7 +400,7 @@ def evaluate(
     timings = {"clean": t_clean, "entries": v.seconds, "total": time.perf_counter() - t_start}
     report = _report(union, the_suite, config, run, clean_correct, v, timings, nonfinite)
     if diagnostics:
-        diag["gradient_masking"] = gradient_masking(report)
+        diag["gradient_masking"] = gradient_masking(report, first_layer=diag.get("first_layer"))
         diag["flags"] = flags_of(diag)
         report.diagnostics = diag
     if out_dir is not None:

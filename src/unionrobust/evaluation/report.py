@@ -83,8 +83,12 @@ class EvaluationReport:
         return self.mode.upper_bounds(self.suite)
 
     def ran(self, e: int) -> torch.Tensor:
-        """Bool (n,): the examples entry ``e`` attacked (it ran in the report's order)."""
-        return self.mode.attacked(self.threat_robust(e), self.entry_threat[e])
+        """Bool (n,): the examples entry ``e`` attacked (it ran in the report's order; none
+        for an entry that attacked no point, e.g. ``standard``'s masked tier without evidence)."""
+        out = self.mode.attacked(self.threat_robust(e), self.entry_threat[e])
+        if self.attacked and self.attacked[e] == 0:
+            return torch.zeros_like(out)
+        return out
 
     @property
     def entry_keys(self) -> list[str]:

@@ -167,7 +167,9 @@ def accepted(factory: Callable[..., Any]) -> list[str]:
     names = [
         p.name
         for p in inspect.signature(factory).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in RESERVED
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in RESERVED
+        and not p.name.startswith("_")  # a builder's own switch, not a budget
     ]
     return names[1:] if names and names[0] == "threats" else names
 

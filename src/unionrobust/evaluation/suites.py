@@ -22,7 +22,13 @@ Named suites (``suite_names()``):
   the margin loss, 1,000 steps with CE), because ℓ1-APGD's sparse search misses points that
   sit within a few hundredths of the decision margin when it stops at 100 steps (issue 8,
   benchmarks/RESULTS.md). The round runs only on the survivors, so its cost grows with the
-  robust accuracy: up to about 3× the first round's on a model that keeps most points.
+  robust accuracy: up to about 3× the first round's on a model that keeps most points. Then
+  the escalation (:data:`ESCALATION`, issue 16), again only on the survivors: always a short
+  Square (1,000 queries); and on evidence of gradient masking — thresholding first-layer
+  filters, or a gradient-free pass that broke a point of that threat — AutoAttack's FAB-T
+  (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1), and for ℓ2/ℓ1 a
+  decision-based boundary search started from a FAB-T point (ℓ∞-trained MNIST models mask
+  the ℓ2/ℓ1 gradients: MSD §5.1, Tramèr & Boneh §4).
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
   sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
@@ -32,7 +38,8 @@ Named suites (``suite_names()``):
   verdicts. Its gradient-free attacks are not part of this suite.
 - ``full``: the papers' broad protocol (MSD App. B; Tramèr & Boneh §4): ``standard``, then the
   ``msd-paper`` PGD, then per norm FGSM/MIM/SLIDE, the minimum-norm attacks (DeepFool, DDN, FAB),
-  the gradient-free ones (Square, Gaussian noise, salt & pepper, Pointwise) and, when the
+  the gradient-free ones (Gaussian noise, salt & pepper, Pointwise; Square, FAB-T and the
+  boundary search come with ``standard``'s escalation, ungated here) and, when the
   optional ``peers`` extra is installed, Foolbox's Boundary (ℓ2) and HopSkipJump (ℓ∞) attacks
   and torchattacks' EAD (ℓ1) (:data:`FULL_NATIVE`, :data:`FULL_PEERS`).
 
@@ -251,11 +258,63 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 
-def _standard(threats: Union) -> list[SuiteEntry]:
+#: ``standard``'s escalation, after the survivor round and only on the points still robust:
+#: per norm, (tier, registry name, parameters). The "probe" tier always runs (a short Square:
+#: cheap, and a gradient-free pass for the masking check); the "masked" tier — AutoAttack's
+#: FAB-T and Square at its budgets (Square ℓ1 as in "Mind the box"), then the decision-based
+#: search for ℓ2/ℓ1 started from a FAB-T point — runs only on evidence of gradient masking
+#: (:func:`escalation_open`): thresholding first-layer filters, or a gradient-free pass of the
+#: same threat broke a point. The tier is kept in the entry's parameters (``escalate``); the
+#: second Square pass has its own draws (``seed_offset``).
+ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    norm: [
+        ("probe", "square", {"steps": 1000}),
+        ("masked", "fab-t", {"steps": 100, "n_targets": 9, "early_stop": True}),
+        ("masked", "square", {"steps": 5000, "seed_offset": 1}),
+    ]
+    + ([("masked", "boundary-search", {"steps": 20})] if norm != "linf" else [])
+    for norm in ("linf", "l2", "l1")
+}
+
+
+def _escalated(name: str) -> Callable[..., Any]:
+    """A builder running registry attack ``name`` (the ``escalate`` tier is the engine's)."""
+
+    def build(threat: ThreatModel, seed: int, escalate: str = "", **kw: Any) -> Any:
+        return make_attack(name, threat, seed=seed, **kw)
+
+    return build
+
+
+def escalation_tier(entry: SuiteEntry) -> str | None:
+    """The entry's :data:`ESCALATION` tier ("probe", "masked"), None outside the escalation."""
+    return dict(entry.params).get("escalate")
+
+
+def escalation_open(
+    entry: SuiteEntry,
+    earlier: Sequence[tuple[SuiteEntry, bool]],
+    filters: int,
+    gradient_free: Callable[[str], bool],
+) -> bool:
+    """Whether ``entry`` runs: outside the "masked" tier always; in it, when the model has
+    ``filters`` > 0 thresholding first-layer filters or an ``earlier`` gradient-free entry of
+    the same threat broke a point (``earlier``: (entry, broke anything) pairs)."""
+    if escalation_tier(entry) != "masked" or filters > 0:
+        return True
+    return any(
+        broke and e.threat_index == entry.threat_index and gradient_free(e.attack)
+        for e, broke in earlier
+    )
+
+
+def _standard(threats: Union, _masked: str = "masked") -> list[SuiteEntry]:
     """AutoAttack 'standard' budgets for its APGD attacks: ℓ∞/ℓ2 one restart of APGD-CE and
     9 target classes for APGD-T; ℓ1 five restarts and 5 target classes, each pass with the
     large-ε schedule of "Mind the box" (``large_eps``: 30 % of the steps at 3ε, 30 % at 2ε,
-    the rest at ε; AutoAttack's ``use_largereps``). Then :data:`SURVIVOR_ROUND` per threat."""
+    the rest at ε; AutoAttack's ``use_largereps``). Then :data:`SURVIVOR_ROUND` and
+    :data:`ESCALATION` per threat (``_masked``: the tier name its masked tier gets; ``full``
+    passes "always", which the engine never gates)."""
     out: list[SuiteEntry] = []
     for i, t in enumerate(threats):
         l1 = isinstance(t, L1)
@@ -276,6 +335,9 @@ def _standard(threats: Union) -> list[SuiteEntry]:
         )
         for offset, (name, params) in enumerate(SURVIVOR_ROUND["l1" if l1 else "other"], start=1):
             out.append(_entry(i, name, _apgd, seed_offset=offset, **params, **extra))
+        for tier, name, params in ESCALATION.get(t.name, []):
+            tier = _masked if tier == "masked" else tier
+            out.append(_entry(i, name, _escalated(name), escalate=tier, **params))
     return out
 
 
@@ -336,7 +398,6 @@ FULL_NATIVE: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("mim", {"steps": 20}),
         ("deepfool", {}),
         ("fab", {"steps": 100}),
-        ("square", {"steps": 5000}),
     ],
     "l2": [
         ("fgsm", {}),
@@ -344,7 +405,6 @@ FULL_NATIVE: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("deepfool", {}),
         ("ddn", {"steps": 300}),
         ("fab", {"steps": 100}),
-        ("square", {"steps": 5000}),
         ("gaussian-noise", {"repeats": 10}),
         ("pointwise", {}),
     ],
@@ -374,8 +434,9 @@ def _installed(package: str) -> bool:
 def _full(threats: Union) -> list[SuiteEntry]:
     """``standard`` + the ``msd-paper`` PGD + per norm the attacks of :data:`FULL_NATIVE` and
     the installed ones of :data:`FULL_PEERS` (minimum-norm and decision-based attacks count only
-    inside the ball: their threat-bound result is re-checked by the engine)."""
-    out = _standard(threats) + _msd_paper("mnist")(threats)
+    inside the ball: their threat-bound result is re-checked by the engine). ``standard``'s
+    escalation runs whole here, ungated (its Square passes are the suite's Square)."""
+    out = _standard(threats, _masked="always") + _msd_paper("mnist")(threats)
     for i, t in enumerate(threats):
         for name, params in FULL_NATIVE.get(t.name, []):
             out.append(_entry(i, name, _named(name), **params))

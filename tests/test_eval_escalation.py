@@ -1,0 +1,111 @@
+"""``standard``'s escalation (issue 16): a short Square probe on the survivors always, FAB-T,
+Square and the decision-based search only on evidence of gradient masking; the masking check
+reports its evidence (the points only gradient-free attacks broke, the thresholding filters)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from test_diagnostics import centre_data, centre_model
+from unionrobust.evaluation.diagnostics import is_gradient_free
+from unionrobust.evaluation.engine import evaluate
+from unionrobust.evaluation.suites import (
+    ESCALATION,
+    SuiteEntry,
+    escalation_open,
+    escalation_tier,
+    get_suite,
+)
+from unionrobust.reporting.markdown import format_diagnostics
+
+THREATS = "linf:0.3, l2:2, l1:10"
+
+
+class FourClasses(nn.Module):
+    """The 2-class centre model with two far-away extra classes (``standard``'s targeted APGD
+    needs at least 4 classes)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)
+        return torch.cat([z, torch.full_like(z, -100.0)], dim=1)
+
+
+def test_standard_ends_each_threat_with_its_escalation():
+    suite = get_suite("standard", THREATS)
+    for i, norm in enumerate(("linf", "l2", "l1")):
+        mine = [e for e in suite.entries if e.threat_index == i]
+        tiers = [escalation_tier(e) for e in mine]
+        k = tiers.index("probe")
+        assert all(t is None for t in tiers[:k])  # APGD and the survivor round first
+        assert [(escalation_tier(e), e.attack) for e in mine[k:]] == [
+            (tier, name) for tier, name, _ in ESCALATION[norm]
+        ]
+        names = [e.attack for e in mine[k:]]
+        assert names[:3] == ["square", "fab-t", "square"]
+        assert ("boundary-search" in names) == (norm != "linf")
+        for e in mine[k:]:  # every entry builds, with AutoAttack's budgets where masked
+            a = e.build(suite.threats[i], 3)
+            if e.attack == "fab-t":
+                assert (a.steps, a.n_targets, a.early_stop) == (100, 9, True)
+            if e.attack == "square" and escalation_tier(e) == "masked":
+                assert (a.steps, a.p_init, a.seed) == (5000, 0.8, 4)  # its own draws
+    assert len(set(suite.labels())) == len(suite)
+
+
+def test_masked_tier_opens_on_filters_or_a_gradient_free_break():
+    probe = SuiteEntry(1, "square", (("escalate", "probe"),))
+    masked = SuiteEntry(1, "fab-t", (("escalate", "masked"),))
+    other = SuiteEntry(0, "square", (("escalate", "probe"),))
+    apgd = SuiteEntry(1, "apgd-ce")
+    assert escalation_open(apgd, [], 0, is_gradient_free)
+    assert escalation_open(probe, [], 0, is_gradient_free)
+    assert not escalation_open(masked, [(probe, False), (apgd, True)], 0, is_gradient_free)
+    assert escalation_open(masked, [(probe, True)], 0, is_gradient_free)
+    assert escalation_open(masked, [(probe, False)], 2, is_gradient_free)
+    # evidence is per threat: another threat's gradient-free break does not count
+    assert not escalation_open(masked, [(other, True)], 0, is_gradient_free)
+
+
+@pytest.mark.slow
+def test_unmasked_model_skips_the_masked_tier():
+    """No thresholding filter, nothing for the probe to find: the masked tier attacks nothing."""
+    model = FourClasses(centre_model(False)).eval()
+    x, y = centre_data(8)
+    report = evaluate(model, x, y, threats="linf:0.05", progress=False)
+    assert report.union_accuracy == 1.0  # every point is 0.1 from the boundary
+    tiers = [e["params"].get("escalate") for e in report.entries]
+    for e, tier in enumerate(tiers):
+        if tier == "masked":
+            assert report.attacked[e] == 0 and report.timings["entries"][e] == 0.0
+        if tier == "probe":
+            assert report.attacked[e] == 8
+    row = report.diagnostics["gradient_masking"]["per_threat"]["linf:0.05"]
+    assert row["checked"] and not row["flag"] and row["points"] == []
+
+
+@pytest.mark.slow
+def test_thresholding_model_gets_the_escalation_and_the_evidence_is_reported():
+    model = FourClasses(centre_model(True)).eval()
+    x, y = centre_data(40)
+    ids = torch.arange(100, 140)
+    report = evaluate(model, x, y, threats="linf:0.15", progress=False, example_ids=ids)
+    entries = report.entries
+    masked = [e for e, d in enumerate(entries) if d["params"].get("escalate") == "masked"]
+    assert masked and all(report.attacked[e] > 0 or report.union_accuracy == 0 for e in masked)
+    assert report.union_accuracy == 0.0  # every class-0 point falls to a gradient-free pass
+    row = report.diagnostics["gradient_masking"]["per_threat"]["linf:0.15"]
+    assert row["flag"] and row["thresholding_filters"] == 1
+    assert row["points"] and set(row["points"]) <= set(range(100, 140, 2))  # class-0 points
+    assert len(row["points"]) == row["broken_only_by_gradient_free"]
+    assert str(row["points"][0]) in row["message"] and "first-layer filters" in row["message"]
+    table = format_diagnostics(report.diagnostics)
+    assert "gradient masking linf:0.15" in table and str(row["points"][0]) in table
+    assert report.to_dict()["diagnostics"]["gradient_masking"]["per_threat"]["linf:0.15"][
+        "points"
+    ] == row["points"]
