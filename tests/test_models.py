@@ -63,6 +63,17 @@ def test_exact_counts_of_simple_nets() -> None:
     assert n_params(build_model("lenet")) == lenet
 
 
+def test_small_cnn_options_build_the_recipes_net() -> None:
+    # conv 16@3x3 (pad 1), conv 32@3x3, FC 64 by default; the recipes' 5x5, no padding, FC 256
+    small = (9 * 16 + 16) + (16 * 32 * 9 + 32) + (7 * 7 * 32 * 64 + 64) + (64 * 10 + 10)
+    assert n_params(build_model("small-cnn")) == small
+    net = build_model("small-cnn", kernel=5, padding=0, hidden=256)
+    wide = (25 * 16 + 16) + (16 * 32 * 25 + 32) + (4 * 4 * 32 * 256 + 256) + (256 * 10 + 10)
+    assert n_params(net) == wide
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert {"kernel", "padding", "hidden"} <= set(model_kwargs("small-cnn"))
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 @pytest.mark.parametrize("num_classes", [3])  # default 10 is built by the count tests
 def test_output_shape_and_backward(name: str, num_classes: int) -> None:
