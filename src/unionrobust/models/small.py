@@ -68,6 +68,23 @@ class SmallCNN(_FeaturesClassifier):
         )
 
 
+class SmallCNN5(SmallCNN):
+    """:class:`SmallCNN` with 5×5 convolutions without padding and FC 256 (≈ 147k parameters):
+    conv 16@5×5 -> pool -> conv 32@5×5 -> pool -> FC 256 -> FC. The net of the main job's
+    robust recipes (``mnist-small-<strategy>`` configs, issue 17; not from the papers)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        size: tuple[int, int],
+        kernel: int = 5,
+        padding: int = 0,
+        hidden: int = 256,
+    ) -> None:
+        super().__init__(num_classes, in_channels, size, kernel, padding, hidden)
+
+
 class MadryMNISTCNN(_FeaturesClassifier):
     """The MNIST CNN of Madry et al. (2018), used by Maini et al. (2020, MSD §5.1, App. E).
 
