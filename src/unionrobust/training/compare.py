@@ -83,7 +83,7 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
         "average": d["average_accuracy_ci95"],
         **{t: d["per_threat"][t]["ci95"] for t in threats},
     }
-    return {
+    run = {
         "strategy": job["strategy"],
         "seed": job["seed"],
         "clean": d["clean_accuracy"],
@@ -104,6 +104,9 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
         "weights": str(weights),
         "n_test": int(x.shape[0]),
     }
+    # each run's figures on disk as soon as they exist (a stopped comparison keeps them)
+    atomic_write_text(run_dir / "evaluation.json", json.dumps(run, indent=1))
+    return run
 
 
 def _cpu_seconds() -> float:
