@@ -33,8 +33,8 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert data["upper_bound_columns"] == []
     for r in data["runs"]:
         # each run's figures were written next to its weights as soon as it finished
-        saved = json.loads((out / "runs" / f"{r['strategy']}-seed0" / "evaluation.json").read_text())
-        assert saved == r
+        saved = out / "runs" / f"{r['strategy']}-seed0" / "evaluation.json"
+        assert json.loads(saved.read_text()) == r
         assert r["n_test"] == 20 and r["epochs"] == 1 and r["mode"] == "per-threat"
         assert r["ci95"]["union"][0] <= r["union"] <= r["ci95"]["union"][1]
         assert r["train_cpu_seconds"] > 0 and r["eval_cpu_seconds"] > 0
