@@ -8,7 +8,8 @@ import pytest
 
 from _helpers import TINY_TRAINING
 from unionrobust.cli.main import main
-from unionrobust.training.compare_table import _fmt, table, upper_bound_columns
+from unionrobust.training import compare_table
+from unionrobust.training.compare_table import _fmt, is_bound, table, upper_bound_columns
 
 TINY = ["--set", "training.epochs=1", *TINY_TRAINING, "--set", "eval.n=10"]
 
@@ -20,19 +21,21 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| strategy | clean | linf:0.3 | l2:2 | l1:10 | union | average | s/epoch |" in printed
-    assert "average ≤ " in printed  # the progress line labels union-only's upper bound too
     md = (out / "results.md").read_text()
     assert "first 20 test points" in md and "| pinf |" in md and "| eat |" in md
-    # the default evaluation: standard suite, union-only, upper bounds marked, 95 % intervals
-    assert "suite 'standard', union-only mode" in md and "≤: upper bounds" in md
+    # the default evaluation: standard suite, per-threat mode, every figure exact, 95 % intervals
+    assert "suite 'standard', per-threat mode" in md and "≤" not in md
     row = next(line for line in md.splitlines() if line.startswith("| pinf |")).split(" | ")
-    assert row[2].startswith("≤ ") and not row[5].startswith("≤") and row[6].startswith("≤ ")
     assert all("[" in cell for cell in row[1:7])
     data = json.loads((out / "results.json").read_text())
     assert [r["strategy"] for r in data["runs"]] == ["pinf", "eat"]
-    assert data["suite"] == "standard" and data["union_only"] is True
+    assert data["suite"] == "standard" and data["union_only"] is False
+    assert data["upper_bound_columns"] == []
     for r in data["runs"]:
-        assert r["n_test"] == 20 and r["epochs"] == 1 and r["mode"] == "union-only"
+        # each run's figures were written next to its weights as soon as it finished
+        saved = out / "runs" / f"{r['strategy']}-seed0" / "evaluation.json"
+        assert json.loads(saved.read_text()) == r
+        assert r["n_test"] == 20 and r["epochs"] == 1 and r["mode"] == "per-threat"
         assert r["ci95"]["union"][0] <= r["union"] <= r["ci95"]["union"][1]
         assert r["train_cpu_seconds"] > 0 and r["eval_cpu_seconds"] > 0
         assert 0 <= r["union"] <= min(r["per_threat"].values()) <= r["clean"] <= 1
@@ -47,15 +50,18 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert "unknown strategy 'nope'" in capsys.readouterr().err
 
 
-def test_compare_no_union_only_gives_exact_per_threat_figures(tmp_path):
+def test_compare_union_only_marks_per_threat_upper_bounds(tmp_path, capsys):
     out = tmp_path / "cmp"
     code = main(["compare", "--strategies", "pinf", "--n", "20", "--jobs", "1",
-                 "--no-union-only", "--out", str(out), "--no-progress", *TINY])  # fmt: skip
+                 "--union-only", "--out", str(out), "--no-progress", *TINY])  # fmt: skip
     assert code == 0
+    assert "average ≤ " in capsys.readouterr().out  # the progress line labels the bound too
     md = (out / "results.md").read_text()
-    assert "suite 'standard', per-threat mode" in md and "≤" not in md
+    assert "suite 'standard', union-only mode" in md and "≤: upper bounds" in md
+    row = next(line for line in md.splitlines() if line.startswith("| pinf |")).split(" | ")
+    assert row[2].startswith("≤ ") and not row[5].startswith("≤") and row[6].startswith("≤ ")
     data = json.loads((out / "results.json").read_text())
-    assert data["union_only"] is False and data["runs"][0]["mode"] == "per-threat"
+    assert data["union_only"] is True and data["runs"][0]["mode"] == "union-only"
 
 
 def test_table_reports_mean_and_std_over_seeds():
@@ -78,3 +84,44 @@ def test_table_shows_95_percent_intervals_and_marks_upper_bounds():
     assert "≤" not in exact
     quick = upper_bound_columns("quick", False, ["linf:0.3"])
     assert set(quick) == {"linf:0.3", "union", "average"}
+
+
+def _row(flags=None):
+    row = {"strategy": "pinf", "clean": [0.9], "union": [0.1], "average": [0.5],
+           "per_threat": {"linf:0.3": [0.7], "l1:10": [0.2]}, "time_per_epoch": [1.0],
+           "ci95": {"clean": [[0.85, 0.94]], "union": [[0.07, 0.14]], "average": [[0.45, 0.55]],
+                    "linf:0.3": [[0.64, 0.75]], "l1:10": [[0.16, 0.25]]}}  # fmt: skip
+    if flags is not None:
+        row["is_bound"] = flags
+    return row
+
+
+def test_is_bound_prefers_the_cell_flag_over_the_column_list():
+    assert is_bound(_row(), "linf:0.3", ["linf:0.3"]) and not is_bound(_row(), "union", [])
+    flagged = _row({"linf:0.3": False, "l1:10": True})
+    assert not is_bound(flagged, "linf:0.3", ["linf:0.3"]) and is_bound(flagged, "l1:10")
+    md = table([flagged], ["linf:0.3", "l1:10"])
+    assert "| pinf | 90.0 [85.0, 94.0] | 70.0 [64.0, 75.0] | ≤ 20.0 [16.0, 25.0] | 10.0" in md
+
+
+def test_plot_draws_upper_bounds_hollow_hatched_and_marked(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    seen = {}
+
+    def keep(fig, path, dpi=100):
+        ax = fig.axes[0]
+        seen["patches"] = [(p.get_hatch(), p.get_facecolor()[3]) for p in ax.patches]
+        seen["texts"] = [t.get_text() for t in ax.texts]
+        seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+
+    monkeypatch.setattr(compare_table, "atomic_savefig", keep)
+    threats = ["linf:0.3", "l1:10"]
+    compare_table.plot([_row({"l1:10": True})], threats, tmp_path / "p.png")
+    hatched = [p for p in seen["patches"] if p[0]]
+    assert len(hatched) == 1 and hatched[0] == ("///", 0.0)  # one hollow hatched bar: l1
+    assert seen["texts"] == ["≤"] and "≤ upper bound" in seen["legend"]
+    compare_table.plot([_row()], threats, tmp_path / "q.png")  # exact: solid bars, no mark
+    assert not any(p[0] for p in seen["patches"]) and seen["texts"] == []
+    assert "≤ upper bound" not in seen["legend"]
+    compare_table.plot([_row()], threats, tmp_path / "r.png", bounds=threats)  # column list
+    assert sum(1 for p in seen["patches"] if p[0]) == 2 and seen["texts"] == ["≤", "≤"]

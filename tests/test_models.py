@@ -21,6 +21,7 @@ from unionrobust.models import (
 # Madry MNIST CNN: 3.27M; PreAct ResNet-18: 11.2M; WRN-28-10: 36.5M (Zagoruyko & Komodakis).
 EXPECTED_PARAMS = {
     "small-cnn": 1.0e5,
+    "small-cnn5": 1.47e5,
     "mnist-cnn": 3.27e6,
     "mlp": 1.26e5,  # 784*128 + 128*128 + 128*64 + 64*10 (+ biases)
     "lenet": 4.4e4,
@@ -61,6 +62,25 @@ def test_exact_counts_of_simple_nets() -> None:
     assert n_params(build_model("mnist-cnn")) == madry
     lenet = (25 * 6 + 6) + (6 * 16 * 25 + 16) + (256 * 120 + 120) + (120 * 84 + 84) + 84 * 10 + 10
     assert n_params(build_model("lenet")) == lenet
+
+
+def test_small_cnn_options_build_the_recipes_net() -> None:
+    # conv 16@3x3 (pad 1), conv 32@3x3, FC 64 by default; the recipes' 5x5, no padding, FC 256
+    small = (9 * 16 + 16) + (16 * 32 * 9 + 32) + (7 * 7 * 32 * 64 + 64) + (64 * 10 + 10)
+    assert n_params(build_model("small-cnn")) == small
+    net = build_model("small-cnn", kernel=5, padding=0, hidden=256)
+    wide = (25 * 16 + 16) + (16 * 32 * 25 + 32) + (4 * 4 * 32 * 256 + 256) + (256 * 10 + 10)
+    assert n_params(net) == wide
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert {"kernel", "padding", "hidden"} <= set(model_kwargs("small-cnn"))
+    # small-cnn5 is that net by name, with the same initialisation from the same seed
+    torch.manual_seed(0)
+    named = build_model("small-cnn5")
+    torch.manual_seed(0)
+    net = build_model("small-cnn", kernel=5, padding=0, hidden=256)
+    assert all(torch.equal(a, b) for a, b in zip(named.state_dict().values(),
+                                                 net.state_dict().values(), strict=True))
+    assert model_kwargs("small-cnn5")["kernel"] == 5
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from unionrobust.training.compare import compare
+from unionrobust.training.compare import DEFAULT_N_TEST, compare
 
 HELP = "train P-inf, MAX, AVG, MSD, E-AT (or others) side by side and compare their robustness"
 DESCRIPTION = """\
 The main job: train small models with several strategies on the embedded MNIST subset
 (4,000 training digits shipped with the package, no download), evaluate each on the first
 --n test points against the union l-inf 0.3, l2 2, l1 10 with the standard suite (APGD-CE
-and targeted APGD per threat model) in union-only mode (a point broken for one threat model
-is not attacked again: exact union accuracy, per-threat and average figures are upper bounds,
-marked with <=; --no-union-only for exact ones), print the table (clean, per-threat, union,
-average accuracy with 95% intervals, time per epoch; mean +- std with --seeds > 1) and write
-results.md, results.json and compare.png to --out. --suite quick (20-step PGD) is faster;
-its figures are all upper bounds. The defaults fit in about 10 minutes on 2 CPU cores; each
-strategy's setup is the built-in config mnist-small-<strategy> ('unionrobust train --config
-list'), adjustable with --set."""
+and targeted APGD per threat model, then a survivor round) in per-threat mode (every figure
+exact; --union-only stops attacking a point once one threat model broke it: cheaper, exact
+union accuracy, per-threat and average figures upper bounds marked with <=), print the table
+(clean, per-threat, union, average accuracy with 95% intervals, time per epoch; mean +- std
+with --seeds > 1) and write results.md, results.json and compare.png to --out. --suite quick
+(20-step PGD) is faster; its figures are all upper bounds. Each strategy's setup is the
+built-in config mnist-small-<strategy> ('unionrobust train --config list'; the recipes of
+benchmarks/RESULTS.md), adjustable with --set."""
 EPILOG = """\
 examples:
   unionrobust compare --out runs/compare
@@ -33,13 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated strategy names (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=1, help="seeds per strategy (default: 1)")
-    parser.add_argument("--n", type=int, default=500, help="test points evaluated (default: 500)")
+    parser.add_argument(
+        "--n", type=int, default=DEFAULT_N_TEST,
+        help="test points evaluated (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--suite", default="standard", help="evaluation suite: standard or quick (%(default)s)"
     )
     parser.add_argument(
-        "--union-only", action=argparse.BooleanOptionalAction, default=True,
-        help="union-only evaluation: exact union accuracy, per-threat upper bounds (default: on)",
+        "--union-only", action=argparse.BooleanOptionalAction, default=False,
+        help="union-only evaluation: exact union accuracy, per-threat upper bounds, cheaper "
+        "(default: off, every figure exact)",
     )  # fmt: skip
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",

@@ -11,7 +11,15 @@ from torch import nn
 from unionrobust.errors import UnionRobustError, unknown_name
 from unionrobust.models.normalize import with_normalization
 from unionrobust.models.resnet import PreActResNet18, WideResNet
-from unionrobust.models.small import MLP, AllCNN, LeNet, LeNetV2, MadryMNISTCNN, SmallCNN
+from unionrobust.models.small import (
+    MLP,
+    AllCNN,
+    LeNet,
+    LeNetV2,
+    MadryMNISTCNN,
+    SmallCNN,
+    SmallCNN5,
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ def _cifar(cls: type[nn.Module], min_size: int) -> Callable[..., nn.Module]:
 MODELS: dict[str, ModelSpec] = {
     "small-cnn": ModelSpec(
         _sized(SmallCNN, 4), "tiny 2-conv CNN for fast CPU demos and tests", 1, 28
+    ),
+    "small-cnn5": ModelSpec(
+        _sized(SmallCNN5, 16), "small-cnn with 5x5 convs and FC 256: the main job's recipes",
+        1, 28,
     ),
     "mnist-cnn": ModelSpec(
         _sized(MadryMNISTCNN, 4), "Madry et al. MNIST CNN (MSD paper, 4 layers)", 1, 28

@@ -46,14 +46,43 @@ class SmallCNN(_FeaturesClassifier):
 
     conv(16, 3x3) -> ReLU -> maxpool 2 -> conv(32, 3x3) -> ReLU -> maxpool 2 -> FC(64) -> FC.
     About 100k parameters on MNIST; reaches > 95 % clean accuracy on the embedded MNIST subset
-    within a few CPU epochs.
+    within a few CPU epochs. ``kernel``, ``padding`` and ``hidden`` change the convolutions and
+    the hidden layer (``kernel=5, padding=0, hidden=256``: the robust recipes' net, ≈ 146k
+    parameters, conv 16@5×5, conv 32@5×5, FC 256).
     """
 
-    def __init__(self, num_classes: int, in_channels: int, size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        size: tuple[int, int],
+        kernel: int = 3,
+        padding: int = 1,
+        hidden: int = 64,
+    ) -> None:
         super().__init__()
-        self.features = _conv_pool_conv_pool(in_channels, 16, 32, 3, padding=1)
+        self.features = _conv_pool_conv_pool(in_channels, 16, 32, kernel, padding=padding)
         flat = _flat_dim(self.features, in_channels, size)
-        self.classifier = nn.Sequential(nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+
+class SmallCNN5(SmallCNN):
+    """:class:`SmallCNN` with 5×5 convolutions without padding and FC 256 (≈ 147k parameters):
+    conv 16@5×5 -> pool -> conv 32@5×5 -> pool -> FC 256 -> FC. The net of the main job's
+    robust recipes (``mnist-small-<strategy>`` configs, issue 17; not from the papers)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        size: tuple[int, int],
+        kernel: int = 5,
+        padding: int = 0,
+        hidden: int = 256,
+    ) -> None:
+        super().__init__(num_classes, in_channels, size, kernel, padding, hidden)
 
 
 class MadryMNISTCNN(_FeaturesClassifier):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def table(rows: list[dict[str, Any]], threats: list[str], upper_bounds: Sequence
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["strategy"]]
-        cells += [("≤ " if c in upper_bounds else "") + _cell(r, c) for c in cols]
+        cells += [("≤ " if is_bound(r, c, upper_bounds) else "") + _cell(r, c) for c in cols]
         cells.append(_fmt(r["time_per_epoch"], pct=False))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -52,6 +53,12 @@ def table(rows: list[dict[str, Any]], threats: list[str], upper_bounds: Sequence
 def compare_mode(union_only: bool) -> EvaluationMode:
     """The mode of the comparison's evaluation."""
     return EvaluationMode.resolve(None, union_only=bool(union_only))
+def is_bound(row: dict[str, Any], col: str, upper_bounds: Sequence[str] = ()) -> bool:
+    """Whether the cell ``col`` of ``row`` is an upper bound rather than a measurement: the
+    row's own per-cell flag ``row["is_bound"][col]`` when it has one, else whether ``col`` is
+    one of the ``upper_bounds`` columns."""
+    flags = row.get("is_bound") or {}
+    return bool(flags[col]) if col in flags else col in upper_bounds
 
 
 def upper_bound_columns(suite: str, union_only: bool, threats: Sequence[str]) -> list[str]:
@@ -67,8 +74,10 @@ def upper_bound_columns(suite: str, union_only: bool, threats: Sequence[str]) ->
 def plot(
     rows: list[dict[str, Any]], threats: list[str], path: Path, bounds: Sequence[str] = ()
 ) -> str | None:
-    """Grouped bars per strategy; whiskers: the 95 % interval (one seed) or ± std (seeds); the
-    columns in ``bounds`` (upper bounds) are hatched and marked "≤" (bar and key)."""
+    """Grouped bars per strategy; whiskers: the 95 % interval (one seed) or ± std (seeds).
+
+    A cell that is an upper bound (:func:`is_bound`) is never drawn as a measurement: its bar
+    is hollow and hatched, marked "≤" above it, and the legend says so."""
     try:
         import matplotlib
 
@@ -79,6 +88,7 @@ def plot(
     cols = ["clean", *threats, "union", "average"]
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6))
     width = 0.8 / len(cols)
+    any_bound = False
     for j, col in enumerate(cols):
         means, errs = [], []
         for r in rows:
@@ -95,19 +105,33 @@ def plot(
             errs.append((100 * err[0], 100 * err[1]))
         xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
         yerr = [[e[0] for e in errs], [e[1] for e in errs]]
-        bound = col in bounds  # an upper bound: hatched, marked "≤" above the bar and in the key
-        ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None,
-                      label=f"≤ {col}" if bound else col, capsize=2,
-                      error_kw={"elinewidth": 0.8}, hatch="////" if bound else None,
-                      edgecolor="white" if bound else None, linewidth=0)  # fmt: skip
-        if bound:
-            for x, m, e in zip(xs, means, errs, strict=True):
-                ax.text(x, min(m + e[1], 100) + 1, "≤", ha="center", va="bottom", fontsize=7)
+        bars = ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None, label=col,
+                      capsize=2, error_kw={"elinewidth": 0.8})  # fmt: skip
+        colour = bars.patches[0].get_facecolor() if bars.patches else None
+        for r, x, m, patch in zip(rows, xs, means, bars.patches, strict=True):
+            if is_bound(r, col, bounds):  # hollow, hatched, "≤": a bound, not a measurement
+                any_bound = True
+                patch.set_facecolor("none")
+                patch.set_edgecolor(colour)
+                patch.set_hatch("///")
+                ax.text(x, min(m + 1, 96), "≤", ha="center", va="bottom", fontsize=6)
+    if any_bound:
+        from matplotlib.patches import Patch
+
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Patch(facecolor="none", edgecolor="grey", hatch="///"))
+        labels.append("≤ upper bound")
     ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
-    fig.tight_layout()
+    if any_bound:
+        ax.legend(handles, labels, fontsize=7, ncol=len(cols), loc="upper center",
+                  bbox_to_anchor=(0.5, 1.22))  # fmt: skip
+    else:
+        ax.legend(fontsize=7, ncol=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    with warnings.catch_warnings():  # a narrow figure (one strategy) cannot fit the legend
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     return None
 
