@@ -47,7 +47,7 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
 # a function of (seed, example id, counter) only, an example's verdict then does not depend on
 # which batch, cascade stage, shard or resumed run it is attacked in (batch-independent
 # verdicts). Each use owns the half-open range [start, stop) below and must stay inside it; new
-# uses add a row here (``tests/test_rng.py`` checks that the ranges are disjoint).
+# uses add a row here (``tests/core/test_rng.py`` checks that the ranges are disjoint).
 
 #: per-iteration draws of an attack (restart·steps + t, times K members for MSD; Square's
 #: per-step draws; Pointwise's passes from ``STEP_COUNTER + (1 << 20)``)
@@ -60,7 +60,7 @@ TRANSFORM_COUNTER = 1 << 28
 #: MSD's per-example member choice for a random start (+ restart)
 MEMBER_COUNTER = 1 << 29
 #: worst-of-k rotation-translation draws (+ draw index); was 2**29 = MEMBER_COUNTER, a real
-#: collision (``tests/test_rng.py::test_member_and_spatial_draws_no_longer_collide``)
+#: collision (``tests/core/test_rng.py::test_member_and_spatial_draws_no_longer_collide``)
 SPATIAL_DRAW_COUNTER = 3 << 28
 #: the decision-based boundary search (attacks/decision.py): its blended-noise starts (+ draw)
 #: and its gradient-estimation samples (+ 2**10 + step·2**8 + chunk)

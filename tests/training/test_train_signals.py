@@ -73,7 +73,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 240) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, sig):
     script = tmp_path / "worker.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1])))
     full, stopped, marker = tmp_path / "full", tmp_path / "stopped", tmp_path / "marker"
     run_worker("full", str(full), str(marker))
     proc = subprocess.Popen(

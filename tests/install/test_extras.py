@@ -21,7 +21,7 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: the README's install commands for the extras (the --no-deps packages declare torchvision)
 EXTRAS = "plot,test,dev,peers,robustbench"
 NO_DEPS = ["torchattacks>=3.5", "robustbench==1.1.1"]

@@ -66,7 +66,7 @@ def _run(script, *args):
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1])))
     full, killed, marker = tmp_path / "full", tmp_path / "killed", tmp_path / "marker"
     run_worker("full", str(full), str(marker))  # the reference, in this process
     proc = subprocess.Popen(
