@@ -4,6 +4,7 @@ The names most users need are importable from here; each layer's package has the
 """
 
 from unionrobust._version import __version__
+from unionrobust.allocator import tune_on_import
 from unionrobust.attacks import APGD, FGSM, MIM, MSD, PGD, SLIDE, AttackResult, WorstOf, make_attack
 from unionrobust.data import get_dataset, load_data, load_embedded_mnist
 from unionrobust.errors import UnionRobustError
@@ -43,3 +44,7 @@ __all__ = [
     "parse",
     "save_weights",
 ]
+
+# glibc keeps PyTorch's freed buffers mapped instead of faulting them in again at every attack
+# step (unionrobust/allocator.py; opt out: UNIONROBUST_MALLOC=system)
+tune_on_import()
