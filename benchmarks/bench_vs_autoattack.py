@@ -23,9 +23,11 @@ float tolerance, prediction recomputed), so every side is judged alike:
   restarts, 5 targets, ``use_largereps``). The CPU time of its APGD pair (APGD-CE + APGD-T at
   these budgets) is measured inside the same run: AutoAttack runs its attacks one after the
   other on the points still robust, so the pair alone does exactly this work.
-- Foolbox's Boundary attack (ℓ2, ``--boundary-steps``, Foolbox's default 25,000) and Pointwise
-  attack (ℓ1), through the ``peers`` adapters (``fb-boundary``, ``fb-pointwise``: started from
-  salt-and-pepper points, the result projected onto ball ∩ box if it still breaks there).
+- Foolbox's Boundary attack (ℓ2; ``--boundary-steps``, Foolbox's default 25,000, on the masked
+  models, ``--boundary-steps-unmasked``, 5,000, on the LeNets, where it is far weaker than
+  AutoAttack) and Pointwise attack (ℓ1), through the ``peers`` adapters (``fb-boundary``,
+  ``fb-pointwise``: started from salt-and-pepper points, the result projected onto ball ∩ box if
+  it still breaks there).
 - "all references": per point, broken if any reference broke it (for the union: for any norm).
 
 The references are cached in ``--ref-cache`` as JSON keyed by the model's weights, the points
@@ -171,9 +173,7 @@ def compare_verdicts(
     all_refs["union"] = torch.stack([all_refs[s] for s in specs]).all(dim=0)
     out: dict[str, dict[str, Any]] = {}
     for key in [*specs, "union"]:
-        accs = {
-            ref: int(r[key].sum()) / n for ref, r in per_ref.items() if key in r
-        }
+        accs = {ref: int(r[key].sum()) / n for ref, r in per_ref.items() if key in r}
         row: dict[str, Any] = {
             "refs": accs,
             "all_refs": int(all_refs[key].sum()) / n,
@@ -541,8 +541,12 @@ def run_peer(
     }
 
 
-def reference_settings(args: argparse.Namespace, aa_digest: str) -> dict[str, Any]:
-    """Everything that changes a reference result (part of the cache key)."""
+def boundary_steps(name: str, args: argparse.Namespace) -> int:
+    return args.boundary_steps if MODELS[name].masked else args.boundary_steps_unmasked
+
+
+def reference_settings(name: str, args: argparse.Namespace, aa_digest: str) -> dict[str, Any]:
+    """Everything that changes model ``name``'s reference results (part of the cache key)."""
     import foolbox
 
     return {
@@ -550,7 +554,7 @@ def reference_settings(args: argparse.Namespace, aa_digest: str) -> dict[str, An
         "seed": args.seed,
         "batch_size": args.batch_size,
         "autoattack": {"version": "standard", "code_sha256": aa_digest},
-        "boundary": {"steps": args.boundary_steps},
+        "boundary": {"steps": boundary_steps(name, args)},
         "pointwise": {},
         "foolbox": foolbox.__version__,
         "torch": torch.__version__,
@@ -582,8 +586,15 @@ def references(
             AutoAttack, model, x, y, clean, args.seed, args.batch_size
         ),
         "boundary": lambda: run_peer(
-            "fb-boundary", "l2", model, x, y, clean, args.seed, args.batch_size,
-            steps=args.boundary_steps,
+            "fb-boundary",
+            "l2",
+            model,
+            x,
+            y,
+            clean,
+            args.seed,
+            args.batch_size,
+            steps=settings["boundary"]["steps"],
         ),
         "pointwise": lambda: run_peer(
             "fb-pointwise", "l1", model, x, y, clean, args.seed, args.batch_size
@@ -647,13 +658,14 @@ def bench_model(
     x: torch.Tensor,
     y: torch.Tensor,
     AutoAttack: Any,
-    settings: dict[str, Any],
+    aa_digest: str,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     frozen(model)  # no parameter gradients on any side
     warm_up(model, x, y)
     with torch.no_grad():
         clean = model(x).argmax(dim=1) == y
+    settings = reference_settings(name, args, aa_digest)
     refs = references(name, model, x, y, clean, AutoAttack, settings, args)
     specs = [m.spec for m in parse(THREATS).members]
     refs_robust = robust_from_broken({r: refs[r]["broken"] for r in REFERENCES}, clean)
@@ -666,6 +678,7 @@ def bench_model(
         "clean": float(clean.double().mean()),
         "masked": MODELS[name].masked,
         "reference_cache": refs["path"],
+        "reference_settings": settings,
         "autoattack": aa_facts,
         "peers": {r: refs[r]["facts"] for r in REFERENCES if r != "autoattack"},
     }
@@ -709,7 +722,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="attack seed (training seeds: MODELS)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--boundary-steps", type=int, default=None, help="default 25000")
+    p.add_argument("--boundary-steps", type=int, default=None, help="masked models (25000)")
+    p.add_argument("--boundary-steps-unmasked", type=int, default=None, help="the LeNets (5000)")
     p.add_argument("--refs-only", action="store_true", help="run/cache the references only")
     p.add_argument("--cache", default="runs/bench-aa/models", help="trained-weights folder")
     p.add_argument("--ref-cache", default="runs/bench-aa/references", help="references folder")
@@ -719,6 +733,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.n = 20 if args.quick else 200
     if args.boundary_steps is None:
         args.boundary_steps = 500 if args.quick else 25000
+    if args.boundary_steps_unmasked is None:
+        args.boundary_steps_unmasked = 500 if args.quick else 5000
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
@@ -730,18 +746,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     threads = set_threads(args.threads)
     AutoAttack, aa_digest = load_autoattack(args.autoattack)
-    settings = reference_settings(args, aa_digest)
     c0, w0 = time.process_time(), time.perf_counter()
     x, y = load_embedded_mnist("test")
     x, y = x[: args.n], y[: args.n]
-    ours = "not run (--refs-only)" if args.refs_only else (
-        "suite standard (per-threat mode; union-only mode "
-        f"{'on' if has_union_only() else 'n/a'})"
+    ours = (
+        "not run (--refs-only)"
+        if args.refs_only
+        else (
+            "suite standard (per-threat mode; union-only mode "
+            f"{'on' if has_union_only() else 'n/a'})"
+        )
     )
     head = (
         f"{args.n} embedded MNIST test digits, threats {THREATS}; ours: {ours}; references: "
         f"AutoAttack standard per norm from {args.autoattack}, Foolbox Boundary "
-        f"({args.boundary_steps} steps, ℓ2) and Pointwise (ℓ1); seed {args.seed}; "
+        f"(ℓ2; {args.boundary_steps} steps on the masked models, "
+        f"{args.boundary_steps_unmasked} on the others) and Pointwise (ℓ1); seed {args.seed}; "
         f"{machine_note()}"
     )
     out: dict[str, Any] = {
@@ -751,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seed": args.seed,
         "threads": threads,
         "batch_size": args.batch_size,
-        "reference_settings": settings,
+        "boundary_steps": {"masked": args.boundary_steps, "unmasked": args.boundary_steps_unmasked},
         "autoattack_path": str(Path(args.autoattack).resolve()),
         "union_only_available": has_union_only(),
         "torch": torch.__version__,
@@ -766,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, meta = trained_model(spec.kind, spec.arch, spec.seed, Path(args.cache))
         out["training"][name] = {k: v for k, v in meta.items() if k != "config"}
         print(f"{name}: {'cached' if meta['cached'] else 'trained'}", flush=True)
-        out["results"][name] = bench_model(name, model, x, y, AutoAttack, settings, args)
+        out["results"][name] = bench_model(name, model, x, y, AutoAttack, aa_digest, args)
         # after each model, so an interrupted run keeps the models done
         out.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0)
         out["table"] = tables(out["results"])
