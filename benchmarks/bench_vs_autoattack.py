@@ -30,11 +30,15 @@ float tolerance, prediction recomputed), so every side is judged alike:
   it still breaks there).
 - "all references": per point, broken if any reference broke it (for the union: for any norm).
 
-The references are cached in ``--ref-cache`` as JSON keyed by the model's weights, the points
-and the reference settings (:func:`reference_key`), so rerunning "ours" (e.g. after a change to
-the ``standard`` suite) does not rerun AutoAttack or Foolbox; ``--refs-only`` fills the cache.
-
 Ours: ``evaluate(..., suite="standard")`` per threat and with ``union_only=True``.
+
+Caches: each reference is cached in ``--ref-cache`` (one JSON file per model and reference)
+keyed by the model's weights, the points and the reference settings (:func:`reference_key`);
+ours in ``--ours-cache`` keyed by the weights, the points, its settings and a digest of the
+package's sources. Rerunning after a change to the suites thus reruns ours only, never
+AutoAttack or Foolbox. ``--stage refs`` / ``--stage ours`` run one side only (the references
+named by ``--references``), so the parts can run in parallel processes; ``--stage all`` (the
+default) runs what is missing and prints the table.
 
 Targets (issue 16), per model and cell (ℓ∞, ℓ2, ℓ1, union): ours ≤ the minimum over the
 references; points some reference breaks that we call robust ≤ 0.5 %; CPU per threat ≤ 1.0 ×
@@ -43,7 +47,7 @@ AutoAttack standard (sum over the norms), union-only ≤ 0.5 ×; on the unmasked
 (``time.process_time``), every side with the same torch threads.
 
     python benchmarks/bench_vs_autoattack.py [--autoattack /work/aa] [--n 200] [--quick]
-        [--models lenet-natural,...] [--threads 1] [--refs-only] [--out FILE]
+        [--models lenet-natural,...] [--threads 1] [--stage all|refs|ours] [--out FILE]
 """
 
 from __future__ import annotations
@@ -562,6 +566,27 @@ def reference_settings(name: str, args: argparse.Namespace, aa_digest: str) -> d
     }
 
 
+def cache_path(folder: str, name: str, key: str, part: str) -> Path:
+    return Path(folder) / f"{name}-{key[:16]}-{part}.json"
+
+
+def cached_or_run(
+    path: Path, key: str, header: dict[str, Any], run: Callable[[], dict[str, Any]] | None
+) -> dict[str, Any] | None:
+    """The result cached at ``path`` under ``key``; else ``run()`` (None: not run, None
+    returned), cached with ``header`` as soon as it is done."""
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return data["result"]
+    if run is None:
+        return None
+    result = run()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, **header, "result": result}, indent=1))
+    return result
+
+
 def references(
     name: str,
     model: torch.nn.Module,
@@ -572,15 +597,12 @@ def references(
     settings: dict[str, Any],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """The references of one model, from ``args.ref_cache`` when present (same weights, points
-    and settings), else run and cached; each reference is cached as soon as it is done."""
+    """The references of one model, each from its file in ``args.ref_cache`` when present
+    (same weights, points and settings), else run (if in ``args.references``) and cached."""
     weights = tensor_digest(sorted(model.state_dict().items()))
     points = tensor_digest([("x", x), ("y", y)])
     key = reference_key(weights, points, settings)
-    path = Path(args.ref_cache) / f"{name}-{key[:16]}.json"
-    cached = json.loads(path.read_text()) if path.is_file() else {}
-    if cached.get("key") != key:
-        cached = {"key": key, "weights": weights, "points": points, "settings": settings}
+    header = {"model": name, "weights": weights, "points": points, "settings": settings}
     runs = {
         "autoattack": lambda: run_autoattack(
             AutoAttack, model, x, y, clean, args.seed, args.batch_size
@@ -600,15 +622,18 @@ def references(
             "fb-pointwise", "l1", model, x, y, clean, args.seed, args.batch_size
         ),
     }
+    out: dict[str, Any] = {"key": key}
     for ref, run in runs.items():
-        if ref in cached:
-            print(f"{name}: {ref} from {path}", flush=True)
-            continue
-        cached[ref] = run()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(cached, indent=1))
-        print(f"{name}: {ref} done ({sum(cached[ref]['cpu'].values()):.0f} s CPU)", flush=True)
-    return {**cached, "path": str(path)}
+        path = cache_path(args.ref_cache, name, key, ref)
+        fresh = not path.is_file()
+        res = cached_or_run(
+            path, key, {**header, "reference": ref}, run if ref in args.references else None
+        )
+        if res is not None:
+            out[ref] = {**res, "path": str(path)}
+            how = f"done ({sum(res['cpu'].values()):.0f} s CPU)" if fresh else "cached"
+            print(f"{name}: {ref} {how}", flush=True)
+    return out
 
 
 # ------------------------------------------------------------------------ ours
@@ -616,6 +641,18 @@ def references(
 
 def has_union_only() -> bool:
     return "union_only" in inspect.signature(evaluate).parameters
+
+
+def source_digest() -> str:
+    """sha256 of the installed unionrobust's Python sources (part of ours' cache key: a change
+    to the suites reruns ours)."""
+    import unionrobust
+
+    root = Path(unionrobust.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def run_ours(
@@ -644,12 +681,73 @@ def run_ours(
     )
 
 
+def ours_result(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Our ``standard`` suite per threat and union-only: the points each calls robust, CPU and
+    wall seconds, the per-attack breakdown (JSON-able, for the ours cache)."""
+    rep, cpu, wall = run_ours(model, x, y, args.seed, args.batch_size, False)
+    robust = rep.threat_robust()
+    out: dict[str, Any] = {
+        "robust": {s: indices(robust[:, i]) for i, s in enumerate(rep.threats)},
+        "cpu": cpu,
+        "wall": wall,
+        "clean": rep.clean_accuracy,
+        "per_attack": rep.breakdown(),
+        "union_only_robust": None,
+        "union_only_cpu": None,
+        "union_only_wall": None,
+    }
+    if has_union_only():
+        rep_u, cpu_u, wall_u = run_ours(model, x, y, args.seed, args.batch_size, True)
+        out.update(
+            union_only_robust=indices(rep_u.union_robust),
+            union_only_cpu=cpu_u,
+            union_only_wall=wall_u,
+        )
+    return out
+
+
+def ours(
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args: argparse.Namespace,
+) -> dict[str, Any] | None:
+    """:func:`ours_result`, from ``args.ours_cache`` when the weights, points, settings and the
+    package's sources are unchanged; run when ``args.stage`` is not "refs"."""
+    settings = {
+        "threats": THREATS,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "source_sha256": source_digest(),
+    }
+    weights = tensor_digest(sorted(model.state_dict().items()))
+    points = tensor_digest([("x", x), ("y", y)])
+    key = reference_key(weights, points, settings)
+    path = cache_path(args.ours_cache or ".", name, key, "ours")
+    run = None if args.stage == "refs" else (lambda: ours_result(model, x, y, args))
+    if not args.ours_cache:
+        return None if run is None else {**run(), "path": None}
+    res = cached_or_run(path, key, {"model": name, "settings": settings}, run)
+    return None if res is None else {**res, "path": str(path)}
+
+
 def warm_up(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """A few forward/backward passes, so no side pays first-call costs."""
     for _ in range(3):
         xa = x.clone().requires_grad_(True)
         loss = torch.nn.functional.cross_entropy(model(xa), y)
         torch.autograd.grad(loss, xa)
+
+
+def from_indices(idx: list[int], n: int) -> torch.Tensor:
+    out = torch.zeros(n, dtype=torch.bool)
+    out[torch.as_tensor(idx, dtype=torch.long)] = True
+    return out
 
 
 def bench_model(
@@ -660,54 +758,51 @@ def bench_model(
     AutoAttack: Any,
     aa_digest: str,
     args: argparse.Namespace,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """One model: references and ours (each cached), compared; None when a part is missing
+    (``--stage refs`` or ``ours``, or references not in ``--references``)."""
     frozen(model)  # no parameter gradients on any side
     warm_up(model, x, y)
+    n = int(y.numel())
     with torch.no_grad():
         clean = model(x).argmax(dim=1) == y
     settings = reference_settings(name, args, aa_digest)
-    refs = references(name, model, x, y, clean, AutoAttack, settings, args)
-    specs = [m.spec for m in parse(THREATS).members]
+    refs = (
+        references(name, model, x, y, clean, AutoAttack, settings, args)
+        if args.stage != "ours"
+        else {}
+    )
+    mine = ours(name, model, x, y, args)
+    if mine is None or any(r not in refs for r in REFERENCES):
+        return None
     refs_robust = robust_from_broken({r: refs[r]["broken"] for r in REFERENCES}, clean)
     aa_facts = refs["autoattack"]["facts"]
     aa_apgd = sum(
         f["per_attack"][a]["cpu_s"] for f in aa_facts.values() for a in ("apgd-ce", "apgd-t")
     )
-    result: dict[str, Any] = {
-        "n": int(y.numel()),
+    ours_robust = {s: from_indices(i, n) for s, i in mine["robust"].items()}
+    uo = mine["union_only_robust"]
+    verdicts = compare_verdicts(
+        refs_robust, ours_robust, None if uo is None else from_indices(uo, n)
+    )
+    cpu = cpu_summary(
+        {r: refs[r]["cpu"] for r in REFERENCES}, aa_apgd, mine["cpu"], mine["union_only_cpu"]
+    )
+    return {
+        "n": n,
         "clean": float(clean.double().mean()),
+        "clean_ours": mine["clean"],
         "masked": MODELS[name].masked,
-        "reference_cache": refs["path"],
+        "caches": {**{r: refs[r]["path"] for r in REFERENCES}, "ours": mine["path"]},
         "reference_settings": settings,
+        "verdicts": verdicts,
+        "cpu": cpu,
+        "wall": {"per_threat": mine["wall"], "union_only": mine["union_only_wall"]},
         "autoattack": aa_facts,
         "peers": {r: refs[r]["facts"] for r in REFERENCES if r != "autoattack"},
+        "ours_per_attack": mine["per_attack"],
+        "targets": targets(verdicts, cpu, MODELS[name].masked),
     }
-    cpu_ours = cpu_u = wall_ours = wall_u = None
-    union_only = None
-    if args.refs_only:
-        ours_robust = {s: torch.zeros_like(clean) for s in specs}
-    else:
-        rep, cpu_ours, wall_ours = run_ours(model, x, y, args.seed, args.batch_size, False)
-        ours_robust = {s: rep.threat_robust()[:, i] for i, s in enumerate(rep.threats)}
-        result["clean_ours"] = rep.clean_accuracy
-        result["ours_per_attack"] = rep.breakdown()
-        if has_union_only():
-            rep_u, cpu_u, wall_u = run_ours(model, x, y, args.seed, args.batch_size, True)
-            union_only = rep_u.union_robust
-    verdicts = compare_verdicts(refs_robust, ours_robust, union_only)
-    if args.refs_only:
-        for v in verdicts.values():
-            v["ours"] = None
-            v["missed"] = v["extra"] = None
-    ref_cpu = {r: refs[r]["cpu"] for r in REFERENCES}
-    cpu = cpu_summary(ref_cpu, aa_apgd, cpu_ours, cpu_u)
-    result.update(
-        verdicts=verdicts,
-        cpu=cpu,
-        wall={"per_threat": wall_ours, "union_only": wall_u},
-        targets={} if args.refs_only else targets(verdicts, cpu, MODELS[name].masked),
-    )
-    return result
 
 
 # ------------------------------------------------------------------------ main
@@ -724,9 +819,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--boundary-steps", type=int, default=None, help="masked models (25000)")
     p.add_argument("--boundary-steps-unmasked", type=int, default=None, help="the LeNets (5000)")
-    p.add_argument("--refs-only", action="store_true", help="run/cache the references only")
+    p.add_argument(
+        "--stage",
+        default="all",
+        choices=("all", "refs", "ours"),
+        help="refs / ours: run and cache one side only (e.g. in parallel); all: both, the table",
+    )
+    p.add_argument(
+        "--references",
+        default=",".join(REFERENCES),
+        help=f"the references to run when not cached (subset of {', '.join(REFERENCES)})",
+    )
     p.add_argument("--cache", default="runs/bench-aa/models", help="trained-weights folder")
     p.add_argument("--ref-cache", default="runs/bench-aa/references", help="references folder")
+    p.add_argument("--ours-cache", default="runs/bench-aa/ours", help="ours folder ('' = none)")
     p.add_argument("--out", default="runs/bench-aa/bench_vs_autoattack.json")
     args = p.parse_args(argv)
     if args.n is None:
@@ -736,6 +842,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.boundary_steps_unmasked is None:
         args.boundary_steps_unmasked = 500 if args.quick else 5000
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.references = [r.strip() for r in args.references.split(",") if r.strip()]
+    bad = [r for r in args.references if r not in REFERENCES]
+    if bad:
+        p.error(f"unknown reference(s) {bad}; choose from {', '.join(REFERENCES)}")
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         p.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
@@ -749,16 +859,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     c0, w0 = time.process_time(), time.perf_counter()
     x, y = load_embedded_mnist("test")
     x, y = x[: args.n], y[: args.n]
-    ours = (
-        "not run (--refs-only)"
-        if args.refs_only
-        else (
-            "suite standard (per-threat mode; union-only mode "
-            f"{'on' if has_union_only() else 'n/a'})"
-        )
-    )
+    mode = f"union-only mode {'on' if has_union_only() else 'n/a'}"
     head = (
-        f"{args.n} embedded MNIST test digits, threats {THREATS}; ours: {ours}; references: "
+        f"{args.n} embedded MNIST test digits, threats {THREATS}; ours: suite standard "
+        f"(per-threat mode; {mode}); references: "
         f"AutoAttack standard per norm from {args.autoattack}, Foolbox Boundary "
         f"(ℓ2; {args.boundary_steps} steps on the masked models, "
         f"{args.boundary_steps_unmasked} on the others) and Pointwise (ℓ1); seed {args.seed}; "
@@ -786,13 +890,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, meta = trained_model(spec.kind, spec.arch, spec.seed, Path(args.cache))
         out["training"][name] = {k: v for k, v in meta.items() if k != "config"}
         print(f"{name}: {'cached' if meta['cached'] else 'trained'}", flush=True)
-        out["results"][name] = bench_model(name, model, x, y, AutoAttack, aa_digest, args)
+        result = bench_model(name, model, x, y, AutoAttack, aa_digest, args)
+        if result is None:
+            print(f"{name}: {args.stage} cached", flush=True)
+            continue
+        out["results"][name] = result
         # after each model, so an interrupted run keeps the models done
         out.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0)
         out["table"] = tables(out["results"])
         atomic_write_text(args.out, json.dumps(out, indent=1, default=float))
         print(f"{name}: done ({out['cpu_s']:.0f} s CPU so far)", flush=True)
 
+    if not out["results"]:
+        return
     print(f"\n{head}\n\n{out['table']}\n")
     print(
         "accuracy: robust %, every reference's examples re-checked by our engine; misses: points "
