@@ -7,7 +7,8 @@ the figure per strategy is the median of its rounds, in process CPU time with on
 backward + optimiser step. Targets (issue 9): E-AT ≤ 1.05×, MSD ≤ 1.8×, MAX and AVG ≤ 3.0×
 single-threat ℓ∞ AT (P∞). ``msd-1g`` is MSD with ``select="gradient"`` (one-gradient MSD).
 The glibc allocator is tuned as ``import unionrobust`` tunes it (``unionrobust.allocator``);
-for glibc's defaults run with ``UNIONROBUST_MALLOC=system`` (``--no-malloc-tuning`` checks it). ``--profile NAME`` prints the torch.profiler table of one batch of
+for glibc's defaults run with ``UNIONROBUST_MALLOC=system`` (``--no-malloc-tuning`` checks it).
+``--profile NAME`` prints the torch.profiler table of one batch of
 strategy NAME instead.
 
     python benchmarks/bench_strategies.py [--models small-cnn,mnist-cnn] [--batch 64] [--steps 10]
