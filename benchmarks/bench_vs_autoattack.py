@@ -362,6 +362,14 @@ def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
+def tree_digest(root: Path) -> str:
+    """sha256 over the Python files under ``root`` (relative path and bytes, sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def reference_key(weights: str, points: str, settings: dict[str, Any]) -> str:
     """The cache key of one model's references: its weights digest, the points' digest and the
     reference settings (budgets, seed, batch size, AutoAttack's code digest, Foolbox version)."""
@@ -420,13 +428,10 @@ def load_autoattack(path: str) -> tuple[Callable[..., Any], str]:
             f"AutoAttack not found under {path!r}: pass --autoattack PATH, the folder that "
             "holds autoattack/autoattack.py (a checkout of github.com/fra31/auto-attack)"
         )
-    h = hashlib.sha256()
-    for f in sorted(pkg.rglob("*.py")):
-        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes())
     sys.path.insert(0, str(Path(path).resolve()))
     from autoattack import AutoAttack
 
-    return AutoAttack, h.hexdigest()
+    return AutoAttack, tree_digest(pkg)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -648,11 +653,7 @@ def source_digest() -> str:
     to the suites reruns ours)."""
     import unionrobust
 
-    root = Path(unionrobust.__file__).parent
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
+    return tree_digest(Path(unionrobust.__file__).parent)
 
 
 def run_ours(
