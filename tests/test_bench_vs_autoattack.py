@@ -192,3 +192,13 @@ def test_unknown_model_or_reference_is_an_error():
     assert args.n == 20 and args.boundary_steps == 500
     assert B.boundary_steps("small-cnn-pinf-strong-s0", B.parse_args([])) == 25000
     assert B.boundary_steps("lenet-max", B.parse_args([])) == 5000
+
+
+def test_tree_digest_follows_the_python_files(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    d = B.tree_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("changed")
+    assert B.tree_digest(tmp_path) == d
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert B.tree_digest(tmp_path) != d
