@@ -26,11 +26,11 @@ PROBE = (
 )
 
 
-def _probe(**env: str) -> dict:
+def _probe(probe: str = PROBE, **env: str) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in SETTINGS and k != OPT_OUT}
     base.pop("GLIBC_TUNABLES", None)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], env={**base, **env}, capture_output=True, text=True
+        [sys.executable, "-c", probe], env={**base, **env}, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -74,13 +74,7 @@ IMPORT_PROBE = (
 
 
 def _import_probe(**env: str) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in SETTINGS and k != OPT_OUT}
-    base.pop("GLIBC_TUNABLES", None)
-    out = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE], env={**base, **env}, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _probe(IMPORT_PROBE, **env)
 
 
 @pytest.mark.slow
