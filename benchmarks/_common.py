@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unionrobust.allocator import tune_allocator
+from unionrobust.allocator import APPLIED_ON_IMPORT
 
 
 def set_threads(threads: int) -> int:
@@ -30,16 +30,16 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-_ALLOCATOR = "glibc defaults"
-
-
 def use_allocator(system: bool = False) -> str:
-    """The allocator settings the CLI runs with (:mod:`unionrobust.allocator`) unless
-    ``system``; returns (and :func:`machine_note` prints) which one is in use."""
-    global _ALLOCATOR
-    if not system and tune_allocator():
-        _ALLOCATOR = "CLI malloc settings"
-    return _ALLOCATOR
+    """Which allocator settings this process runs with (:func:`machine_note` prints it).
+    ``import unionrobust`` applies the CLI's (:mod:`unionrobust.allocator`); ``system`` asks for
+    glibc's defaults, which only ``UNIONROBUST_MALLOC=system`` set before the import gives."""
+    if system and APPLIED_ON_IMPORT:
+        raise SystemExit(
+            "glibc's default allocator: start the benchmark with UNIONROBUST_MALLOC=system "
+            "(import unionrobust tunes malloc)"
+        )
+    return "CLI malloc settings" if APPLIED_ON_IMPORT else "glibc defaults"
 
 
 def frozen(model: nn.Module) -> nn.Module:
@@ -137,7 +137,7 @@ def machine_note() -> str:
     kind = "CPU time" if clock() is time.process_time else "wall time"
     return (
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {kind}, "
-        f"{_ALLOCATOR}, load average {load}"
+        f"{use_allocator()}, load average {load}"
     )
 
 

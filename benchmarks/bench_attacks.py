@@ -18,8 +18,9 @@ Part 2 (strength): the MNIST CNN trained for a few epochs on the embedded MNIST 
 (nothing is cached), then robust accuracy and wall time on the first test digits for our PGD and
 Auto-PGD and the peers' PGD/APGD at equal budget (one random start, same steps and step size).
 
-The process runs with the CLI's allocator settings (``unionrobust.allocator``) unless
-``--system-malloc``: freed activation buffers then stay mapped instead of being re-faulted.
+The process runs with the allocator settings ``import unionrobust`` applies
+(``unionrobust.allocator``): freed activation buffers stay mapped instead of being re-faulted.
+For glibc's defaults run with ``UNIONROBUST_MALLOC=system`` (``--system-malloc`` checks it).
 
     python benchmarks/bench_attacks.py [--quick] [--threads 1] [--no-peers] [--no-strength]
         [--system-malloc]

@@ -15,8 +15,9 @@ step. It is worth keeping only if it is as strong:
 * ``step``: cost per step (process CPU time, interleaved, (T(long) − T(short)) / (long − short)
   as in bench_attacks.py) of MSD ÷ its floor t_fb + forward(3B), of one-gradient MSD ÷ t_fb, and
   of PGD per member ÷ t_fb: Σ_p (PGD_p − t_fb) is the part of MSD's excess that is the members'
-  own steps and projections (geometry/), the rest is MSD's own work. Only this part tunes
-  the allocator (``unionrobust.allocator``); ``train`` and ``attack`` run with glibc's defaults.
+  own steps and projections (geometry/), the rest is MSD's own work. Every part runs with the
+  allocator settings ``import unionrobust`` applies (``unionrobust.allocator``; the figures in
+  RESULTS.md for ``train`` and ``attack`` predate that and used glibc's defaults).
 
     python benchmarks/bench_msd_onegrad.py train [--seeds 0,1] [--n 200]
     python benchmarks/bench_msd_onegrad.py attack [--n 200] [--steps 100]
@@ -43,7 +44,6 @@ from _common import (
 )
 
 from unionrobust import MSD, PGD, build_model, evaluate, load_embedded_mnist, load_model, parse
-from unionrobust.allocator import tune_allocator
 from unionrobust.training.config import load_config
 from unionrobust.training.trainer import train
 
@@ -151,7 +151,6 @@ def attack_all(args: argparse.Namespace) -> None:
 
 
 def step_costs(args: argparse.Namespace) -> None:
-    tune_allocator()
     union = parse(load_config(CONFIG).threats)
     x_all, _ = load_embedded_mnist("test")
     short, long = 2, 10
@@ -160,7 +159,7 @@ def step_costs(args: argparse.Namespace) -> None:
         "one-gradient MSD": lambda s: MSD(union, steps=s, select="gradient"),
         **{f"PGD {m.name}": (lambda s, m=m: PGD(m, steps=s)) for m in union},
     }
-    print(f"{machine_note()}, allocator tuned, steps {short} and {long}\n")
+    print(f"{machine_note()}, steps {short} and {long}\n")
     head = ["model", "B", "t_fb ms", "floor ms", "MSD ÷ floor", "MSD 1g ÷ t_fb"]
     head += [f"PGD {m.name} ÷ t_fb" for m in union] + ["Σ(PGD_p − t_fb) ÷ floor"]
     rows = []

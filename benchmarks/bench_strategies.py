@@ -6,8 +6,9 @@ the figure per strategy is the median of its rounds, in process CPU time with on
 (other jobs on the machine do not count). A batch = strategy call (attacks + loss forward) +
 backward + optimiser step. Targets (issue 9): E-AT ≤ 1.05×, MSD ≤ 1.8×, MAX and AVG ≤ 3.0×
 single-threat ℓ∞ AT (P∞). ``msd-1g`` is MSD with ``select="gradient"`` (one-gradient MSD).
-The glibc allocator is tuned as the CLI tunes it (``unionrobust.allocator``) unless
-``--no-malloc-tuning``. ``--profile NAME`` prints the torch.profiler table of one batch of
+The glibc allocator is tuned as ``import unionrobust`` tunes it (``unionrobust.allocator``);
+for glibc's defaults run with ``UNIONROBUST_MALLOC=system`` (``--no-malloc-tuning`` checks it).
+``--profile NAME`` prints the torch.profiler table of one batch of
 strategy NAME instead.
 
     python benchmarks/bench_strategies.py [--models small-cnn,mnist-cnn] [--batch 64] [--steps 10]
@@ -18,9 +19,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import interleaved, machine_note, markdown_table, set_threads
+from _common import interleaved, machine_note, markdown_table, set_threads, use_allocator
 
-from unionrobust.allocator import tune_allocator
 from unionrobust.data import load_embedded_mnist
 from unionrobust.models import build_model
 from unionrobust.training.strategies import make_strategy
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--no-malloc-tuning", action="store_true", help="glibc defaults")
     args = ap.parse_args()
     set_threads(args.threads)
-    tuned = {} if args.no_malloc_tuning else tune_allocator()
+    use_allocator(args.no_malloc_tuning)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.profile:
         for m in models:
@@ -110,7 +110,7 @@ def main() -> None:
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     print(
         f"batch {args.batch}, {args.steps} attack steps, union {UNION}, {args.rounds} rounds, "
-        f"{machine_note()}, allocator {'tuned' if tuned else 'glibc defaults'}\n"
+        f"{machine_note()}\n"
     )
     for model_name in models:
         model, opt, x, y = setup(model_name, args.batch)

@@ -11,6 +11,7 @@ import warnings as _warnings
 from typing import Any as _Any
 
 from unionrobust._version import __version__
+from unionrobust.allocator import tune_on_import
 from unionrobust.attacks import APGD, FGSM, MIM, MSD, PGD, SLIDE, AttackResult, WorstOf, make_attack
 from unionrobust.data import get_dataset, load_data, load_embedded_mnist
 from unionrobust.errors import UnionRobustError
@@ -69,3 +70,6 @@ def __getattr__(name: str) -> _Any:
     import importlib
 
     return getattr(importlib.import_module(module), attr)
+# glibc keeps PyTorch's freed buffers mapped instead of faulting them in again at every attack
+# step (unionrobust/allocator.py; opt out: UNIONROBUST_MALLOC=system)
+tune_on_import()

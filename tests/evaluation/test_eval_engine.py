@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-
 from test_eval_support import (
     THREATS,
     dummy_suite,
     linear_problem,
 )
+
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate, recheck
 from unionrobust.threats import parse

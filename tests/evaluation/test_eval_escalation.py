@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_diagnostics import centre_data, centre_model
 from torch import nn
 
-from test_diagnostics import centre_data, centre_model
 from unionrobust.evaluation.diagnostics import is_gradient_free
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.suites import (

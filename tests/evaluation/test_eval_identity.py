@@ -9,8 +9,8 @@ import re
 
 import pytest
 import torch
-
 from test_eval_support import THREATS, Noise, OneStep, linear_problem
+
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import Suite, SuiteEntry, evaluate, get_suite
 from unionrobust.evaluation.suites import entry_key

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_eval_support import THREATS, dummy_suite, linear_problem
+
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
 from unionrobust.evaluation.verdicts import DIGEST_KEY, LOG_NAME, record_digest

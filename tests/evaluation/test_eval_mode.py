@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from test_eval_support import THREATS, dummy_suite, linear_problem
+
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
 from unionrobust.evaluation.mode import FIGURES, EvaluationMode

@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from test_eval_support import linear_problem
+
 from unionrobust.evaluation import Suite, evaluate, get_suite
 from unionrobust.evaluation import suites as suites_module
 from unionrobust.evaluation.metrics import mean_score, proportion

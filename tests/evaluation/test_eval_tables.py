@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-
 from test_eval_support import THREATS, dummy_suite, linear_problem
+
 from unionrobust.evaluation import evaluate
 from unionrobust.reporting import format_report, format_table, write_csv, write_json
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from test_eval_support import (
     THREATS,
     CallCounter,
@@ -18,6 +17,7 @@ from test_eval_support import (
     linear_problem,
     real_suite,
 )
+
 from unionrobust.attacks.base import Attack, AttackResult
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import Suite, SuiteEntry, evaluate

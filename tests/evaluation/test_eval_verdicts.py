@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-
 from test_eval_support import (
     THREATS,
     CallCounter,
     dummy_suite,
     linear_problem,
 )
+
 from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate

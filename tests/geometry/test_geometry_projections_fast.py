@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-
 from test_geometry_projections import _as_torch_eps, _eps_rows, batches, ref_l1_box, ref_l2_box
+
 from unionrobust.geometry import ball_box as P
 from unionrobust.geometry import steps as S
 

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 import torch
-
 from test_attacks_core import _assert_same_state, _model_state, check_output
 from test_strategies import spy_all
+
 from unionrobust.attacks import APGD, MSD, PGD, SLIDE, WorstOf
 from unionrobust.attacks import base as attack_base
 from unionrobust.threats import L1, L2, Linf
