@@ -21,6 +21,7 @@ def test_second_lock_in_same_process_is_refused_and_release_frees(tmp_path):
     FolderLock(out).acquire().release()  # released on exit
 
 
+@pytest.mark.slow  # a subprocess
 def test_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path):
     out = tmp_path / "run"
     code = textwrap.dedent(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
@@ -17,6 +18,9 @@ from _helpers import tiny_data, tiny_mlp
 from unionrobust.training.config import config_from_dict
 from unionrobust.training.distributed import DistContext, free_port, init_local_cpu, shutdown
 from unionrobust.training.trainer import train
+
+# two spawned processes: `pytest -m "not slow"` skips them in a fast loop; CI runs them
+pytestmark = pytest.mark.slow
 
 
 def _model() -> nn.Module:

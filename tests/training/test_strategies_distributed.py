@@ -14,6 +14,9 @@ import torch.multiprocessing as mp
 from unionrobust.attacks.base import AttackResult
 from unionrobust.training.strategies import make_strategy
 
+# two spawned processes: `pytest -m "not slow"` skips them in a fast loop; CI runs them
+pytestmark = pytest.mark.slow
+
 
 class _Fixed:
     """A picklable fake attack: x unchanged, the given success mask."""

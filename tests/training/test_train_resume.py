@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -64,6 +65,7 @@ def _run(script, *args):
     )
 
 
+@pytest.mark.slow  # a subprocess
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1])))

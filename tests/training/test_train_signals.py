@@ -22,6 +22,9 @@ from unionrobust.training import checkpoint as ckpt
 from unionrobust.training.config import config_from_dict
 from unionrobust.training.trainer import train
 
+# subprocesses killed by signals: `pytest -m "not slow"` skips them in a fast loop; CI runs them
+pytestmark = pytest.mark.slow
+
 TINY = ["--set", "training.epochs=1", *TINY_TRAINING, "--set", "eval.n=10"]
 
 
