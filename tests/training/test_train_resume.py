@@ -52,7 +52,7 @@ def run_worker(mode: str, out: str, marker: str) -> None:
 SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = {paths!r}  # this folder and tests/ (_helpers)
     from test_train_resume import run_worker
     run_worker(*sys.argv[1:4])
     """
@@ -68,7 +68,8 @@ def _run(script, *args):
 @pytest.mark.slow  # a subprocess
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1])))
+    here = Path(__file__).resolve()
+    script.write_text(SCRIPT.format(paths=[str(here.parent), str(here.parents[1])]))
     full, killed, marker = tmp_path / "full", tmp_path / "killed", tmp_path / "marker"
     run_worker("full", str(full), str(marker))  # the reference, in this process
     proc = subprocess.Popen(

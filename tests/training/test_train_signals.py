@@ -58,7 +58,7 @@ def run_worker(mode: str, out: str, marker: str) -> None:
 SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = {paths!r}  # this folder and tests/ (_helpers)
     from test_train_signals import run_worker
     run_worker(*sys.argv[1:4])
     """
@@ -76,7 +76,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 240) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, sig):
     script = tmp_path / "worker.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1])))
+    here = Path(__file__).resolve()
+    script.write_text(SCRIPT.format(paths=[str(here.parent), str(here.parents[1])]))
     full, stopped, marker = tmp_path / "full", tmp_path / "stopped", tmp_path / "marker"
     run_worker("full", str(full), str(marker))
     proc = subprocess.Popen(

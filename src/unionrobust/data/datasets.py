@@ -50,8 +50,8 @@ def _root(root: str | os.PathLike | None, spec: str, hint: str) -> Path:
         env = os.environ.get(DATA_ENV)
         if not env:
             raise UnionRobustError(
-                f"dataset {spec!r} needs a local folder: pass root=FOLDER (--root; data.root in "
-                f"a training config) or set {DATA_ENV}; {hint}"
+                f"dataset {spec!r} needs a local folder: pass root=FOLDER (--root FOLDER; "
+                f"data.root in a training config) or set {DATA_ENV}; {hint}"
             )
         root = env
     path = Path(root).expanduser()

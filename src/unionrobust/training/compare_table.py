@@ -105,7 +105,9 @@ def plot(
             errs.append((100 * err[0], 100 * err[1]))
         xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
         yerr = [[e[0] for e in errs], [e[1] for e in errs]]
-        bars = ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None, label=col,
+        every_bound = bool(rows) and all(is_bound(r, col, bounds) for r in rows)
+        bars = ax.bar(xs, means, width, yerr=yerr if any(map(any, yerr)) else None,
+                      label=f"≤ {col}" if every_bound else col,
                       capsize=2, error_kw={"elinewidth": 0.8})  # fmt: skip
         colour = bars.patches[0].get_facecolor() if bars.patches else None
         for r, x, m, patch in zip(rows, xs, means, bars.patches, strict=True):
