@@ -170,7 +170,29 @@ def test_square_schedule_halves():
     assert square_p(0.8, 0, 10_000) == 0.8
     assert square_p(0.8, 11, 10_000) == 0.4
     assert square_p(0.8, 9_999, 10_000) == 0.8 / 2**9
-    assert square_p(0.8, 100, 1000) == 0.8 / 16  # rescaled: 100/1000 ↔ 1000/10000
+    assert square_p(0.8, 100, 1000, rescale=True) == 0.8 / 16  # 100/1000 ↔ 1000/10000
+
+
+def test_square_schedule_counts_queries_as_autoattack_does():
+    """AutoAttack's Square (resc_schedule=False) ends 5,000 queries at p_init / 128; the rescaled
+    schedule halved twice more and lost points to it on a masked model (issue 16)."""
+    assert square_p(0.8, 4_999, 5_000) == 0.8 / 128
+    assert square_p(0.8, 1_500, 5_000) == 0.8 / 32
+    assert square_p(0.8, 100, 1000) == 0.8 / 4
+    assert square_p(0.8, 4_999, 5_000, rescale=True) == 0.8 / 512
+    assert Square("l2:2").rescale is False
+    seen = []
+    import unionrobust.attacks.square as sq
+
+    real = sq.square_p
+    try:
+        sq.square_p = lambda *a: seen.append(real(*a)) or seen[-1]
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        x = torch.full((2, 1, 4, 4), 0.5)
+        Square("l2:0.001", steps=300)(model, x, model(x).argmax(1))
+    finally:
+        sq.square_p = real
+    assert min(seen) == 0.8 / 8  # step 299 is in AutoAttack's (200, 500] bracket
 
 
 # -- projection onto hyperplane ∩ box vs linear programs -----------------------------------------
