@@ -24,7 +24,7 @@ from unionrobust.attacks.decision import BoundarySearch
 from unionrobust.attacks.linearised import FAB, DeepFool, project_hyperplane_box
 from unionrobust.attacks.minnorm import MinNormResult
 from unionrobust.attacks.registry import attack_names, make_attack
-from unionrobust.attacks.square import Square, square_p
+from unionrobust.attacks.square import Square, fill_l2, square_p
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.suites import FULL_NATIVE, get_suite
@@ -170,7 +170,29 @@ def test_square_schedule_halves():
     assert square_p(0.8, 0, 10_000) == 0.8
     assert square_p(0.8, 11, 10_000) == 0.4
     assert square_p(0.8, 9_999, 10_000) == 0.8 / 2**9
-    assert square_p(0.8, 100, 1000) == 0.8 / 16  # rescaled: 100/1000 ↔ 1000/10000
+    assert square_p(0.8, 100, 1000, rescale=True) == 0.8 / 16  # 100/1000 ↔ 1000/10000
+
+
+def test_square_schedule_counts_queries_as_autoattack_does():
+    """AutoAttack's Square (resc_schedule=False) ends 5,000 queries at p_init / 128; the rescaled
+    schedule halved twice more and lost points to it on a masked model (issue 16)."""
+    assert square_p(0.8, 4_999, 5_000) == 0.8 / 128
+    assert square_p(0.8, 1_500, 5_000) == 0.8 / 32
+    assert square_p(0.8, 100, 1000) == 0.8 / 4
+    assert square_p(0.8, 4_999, 5_000, rescale=True) == 0.8 / 512
+    assert Square("l2:2").rescale is False
+    seen = []
+    import unionrobust.attacks.square as sq
+
+    real = sq.square_p
+    try:
+        sq.square_p = lambda *a: seen.append(real(*a)) or seen[-1]
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        x = torch.full((2, 1, 4, 4), 0.5)
+        Square("l2:0.001", steps=300)(model, x, model(x).argmax(1))
+    finally:
+        sq.square_p = real
+    assert min(seen) == 0.8 / 8  # step 299 is in AutoAttack's (200, 500] bracket
 
 
 # -- projection onto hyperplane ∩ box vs linear programs -----------------------------------------
@@ -404,3 +426,21 @@ def test_engine_rechecks_min_norm_attacks(linear_model):
     broken = report.broken.any(dim=1)
     assert not bool(broken[opt > eps * (1 + 1e-6)].any())
     assert bool(broken[opt < eps / 1.05].all())
+
+
+def test_square_l2_fills_the_budget_the_box_cuts_off():
+    """Issue 16: scaled to ε and then clipped, an ℓ2 Square perturbation on a dark image kept a
+    fraction of its budget; :func:`fill_l2` keeps ball ∩ box and reaches ε where the box allows."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 1, 8, 8, generator=g) < 0.8).double()  # mostly at the box's faces
+    delta = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    eps = 2.0
+    old = (x + eps * delta / delta.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)).clamp(0, 1)
+    new = fill_l2(x, delta, eps)
+    n_old, n_new = (old - x).flatten(1).norm(dim=1), (new - x).flatten(1).norm(dim=1)
+    assert bool((n_old < 0.9 * eps).all())  # the authors' rule wastes budget here
+    assert torch.allclose(n_new, torch.full_like(n_new, eps), rtol=1e-4)
+    assert bool(L2(eps).contains(new - x, x).all())
+    assert new.min() >= 0 and new.max() <= 1
+    # the direction is kept: new − x is a clipped positive multiple of δ
+    assert bool(((new - x) * delta >= 0).all())
