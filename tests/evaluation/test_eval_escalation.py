@@ -21,6 +21,8 @@ from unionrobust.evaluation.suites import (
 from unionrobust.reporting.markdown import format_diagnostics
 
 THREATS = "linf:0.3, l2:2, l1:10"
+#: the tiers that give way to the masked tier on a model with thresholding filters
+GIVE_WAY = ("unmasked", "probe")
 
 
 class FourClasses(nn.Module):
@@ -42,7 +44,8 @@ def test_standard_ends_each_threat_with_its_escalation():
         mine = [e for e in suite.entries if e.threat_index == i]
         tiers = [escalation_tier(e) for e in mine]
         k = tiers.index("probe")
-        assert all(t is None for t in tiers[:k])  # APGD and the survivor round first
+        # APGD and the survivor round first; the ℓ∞/ℓ2 survivor pass only without filters
+        assert tiers[:k] == [None, None] + (["unmasked"] if norm != "l1" else [None] * 3)
         assert [(escalation_tier(e), e.attack) for e in mine[k:]] == [
             (tier, name) for tier, name, _ in ESCALATION[norm]
         ]
@@ -70,6 +73,11 @@ def test_masked_tier_opens_on_filters_or_a_gradient_free_break():
     assert escalation_open(masked, [(probe, False)], 2, is_gradient_free)
     # evidence is per threat: another threat's gradient-free break does not count
     assert not escalation_open(masked, [(other, True)], 0, is_gradient_free)
+    # with thresholding filters the probe and the survivor pass give way to the masked tier
+    survivor = SuiteEntry(1, "apgd-t", (("escalate", "unmasked"),))
+    assert escalation_open(survivor, [], 0, is_gradient_free)
+    assert not escalation_open(survivor, [], 2, is_gradient_free)
+    assert not escalation_open(probe, [], 2, is_gradient_free)
 
 
 @pytest.mark.slow
@@ -98,6 +106,8 @@ def test_thresholding_model_gets_the_escalation_and_the_evidence_is_reported():
     entries = report.entries
     masked = [e for e, d in enumerate(entries) if d["params"].get("escalate") == "masked"]
     assert masked and all(report.attacked[e] > 0 or report.union_accuracy == 0 for e in masked)
+    skipped = [e for e, d in enumerate(entries) if d["params"].get("escalate") in GIVE_WAY]
+    assert len(skipped) == 2 and all(report.attacked[e] == 0 for e in skipped)
     assert report.union_accuracy == 0.0  # every class-0 point falls to a gradient-free pass
     row = report.diagnostics["gradient_masking"]["per_threat"]["linf:0.15"]
     assert row["flag"] and row["thresholding_filters"] == 1

@@ -72,6 +72,19 @@ def test_table_reports_mean_and_std_over_seeds():
     assert _fmt([0.25]) == "25.0"
 
 
+def test_table_gives_each_strategy_its_cpu_cost_when_known():
+    row = {"strategy": "msd", "clean": [0.9], "union": [0.5], "average": [0.6],
+           "per_threat": {"linf:0.3": [0.5]}, "time_per_epoch": [10.0],
+           "train_cpu": [301.4], "eval_cpu": [250.0]}  # fmt: skip
+    md = table([row], ["linf:0.3"])
+    assert md.splitlines()[0].endswith("| s/epoch | train CPU s | eval CPU s |")
+    assert md.splitlines()[2].endswith("| 10.0 | 301 | 250 |")
+    two = {**row, "train_cpu": [300.0, 310.0], "eval_cpu": [250.0, 250.0]}
+    assert "| 305 ± 7 | 250 ± 0 |" in table([two], ["linf:0.3"])
+    del row["eval_cpu"]  # rows without a cost (older results) get no such column
+    assert "eval CPU s" not in table([row], ["linf:0.3"])
+
+
 def test_table_shows_95_percent_intervals_and_marks_upper_bounds():
     rows = [{"strategy": "msd", "clean": [0.9], "union": [0.42], "average": [0.5],
              "per_threat": {"linf:0.3": [0.5]}, "time_per_epoch": [10.0],

@@ -187,8 +187,10 @@ def gradient_masking(
     (``first_layer``: :func:`thresholding_filters`' result, when known).
     """
     n_filters = None if first_layer is None else int(first_layer.get("count", 0))
-    filter_note = "" if not n_filters else (
-        f"; {n_filters} of {first_layer.get('filters')} first-layer filters threshold pixels"
+    filter_note = (
+        ""
+        if not n_filters
+        else (f"; {n_filters} of {first_layer.get('filters')} first-layer filters threshold pixels")
     )
     names = GRADIENT_FREE_ATTACKS if gradient_free is None else frozenset(gradient_free)
     n_entries = len(report.entry_threat)
@@ -218,10 +220,11 @@ def gradient_masking(
             out["per_threat"][spec] = row
             continue
         # a gradient-free entry's break counts when every first-order entry before it ran on
-        # the point and failed (``standard`` runs first-order passes after its Square probe)
+        # the point and failed (``standard`` runs first-order passes after its Square probe);
+        # an entry that attacked no point at all (a gated pass that gave way) is not required
         only_free = torch.zeros_like(cc)
         for f in free:
-            before = [e for e in grad if e < f]
+            before = [e for e in grad if e < f and report.attacked[e] > 0]
             if not before:
                 continue
             survived = cc.clone()

@@ -51,6 +51,7 @@ from unionrobust.evaluation.inputs import (
 from unionrobust.evaluation.mode import EvaluationMode
 from unionrobust.evaluation.report import EvaluationReport
 from unionrobust.evaluation.suites import (
+    GATED_TIERS,
     Suite,
     escalation_open,
     escalation_tier,
@@ -203,7 +204,7 @@ def _attack_passes(
     filters: int | None = None
     for e, entry in enumerate(suite.entries):
         todo = v.todo(entry.threat_index, mode)
-        if escalation_tier(entry) == "masked":  # standard's escalation: only on evidence
+        if escalation_tier(entry) in GATED_TIERS:  # standard's gated passes (escalation_open)
             if filters is None:
                 filters = int(thresholding_filters(run.model).get("count", 0))
             earlier = [(suite.entries[k], bool(v.broken[:, k].any())) for k in range(e)]

@@ -190,7 +190,7 @@ def evaluate_grid(
 
 
 def multirobust_mark(result: dict[str, Any]) -> str:
-    """"≤ " when a MultiRobustBench grid result holds upper bounds (its suite is weaker than
+    """ "≤ " when a MultiRobustBench grid result holds upper bounds (its suite is weaker than
     standard: :meth:`~unionrobust.evaluation.mode.EvaluationMode.upper_bounds`), else ""."""
     if "upper_bound" in result:
         return UPPER_MARK if result["upper_bound"] else ""

@@ -259,10 +259,12 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 
 
 #: ``standard``'s escalation, after the survivor round and only on the points still robust:
-#: per norm, (tier, registry name, parameters). The "probe" tier always runs (a short Square:
-#: cheap, and a gradient-free pass for the masking check); the "masked" tier — AutoAttack's
-#: FAB-T and Square at its budgets (Square ℓ1 as in "Mind the box"), then the decision-based
-#: search for ℓ2/ℓ1 started from a FAB-T point — runs only on evidence of gradient masking
+#: per norm, (tier, registry name, parameters). The "probe" tier (a short Square: cheap, and a
+#: gradient-free pass for the masking check) runs unless the model has thresholding filters
+#: (then the masked tier is open anyway and its longer Square subsumes the probe); the "masked"
+#: tier — AutoAttack's FAB-T and Square at its budgets (Square ℓ1 as in "Mind the box"), then
+#: the decision-based search for ℓ2/ℓ1 started from a FAB-T point — runs only on evidence of
+#: gradient masking
 #: (:func:`escalation_open`): thresholding first-layer filters, or a gradient-free pass of the
 #: same threat broke a point. The tier is kept in the entry's parameters (``escalate``); the
 #: second Square pass has its own draws (``seed_offset``).
@@ -277,17 +279,22 @@ ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 }
 
 
-def _escalated(name: str) -> Callable[..., Any]:
-    """A builder running registry attack ``name`` (the ``escalate`` tier is the engine's)."""
+def _ungated(builder: Callable[..., Any]) -> Callable[..., Any]:
+    """``builder`` (threat, seed, **params) with the ``escalate`` tier dropped (the engine's)."""
 
     def build(threat: ThreatModel, seed: int, escalate: str = "", **kw: Any) -> Any:
-        return make_attack(name, threat, seed=seed, **kw)
+        return builder(threat, seed=seed, **kw)
 
     return build
 
 
+#: the gated tiers of ``standard`` (:func:`escalation_open`)
+GATED_TIERS = ("unmasked", "probe", "masked")
+
+
 def escalation_tier(entry: SuiteEntry) -> str | None:
-    """The entry's :data:`ESCALATION` tier ("probe", "masked"), None outside the escalation."""
+    """The entry's gated tier (:data:`GATED_TIERS`: the ℓ∞/ℓ2 survivor pass is "unmasked", the
+    :data:`ESCALATION` tiers "probe" and "masked"), None for an entry that always runs."""
     return dict(entry.params).get("escalate")
 
 
@@ -297,10 +304,18 @@ def escalation_open(
     filters: int,
     gradient_free: Callable[[str], bool],
 ) -> bool:
-    """Whether ``entry`` runs: outside the "masked" tier always; in it, when the model has
-    ``filters`` > 0 thresholding first-layer filters or an ``earlier`` gradient-free entry of
-    the same threat broke a point (``earlier``: (entry, broke anything) pairs)."""
-    if escalation_tier(entry) != "masked" or filters > 0:
+    """Whether ``entry`` runs. Untiered entries always. With ``filters`` > 0 thresholding
+    first-layer filters (evidence of masking known before any attack), the "masked" tier runs
+    and the "unmasked" and "probe" tiers do not: a second gradient pass from new starts adds
+    little where gradients are masked, and the masked tier's 5,000-query Square subsumes the
+    1,000-query probe, so a masked model costs what AutoAttack's four attacks cost plus the
+    boundary search. Without such filters the "unmasked" and "probe" tiers run, and the "masked"
+    tier only when an ``earlier`` gradient-free entry of the same threat broke a point
+    (``earlier``: (entry, broke anything) pairs)."""
+    tier = escalation_tier(entry)
+    if tier in ("unmasked", "probe"):
+        return filters == 0
+    if tier != "masked" or filters > 0:
         return True
     return any(
         broke and e.threat_index == entry.threat_index and gradient_free(e.attack)
@@ -333,11 +348,15 @@ def _standard(threats: Union, _masked: str = "masked") -> list[SuiteEntry]:
                 **extra,
             )
         )
+        gate = {} if l1 or _masked == "always" else {"escalate": "unmasked"}
         for offset, (name, params) in enumerate(SURVIVOR_ROUND["l1" if l1 else "other"], start=1):
-            out.append(_entry(i, name, _apgd, seed_offset=offset, **params, **extra))
+            params = {**params, **extra, **gate}
+            out.append(_entry(i, name, _ungated(_apgd), seed_offset=offset, **params))
         for tier, name, params in ESCALATION.get(t.name, []):
-            tier = _masked if tier == "masked" else tier
-            out.append(_entry(i, name, _escalated(name), escalate=tier, **params))
+            if _masked == "always":
+                tier = "always"
+            build = _ungated(partial(make_attack, name))
+            out.append(_entry(i, name, build, escalate=tier, **params))
     return out
 
 

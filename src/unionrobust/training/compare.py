@@ -306,6 +306,8 @@ def _aggregate(
                 "per_threat": {t: [r["per_threat"][t] for r in mine] for t in threats},
                 "ci95": {c: [r["ci95"][c] for r in mine] for c in mine[0]["ci95"]},
                 "time_per_epoch": [r["time_per_epoch"] for r in mine],
+                "train_cpu": [r["train_cpu_seconds"] for r in mine],
+                "eval_cpu": [r["eval_cpu_seconds"] for r in mine],
             }
         )
     return rows

@@ -26,6 +26,15 @@ def _fmt(values: list[float], pct: bool = True) -> str:
     return f"{mean:.1f} ± {statistics.stdev(vals) * scale:.1f}"
 
 
+def _seconds(values: list[float]) -> str:
+    """Whole CPU seconds: the mean over seeds (± std with several)."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "–"
+    spread = f" ± {statistics.stdev(vals):.0f}" if len(vals) > 1 else ""
+    return f"{statistics.fmean(vals):.0f}{spread}"
+
+
 def _cell(r: dict[str, Any], col: str) -> str:
     """One accuracy cell: ``value [lo, hi]`` (95 %) for one seed, else mean ± std."""
     vals = r["per_threat"][col] if col in r["per_threat"] else r[col]
@@ -40,19 +49,27 @@ def table(rows: list[dict[str, Any]], threats: list[str], upper_bounds: Sequence
     """Markdown table of the aggregated rows (one per strategy); the cells of the columns named
     in ``upper_bounds`` start with "≤" (their figures are upper bounds)."""
     cols = ["clean", *threats, "union", "average"]
-    head = ["strategy", *cols, "s/epoch"]
+    costs = [c for c in COST_COLUMNS if all(c in r for r in rows)]
+    head = ["strategy", *cols, "s/epoch", *(COST_COLUMNS[c] for c in costs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["strategy"]]
         cells += [("≤ " if is_bound(r, c, upper_bounds) else "") + _cell(r, c) for c in cols]
         cells.append(_fmt(r["time_per_epoch"], pct=False))
+        cells += [_seconds(r[c]) for c in costs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: a row's cost keys (lists over seeds, CPU seconds) -> their column heads, shown when present
+COST_COLUMNS = {"train_cpu": "train CPU s", "eval_cpu": "eval CPU s"}
 
 
 def compare_mode(union_only: bool) -> EvaluationMode:
     """The mode of the comparison's evaluation."""
     return EvaluationMode.resolve(None, union_only=bool(union_only))
+
+
 def is_bound(row: dict[str, Any], col: str, upper_bounds: Sequence[str] = ()) -> bool:
     """Whether the cell ``col`` of ``row`` is an upper bound rather than a measurement: the
     row's own per-cell flag ``row["is_bound"][col]`` when it has one, else whether ``col`` is
