@@ -12,10 +12,13 @@ from unionrobust.models import (
     Normalize,
     NormalizedModel,
     build_model,
+    load_weights,
     model_kwargs,
     model_names,
+    save_weights,
     with_normalization,
 )
+from unionrobust.models.small import SmallCNN, SmallCNN5
 
 # Published / architecture-implied parameter counts at the default input size (10 classes).
 # Madry MNIST CNN: 3.27M; PreAct ResNet-18: 11.2M; WRN-28-10: 36.5M (Zagoruyko & Komodakis).
@@ -78,8 +81,10 @@ def test_small_cnn_options_build_the_recipes_net() -> None:
     named = build_model("small-cnn5")
     torch.manual_seed(0)
     net = build_model("small-cnn", kernel=5, padding=0, hidden=256)
-    assert all(torch.equal(a, b) for a, b in zip(named.state_dict().values(),
-                                                 net.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(named.state_dict().values(), net.state_dict().values(), strict=True)
+    )
     assert model_kwargs("small-cnn5")["kernel"] == 5
 
 
@@ -236,3 +241,28 @@ def test_small_cnn_learns_embedded_mnist() -> None:
     with torch.no_grad():
         acc = (model.eval()(x_test).argmax(1) == y_test).float().mean()
     assert acc > 0.7, float(acc)  # reaches ~0.80; chance is 0.1
+
+
+def test_channels_last_small_cnn_is_the_same_function_and_keeps_its_layout(tmp_path):
+    """``channels_last`` changes only the memory format: same outputs and input gradients as
+    the channels-first net with the same weights, through a save/load round trip."""
+    torch.manual_seed(0)
+    first = SmallCNN(10, 1, (28, 28), kernel=5, padding=0, hidden=256).eval()
+    last = SmallCNN5(10, 1, (28, 28)).eval()
+    assert last.channels_last and not first.channels_last
+    path = save_weights(first, tmp_path / "w.safetensors")
+    load_weights(last, path)
+    weight = last.features[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and weight.dim() == 4
+    x = torch.rand(6, 1, 28, 28, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    out_first, out_last = first(x), last(x2)
+    torch.testing.assert_close(out_last, out_first, rtol=1e-5, atol=1e-5)
+    out_first.sum().backward()
+    out_last.sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-6)
+    # saved weights are plain contiguous tensors that a channels-first net loads unchanged
+    load_weights(first, save_weights(last, tmp_path / "back.safetensors"))
+    torch.testing.assert_close(first(x), last(x2), rtol=1e-5, atol=1e-5)
+    rgb = SmallCNN(10, 3, (32, 32), channels_last=True).eval()
+    assert rgb(torch.rand(2, 3, 32, 32)).shape == (2, 10)

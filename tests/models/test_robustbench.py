@@ -191,8 +191,7 @@ FAKE_PACKAGE = {
     ),
     "model_zoo/architectures/__init__.py": "",
     "model_zoo/architectures/tiny.py": (
-        "import torch\nfrom torch import nn\n"
-        "def tiny():\n    return nn.Linear(4, 3)\n"
+        "import torch\nfrom torch import nn\ndef tiny():\n    return nn.Linear(4, 3)\n"
     ),
     "model_zoo/models.py": (
         "from collections import OrderedDict\n"

@@ -9,6 +9,7 @@ import pytest
 from _helpers import TINY_TRAINING
 from unionrobust.cli.main import main
 from unionrobust.training import compare_table
+from unionrobust.training.compare import ALL_STRATEGIES, DEFAULT_STRATEGIES, expand_strategies
 from unionrobust.training.compare_table import _fmt, is_bound, table, upper_bound_columns
 
 TINY = ["--set", "training.epochs=1", *TINY_TRAINING, "--set", "eval.n=10"]
@@ -138,3 +139,9 @@ def test_plot_draws_upper_bounds_hollow_hatched_and_marked(tmp_path, monkeypatch
     assert "≤ upper bound" not in seen["legend"]
     compare_table.plot([_row()], threats, tmp_path / "r.png", bounds=threats)  # column list
     assert sum(1 for p in seen["patches"] if p[0]) == 2 and seen["texts"] == ["≤", "≤"]
+
+
+def test_all_expands_to_every_recipe_once():
+    assert expand_strategies(["all"]) == list(ALL_STRATEGIES)
+    assert expand_strategies(["msd", "all"]) == ["msd", *(s for s in ALL_STRATEGIES if s != "msd")]
+    assert set(DEFAULT_STRATEGIES) < set(ALL_STRATEGIES)

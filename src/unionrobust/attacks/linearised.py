@@ -87,20 +87,22 @@ def closest_hyperplane(
 
 
 def project_hyperplane_box(
-    w: torch.Tensor, c: torch.Tensor, z: torch.Tensor, p: str, iters: int = 60
+    w: torch.Tensor, c: torch.Tensor, z: torch.Tensor, p: str
 ) -> torch.Tensor:
     """argmin ‖δ‖_p s.t. ⟨w, δ⟩ = c and z + δ ∈ [0, 1] (per example; Croce & Hein 2020 §3.1).
 
     ℓ1: fractional knapsack — coordinates by decreasing |w_i| move to the box until the
     constraint holds (exact). ℓ2 / ℓ∞: by the KKT conditions δ = clip(t·s·v, −z, 1 − z) with
-    v = w (ℓ2) or sign(w) (ℓ∞), s = sign(c), and t ≥ 0 the root of the monotone ⟨w, δ(t)⟩ = c,
-    found by bisection on log t. Where the box makes the constraint infeasible, the point of the
-    box that gets closest to the hyperplane is returned.
+    v = w (ℓ2) or sign(w) (ℓ∞), s = sign(c), and t ≥ 0 the root of the monotone, piecewise
+    linear P(t) = Σ |w_i|·min(t·v_i, room_i) = |c|, solved exactly: sort the breakpoints
+    room_i / v_i, find the first at which P reaches |c| and solve the linear piece before it
+    (one sort instead of a bisection). Where the box makes the constraint infeasible, the point
+    of the box that gets closest to the hyperplane is returned.
     """
     shape = z.shape
     wf, zf = _flat(w), _flat(z)
     s = torch.sign(c).reshape(-1, 1)
-    need = c.abs().reshape(-1, 1)
+    need = c.abs().reshape(-1, 1).to(wf.dtype)
     direction = s * torch.sign(wf)  # the sign each coordinate moves by
     room = torch.where(direction > 0, 1.0 - zf, zf).clamp_min(0.0)
     aw = wf.abs()
@@ -114,24 +116,26 @@ def project_hyperplane_box(
         amount = torch.zeros_like(amount_s).scatter(1, order, amount_s)
         return (direction * amount).reshape(shape)
     v = aw if p == "l2" else (aw > 0).to(aw.dtype)
-
-    def delta_of(t: torch.Tensor) -> torch.Tensor:
-        return direction * torch.minimum(t * v, room)
-
-    def progress(t: torch.Tensor) -> torch.Tensor:
-        return (aw * torch.minimum(t * v, room)).sum(dim=1, keepdim=True)
-
-    vv = (aw * v).sum(dim=1, keepdim=True).clamp_min(1e-30)
-    lo = (need / vv).clamp_min(1e-30)  # the box only slows progress: t* ≥ the free solution
-    sat = torch.where(v > 0, room / v.clamp_min(1e-30), torch.zeros_like(v)).amax(dim=1)
-    hi = torch.maximum(sat.reshape(-1, 1), lo)
-    lo_l, hi_l = lo.log(), hi.log()
-    for _ in range(iters):
-        mid = (lo_l + hi_l) / 2
-        ok = progress(mid.exp()) >= need
-        hi_l = torch.where(ok, mid, hi_l)
-        lo_l = torch.where(ok, lo_l, mid)
-    return delta_of(hi_l.exp()).reshape(shape)
+    moving = v > 0
+    brk = torch.where(moving, room / v.clamp_min(1e-30), torch.zeros_like(v))
+    # coordinates that cannot move (v = 0) sort last with slope 0 and add nothing
+    key = torch.where(moving, brk, torch.full_like(brk, float("inf")))
+    t_s, order = key.sort(dim=1)
+    slope_s = (aw * v).gather(1, order)  # dP/dt of a coordinate until it saturates
+    full_s = (aw * torch.minimum(brk * v, room)).gather(1, order)  # its share once saturated
+    done = full_s.cumsum(dim=1)  # saturated by breakpoint k (inclusive)
+    rest = slope_s.sum(dim=1, keepdim=True) - slope_s.cumsum(dim=1)  # slope after breakpoint k
+    finite = torch.isfinite(t_s)
+    at_brk = torch.where(finite, done + torch.where(finite, t_s, 0.0) * rest, done)
+    reached = (at_brk >= need) & finite
+    k = reached.to(torch.int8).argmax(dim=1, keepdim=True)  # the first breakpoint reaching |c|
+    prev = (k - 1).clamp_min(0)
+    done_prev = torch.where(k > 0, done.gather(1, prev), torch.zeros_like(need))
+    rest_prev = torch.where(k > 0, rest.gather(1, prev), slope_s.sum(dim=1, keepdim=True))
+    t = (need - done_prev) / rest_prev.clamp_min(1e-30)
+    t_max = brk.amax(dim=1, keepdim=True)  # infeasible: every coordinate to the box
+    t = torch.where(reached.any(dim=1, keepdim=True), t, t_max).clamp_min(0.0)
+    return (direction * torch.minimum(t * v, room)).reshape(shape)
 
 
 # --------------------------------------------------------------------------- DeepFool

@@ -199,9 +199,7 @@ REPORT_FILES = ("report.json",)
 def add_out_arguments(group: argparse._ArgumentGroup, what: str) -> None:
     """--out DIR (``what`` it writes), --overwrite and --no-progress."""
     group.add_argument("--out", metavar="DIR", help=what)
-    group.add_argument(
-        "--overwrite", action="store_true", help="replace the run already in --out"
-    )
+    group.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
