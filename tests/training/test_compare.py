@@ -24,6 +24,11 @@ def test_compare_end_to_end_tiny(tmp_path, capsys):
     assert "| strategy | clean | linf:0.3 | l2:2 | l1:10 | union | average | s/epoch |" in printed
     md = (out / "results.md").read_text()
     assert "first 20 test points" in md and "| pinf |" in md and "| eat |" in md
+    # results.md names each strategy's recipe and the checkpoint it evaluated
+    assert (
+        "## Recipes" in md and "- **pinf**: config `mnist-small-pinf` with training.epochs=1" in md
+    )
+    assert "checkpoint evaluated: " in md and "train CPU s | eval CPU s |" in md
     # the default evaluation: standard suite, per-threat mode, every figure exact, 95 % intervals
     assert "suite 'standard', per-threat mode" in md and "≤" not in md
     row = next(line for line in md.splitlines() if line.startswith("| pinf |")).split(" | ")

@@ -64,10 +64,17 @@ def expand_strategies(strategies: Sequence[str]) -> list[str]:
     return out
 
 
-def config_for(strategy: str, overrides: Sequence[str] = (), base: str = BASE):
-    """The config of one strategy: ``<base>-<strategy>`` if shipped, else ``<base>`` + name."""
+def recipe_name(strategy: str, base: str = BASE) -> str:
+    """The built-in config a strategy trains with: ``<base>-<strategy>`` if shipped, else
+    ``<base>`` (with the strategy's name set)."""
     name = f"{base}-{strategy}"
-    if name in builtin_configs():
+    return name if name in builtin_configs() else base
+
+
+def config_for(strategy: str, overrides: Sequence[str] = (), base: str = BASE):
+    """The config of one strategy (:func:`recipe_name`, then ``overrides``)."""
+    name = recipe_name(strategy, base)
+    if name != base:
         return load_config(name, list(overrides))
     return load_config(base, [f"strategy={{name: {strategy}}}", *overrides])
 
@@ -107,6 +114,9 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     }
     run = {
         "strategy": job["strategy"],
+        "recipe": recipe_name(job["strategy"], job["base"]),
+        "recipe_text": " ".join(cfg.description.split()),
+        "overrides": list(job["overrides"]),
         "seed": job["seed"],
         "clean": d["clean_accuracy"],
         "union": d["union_accuracy"],
@@ -330,6 +340,33 @@ def _aggregate(
     return rows
 
 
+def _recipes(runs: list[dict[str, Any]]) -> str:
+    """The "Recipes" section of results.md: per strategy, its config, what the config says it
+    is, the overrides given and the checkpoint evaluated."""
+    lines = ["## Recipes", ""]
+    seen: set[str] = set()
+    for r in runs:
+        if r["strategy"] in seen:
+            continue
+        seen.add(r["strategy"])
+        extra = [
+            o
+            for o in r.get("overrides", [])
+            if not o.startswith(("training.seed=", "training.progress="))
+        ]
+        chosen = (
+            "last epoch"
+            if r["best_epoch"] is None
+            else f"epoch {r['best_epoch'] + 1} of {r['epochs']}"
+        )
+        lines.append(
+            f"- **{r['strategy']}**: config `{r.get('recipe', '?')}`"
+            + (f" with {' '.join(extra)}" if extra else "")
+            + f"; checkpoint evaluated: {chosen}. {r.get('recipe_text', '')}".rstrip()
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _note(payload: dict[str, Any]) -> str:
     """The sentence above the table: what was measured, how, and what it cost."""
     p = payload
@@ -360,6 +397,7 @@ def _write_results(out: Path, payload: dict[str, Any], echo: Callable[[str], Non
     text = f"# Strategy comparison\n\n{note}\n\n{md}\n"
     if plot_note:
         text += f"\n{plot_note}\n"
+    text += "\n" + _recipes(payload["runs"])
     atomic_write_text(out / "results.md", text)
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
     echo("")
