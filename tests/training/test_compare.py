@@ -150,3 +150,24 @@ def test_all_expands_to_every_recipe_once():
     assert expand_strategies(["all"]) == list(ALL_STRATEGIES)
     assert expand_strategies(["msd", "all"]) == ["msd", *(s for s in ALL_STRATEGIES if s != "msd")]
     assert set(DEFAULT_STRATEGIES) < set(ALL_STRATEGIES)
+
+
+def test_a_rerun_reuses_each_finished_evaluation(tmp_path, capsys):
+    """Rerunning a finished comparison in the same folder trains nothing and re-evaluates
+    nothing: each run's evaluation.json is reused while its weights and suite are the same."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--strategies", "pinf", "--n", "12", "--jobs", "1", "--suite", "quick",
+            "--out", str(out), "--no-progress", *TINY]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads((out / "results.json").read_text())["runs"][0]
+    assert main(args) == 0
+    again = json.loads((out / "results.json").read_text())["runs"][0]
+    assert again == first  # the same record, the evaluation's CPU seconds included
+    record = out / "runs" / "pinf-seed0" / "evaluation.json"
+    data = json.loads(record.read_text())
+    data["evaluation_key"] = "another suite"
+    record.write_text(json.dumps(data))
+    assert main(args) == 0  # a record of another evaluation is not reused
+    third = json.loads((out / "results.json").read_text())["runs"][0]
+    assert third["evaluation_key"] == first["evaluation_key"] and third["union"] == first["union"]
+    assert third["eval_seconds"] != first["eval_seconds"]

@@ -12,6 +12,7 @@ std over seeds (as Croce & Hein report). Writes ``results.md``, ``results.json``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from unionrobust._version import __version__
 from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
@@ -95,6 +97,10 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     model = build_model_from(cfg)
     weights = run_dir / ("best.safetensors" if result.best else "last.safetensors")
     load_weights(model, weights)
+    key = _evaluation_key(job, weights, cfg.threats)
+    cached = _cached_evaluation(run_dir / "evaluation.json", key)
+    if cached is not None:  # a rerun of a finished comparison: the same weights and evaluation
+        return cached
     src = Source(load_split(cfg.data, "test"))
     x, y = src.batch(torch.arange(min(job["n_test"], len(src))))
     t0, cpu_eval = time.perf_counter(), time.process_time()
@@ -135,10 +141,38 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": None if result.best is None else result.best["epoch"],
         "weights": str(weights),
         "n_test": int(x.shape[0]),
+        "evaluation_key": key,
     }
     # each run's figures on disk as soon as they exist (a stopped comparison keeps them)
     atomic_write_text(run_dir / "evaluation.json", json.dumps(run, indent=1))
     return run
+
+
+def _evaluation_key(job: dict[str, Any], weights: Path, threats: Any) -> str:
+    """sha256 of what a run's evaluation depends on: the weights file's bytes, the test points,
+    the suite's entries with their parameters, the mode and the package version."""
+    suite = get_suite(job["suite"], threats)
+    blob = json.dumps(
+        {
+            "weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "n_test": job["n_test"],
+            "suite": suite.describe(),
+            "union_only": bool(job.get("union_only", False)),
+            "version": __version__,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _cached_evaluation(path: Path, key: str) -> dict[str, Any] | None:
+    """The run record in ``path`` if it was evaluated under ``key``, else None (no file, an
+    unreadable one, or another evaluation)."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return run if isinstance(run, dict) and run.get("evaluation_key") == key else None
 
 
 def _cpu_seconds() -> float:
