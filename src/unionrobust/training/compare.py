@@ -51,7 +51,7 @@ ALL_STRATEGIES = ("pinf", "max", "avg", "msd", "eat")
 DEFAULT_STRATEGIES = ("pinf", "max", "msd")
 BASE = "mnist-small"
 #: test points the main job evaluates (``--n``): the one setting that sizes its evaluation cost
-DEFAULT_N_TEST = 300
+DEFAULT_N_TEST = 200
 
 
 def expand_strategies(strategies: Sequence[str]) -> list[str]:
@@ -81,8 +81,17 @@ def config_for(strategy: str, overrides: Sequence[str] = (), base: str = BASE):
     return load_config(base, [f"strategy={{name: {strategy}}}", *overrides])
 
 
-#: rough relative cost per step (attacks run per batch), to start the longest jobs first
-COST = {"max": 3.0, "avg": 3.0, "msd": 2.5, "minmax": 3.0, "natural": 0.1}
+#: rough cost of one attack step relative to a training step (MSD also evaluates its three
+#: candidates; MAX/AVG run one attack per threat), to start the longest jobs first
+COST = {"max": 1.2, "avg": 1.2, "msd": 3.0, "minmax": 3.0, "natural": 0.0}
+
+
+def job_cost(job: dict[str, Any]) -> float:
+    """Estimated training cost of a job in training steps: epochs × (1 + attack steps × COST)."""
+    cfg = config_for(job["strategy"], job["overrides"], job["base"])
+    steps = cfg.strategy.get("steps", 10)
+    total = sum(steps.values()) if isinstance(steps, dict) else float(steps)
+    return float(cfg.training.epochs) * (1.0 + total * COST.get(job["strategy"], 1.0))
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +218,7 @@ def _run_all(
             runs.append(_run_one(job))
             done(runs[-1])
         return runs
-    order = sorted(todo, key=lambda j: -COST.get(j["strategy"], 1.0))
+    order = sorted(todo, key=lambda j: -job_cost(j))
     pool = ProcessPoolExecutor(
         max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
         initializer=worker_init, initargs=(os.getpid(),),
