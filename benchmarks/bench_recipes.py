@@ -3,20 +3,21 @@
 Trains ``--config`` (a built-in name or a YAML file, plus ``--set`` overrides) on the embedded
 MNIST with one thread, then evaluates the chosen checkpoint (``best`` by held-out union accuracy,
 else ``last``) with the ``standard`` suite in per-threat mode (every figure exact) on ``--n``
-test digits (every ``--stride``-th, default every 5th), and appends one JSON line with the recipe,
-the CPU seconds of training and evaluation and clean / per-threat / union accuracy to
-``--log``. ``--table`` prints the collected lines as the markdown table of benchmarks/RESULTS.md.
+test digits (every ``--stride``-th, default 1: the first n, which are class-balanced — the
+loader interleaves the digits, so a stride of 5 keeps two digit classes only), and appends one
+JSON line with the recipe, the CPU seconds of training and evaluation and clean / per-threat /
+union accuracy to ``--log``. ``--table`` prints the collected lines as the markdown table of benchmarks/RESULTS.md.
 
     python benchmarks/bench_recipes.py run --name pinf-fast --config mnist-small-pinf \
         --set training.epochs=15 --out /work/models/train17
     python benchmarks/bench_recipes.py table --log /work/models/train17/recipes.jsonl
 
 ``finetune`` does the same for ``unionrobust finetune`` (Croce & Hein §3.4: SGD, lr ÷ 10 each
-epoch) from ``--weights`` with E-AT for ``--epochs``, evaluated on the same points (``--stride 1``
-for the main job's first ``--n`` test digits), and ``eval`` evaluates ``--weights`` alone:
+epoch) from ``--weights`` with E-AT for ``--epochs``, evaluated on the same points (the main job's
+first ``--n`` test digits), and ``eval`` evaluates ``--weights`` alone:
 
     python benchmarks/bench_recipes.py finetune --name ft1 --config mnist-small-eat \
-        --weights runs/compare/runs/pinf-seed0/best.safetensors --epochs 1 --stride 1 --n 300
+        --weights runs/compare/runs/pinf-seed0/best.safetensors --epochs 1 --n 200
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def main() -> None:
         r.add_argument("--out", default="/work/models/train17")
         r.add_argument("--log", default=None)
         r.add_argument("--n", type=int, default=200)
-        r.add_argument("--stride", type=int, default=5)
+        r.add_argument("--stride", type=int, default=1)
         r.add_argument("--suite", default="standard")
         r.add_argument("--checkpoint", choices=("best", "last"), default="best")
         if cmd != "run":
