@@ -6,7 +6,8 @@ else ``last``) with the ``standard`` suite in per-threat mode (every figure exac
 test digits (every ``--stride``-th, default 1: the first n, which are class-balanced — the
 loader interleaves the digits, so a stride of 5 keeps two digit classes only), and appends one
 JSON line with the recipe, the CPU seconds of training and evaluation and clean / per-threat /
-union accuracy to ``--log``. ``--table`` prints the collected lines as the markdown table of benchmarks/RESULTS.md.
+union accuracy to ``--log``. ``--table`` prints the collected lines as the markdown table of
+benchmarks/RESULTS.md.
 
     python benchmarks/bench_recipes.py run --name pinf-fast --config mnist-small-pinf \
         --set training.epochs=15 --out /work/models/train17
