@@ -37,8 +37,12 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
     assert len(set(full.labels())) == len(full)  # every pass told apart in progress
     # the escalation (issue 16) is tested in test_eval_escalation.py
     suite = Suite(
-        "standard", full.threats, tuple(e for e in full.entries if escalation_tier(e) is None)
+        "standard",
+        full.threats,
+        tuple(e for e in full.entries if escalation_tier(e) not in ("probe", "masked")),
     )
+    # the ℓ∞/ℓ2 survivor pass gives way on models with thresholding filters ("unmasked")
+    assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 5
     survivors = {False: ["apgd-t"], True: ["apgd-ce", "apgd-cw", "apgd-ce"]}
     assert [(e.threat_index, e.attack) for e in suite.entries] == [
         (i, a) for i in range(3) for a in ("apgd-ce", "apgd-t", *survivors[i == 2])
