@@ -28,6 +28,13 @@ pytestmark = pytest.mark.slow
 TINY = ["--set", "training.epochs=1", *TINY_TRAINING, "--set", "eval.n=10"]
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default action. A shell starts background
+    jobs with SIGINT ignored, and an ignored SIGINT stays ignored across exec, so a suite run
+    with ``cmd &`` (e.g. under nohup) would otherwise send Ctrl-C into the void."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_worker(mode: str, out: str, marker: str) -> None:
     """ "full" (uninterrupted), "signal" (waits after step 4 for a signal) or "resume"; E-AT (it
     has state), Dropout (global RNG), no periodic checkpoints: only the signal writes one."""
@@ -82,7 +89,7 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, sig):
     run_worker("full", str(full), str(marker))
     proc = subprocess.Popen(
         [sys.executable, str(script), "signal", str(stopped), str(marker)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint,
     )  # fmt: skip
     _wait_for(marker, proc)
     os.kill(proc.pid, sig)
@@ -150,6 +157,7 @@ def _start_compare(out: Path) -> tuple[subprocess.Popen, list[int]]:
         [sys.executable, "-m", "unionrobust.cli.main", "compare", "--strategies", "pinf,avg",
          "--jobs", "2", "--n", "10", "--out", str(out), *long],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=default_sigint,
     )  # fmt: skip
     try:
         for name in ("pinf-seed0", "avg-seed0"):
