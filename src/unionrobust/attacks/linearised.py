@@ -124,14 +124,15 @@ def project_hyperplane_box(
     slope_s = (aw * v).gather(1, order)  # dP/dt of a coordinate until it saturates
     full_s = (aw * torch.minimum(brk * v, room)).gather(1, order)  # its share once saturated
     done = full_s.cumsum(dim=1)  # saturated by breakpoint k (inclusive)
-    rest = slope_s.sum(dim=1, keepdim=True) - slope_s.cumsum(dim=1)  # slope after breakpoint k
-    finite = torch.isfinite(t_s)
-    at_brk = torch.where(finite, done + torch.where(finite, t_s, 0.0) * rest, done)
+    total = slope_s.sum(dim=1, keepdim=True)
+    rest = total - slope_s.cumsum(dim=1)  # slope after breakpoint k
+    finite = torch.isfinite(t_s)  # the unmoving coordinates add nothing: P there is `done`
+    at_brk = done + torch.where(finite, t_s, 0.0) * rest
     reached = (at_brk >= need) & finite
     k = reached.to(torch.int8).argmax(dim=1, keepdim=True)  # the first breakpoint reaching |c|
     prev = (k - 1).clamp_min(0)
     done_prev = torch.where(k > 0, done.gather(1, prev), torch.zeros_like(need))
-    rest_prev = torch.where(k > 0, rest.gather(1, prev), slope_s.sum(dim=1, keepdim=True))
+    rest_prev = torch.where(k > 0, rest.gather(1, prev), total)
     t = (need - done_prev) / rest_prev.clamp_min(1e-30)
     t_max = brk.amax(dim=1, keepdim=True)  # infeasible: every coordinate to the box
     t = torch.where(reached.any(dim=1, keepdim=True), t, t_max).clamp_min(0.0)

@@ -29,6 +29,7 @@ from unionrobust.atomic import atomic_write_text
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation import evaluate
 from unionrobust.evaluation.suites import get_suite
+from unionrobust.evaluation.verdicts import model_fingerprint
 from unionrobust.models import load_weights
 from unionrobust.outdir import locked_folder
 from unionrobust.training.build import build_model_from, build_strategy, load_split
@@ -106,7 +107,7 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     model = build_model_from(cfg)
     weights = run_dir / ("best.safetensors" if result.best else "last.safetensors")
     load_weights(model, weights)
-    key = _evaluation_key(job, weights, cfg.threats)
+    key = _evaluation_key(job, model, cfg.threats)
     cached = _cached_evaluation(run_dir / "evaluation.json", key)
     if cached is not None:  # a rerun of a finished comparison: the same weights and evaluation
         return cached
@@ -157,13 +158,14 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-def _evaluation_key(job: dict[str, Any], weights: Path, threats: Any) -> str:
-    """sha256 of what a run's evaluation depends on: the weights file's bytes, the test points,
-    the suite's entries with their parameters, the mode and the package version."""
+def _evaluation_key(job: dict[str, Any], model: torch.nn.Module, threats: Any) -> str:
+    """sha256 of what a run's evaluation depends on: the model's weights (the fingerprint a
+    resumed evaluation checks), the test points, the suite's entries with their parameters,
+    the mode and the package version."""
     suite = get_suite(job["suite"], threats)
     blob = json.dumps(
         {
-            "weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "weights": model_fingerprint(model),
             "n_test": job["n_test"],
             "suite": suite.describe(),
             "union_only": bool(job.get("union_only", False)),
