@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from torch import nn
 
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
@@ -121,6 +123,7 @@ def test_threat_bound_result_counts_only_inside_the_ball(key, linear_model):
         (lambda t: SaltPepper(t, steps=30, repeats=3, max_p=1.0), "l1"),
         (lambda t: Pointwise(t, sp_steps=30, sp_repeats=2), "l1"),
         (lambda t: Pointwise(t, sp_steps=30, sp_repeats=2), "l2"),
+        (lambda t: Pointwise(t, sp_steps=30, sp_repeats=1, restarts=3), "l1"),
     ],
 )
 def test_gradient_free_norms_are_never_below_the_exact_minimum(make, norm, linear_model):
@@ -142,6 +145,18 @@ def test_pointwise_is_sparser_than_its_salt_and_pepper_start(linear_model):
     pw = Pointwise(L0(D), sp_steps=30, sp_repeats=2, max_p=1.0, binary_steps=0)(model, x, y)
     assert bool((pw.norms <= sp.norms).all())
     assert bool((pw.norms < sp.norms).any())
+
+
+def test_pointwise_restarts_keep_the_smallest_run(linear_model):
+    """Restart 0 replays the single run's draws, so more restarts never end farther; on a
+    linear model other visiting orders end in other (smaller) sparse points."""
+    model, _, x, y, _ = linear_setup(linear_model, 12, spread=0.1)
+    one = Pointwise(L1(50.0), sp_steps=30, sp_repeats=1, seed=3)(model, x, y)
+    many = Pointwise(L1(50.0), sp_steps=30, sp_repeats=1, restarts=4, seed=3)(model, x, y)
+    assert bool((many.norms <= one.norms * (1 + 1e-12)).all())
+    assert bool((many.norms < one.norms * (1 - 1e-6)).any())
+    with pytest.raises(UnionRobustError, match="restarts"):
+        Pointwise(L1(1.0), restarts=0)
 
 
 def test_square_finds_the_linf_vertex_of_a_linear_model(linear_model):
@@ -315,6 +330,7 @@ CONTRACT = {
     "salt-pepper-l0": lambda: SaltPepper(L0(6), steps=10, repeats=2),
     "salt-pepper-l1": lambda: SaltPepper(L1(2.0), steps=10, repeats=2),
     "pointwise": lambda: Pointwise(L1(2.0), sp_steps=10, sp_repeats=1, binary_steps=2),
+    "pointwise-restarts": lambda: Pointwise(L1(2.0), sp_steps=10, sp_repeats=1, restarts=3),
     "square": lambda: Square(Linf(0.05), steps=20, restarts=2),
     "square-l2": lambda: Square(L2(0.5), steps=20, restarts=2),
     "square-l1": lambda: Square(L1(2.0), steps=20, restarts=2),
@@ -444,3 +460,42 @@ def test_square_l2_fills_the_budget_the_box_cuts_off():
     assert new.min() >= 0 and new.max() <= 1
     # the direction is kept: new − x is a clipped positive multiple of δ
     assert bool(((new - x) * delta >= 0).all())
+
+
+def _fill_reference(x: np.ndarray, d: np.ndarray, eps: float) -> float:
+    """Slow reference for :func:`fill_l2` on one flat row: the largest t with
+    ‖clip(x + t·d) − x‖₂ ≤ ε by walking the breakpoints of the piecewise quadratic in order
+    (float64, a Python loop); returns t (inf when the whole box-clip fits)."""
+    room = np.where(d > 0, 1.0 - x, x)
+    moving = d != 0
+    tau = np.where(moving, room / np.where(moving, np.abs(d), 1.0), np.inf)
+    order = [int(i) for i in np.argsort(tau, kind="stable") if moving[i]]
+    clipped = 0.0
+    for k, i in enumerate(order):
+        free = sum(d[j] ** 2 for j in order[k:])  # summed afresh: no cancellation
+        if clipped + tau[i] ** 2 * free > eps**2:
+            return float(np.sqrt(max(eps**2 - clipped, 0.0) / free))
+        clipped += room[i] ** 2
+    return np.inf
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    x=hnp.arrays(np.float64, (3, 12), elements=st.sampled_from([0.0, 1.0, 0.3, 0.999, 0.5])),
+    d=hnp.arrays(np.float64, (3, 12), elements=st.floats(-2.0, 2.0, width=32)),
+    eps=st.floats(0.01, 6.0),
+)
+def test_fill_l2_matches_a_slow_reference(x, d, eps):
+    """The exact box-filling rescale of the ℓ2 Square: same point as the reference's largest
+    t, inside ball ∩ box, in float64 and float32."""
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 2e-5)):
+        xt, dt = torch.from_numpy(x).to(dtype), torch.from_numpy(d).to(dtype)
+        out = fill_l2(xt, dt, eps).double().numpy()
+        for i in range(x.shape[0]):
+            xi, di = xt[i].double().numpy(), dt[i].double().numpy()
+            t = _fill_reference(xi, di, eps)
+            full_clip = np.where(di > 0, 1.0, np.where(di < 0, 0.0, xi))
+            want = np.clip(xi + t * di, 0.0, 1.0) if np.isfinite(t) else full_clip
+            assert np.allclose(out[i], want, atol=tol * 10), (i, out[i], want)
+            assert np.linalg.norm(out[i] - xi) <= eps * (1 + tol) + 1e-6
+            assert out[i].min() >= 0.0 and out[i].max() <= 1.0

@@ -17,8 +17,10 @@ from unionrobust.evaluation.suites import (
     escalation_open,
     escalation_tier,
     get_suite,
+    masking_filters,
 )
 from unionrobust.reporting.markdown import format_diagnostics
+from unionrobust.threats import parse
 
 THREATS = "linf:0.3, l2:2, l1:10"
 #: the tiers that give way to the masked tier on a model with thresholding filters
@@ -45,19 +47,25 @@ def test_standard_ends_each_threat_with_its_escalation():
         tiers = [escalation_tier(e) for e in mine]
         k = tiers.index("probe")
         # APGD and the survivor round first; the ℓ∞/ℓ2 survivor pass only without filters
-        assert tiers[:k] == [None, None] + (["unmasked"] if norm != "l1" else [None] * 3)
+        assert tiers[:k] == [None, None] + (["unmasked"] if norm != "l1" else [None] * 4)
         assert [(escalation_tier(e), e.attack) for e in mine[k:]] == [
             (tier, name) for tier, name, _ in ESCALATION[norm]
         ]
         names = [e.attack for e in mine[k:]]
         assert names[:3] == ["square", "fab-t", "square"]
-        assert ("boundary-search" in names) == (norm != "linf")
+        assert names[3:] == {"linf": [], "l2": ["square", "square"], "l1": ["pointwise"]}[norm]
+        square_seeds = []
         for e in mine[k:]:  # every entry builds, with AutoAttack's budgets where masked
             a = e.build(suite.threats[i], 3)
             if e.attack == "fab-t":
                 assert (a.steps, a.n_targets, a.early_stop) == (100, 9, True)
             if e.attack == "square" and escalation_tier(e) == "masked":
-                assert (a.steps, a.p_init, a.seed) == (5000, 0.8, 4)  # its own draws
+                assert (a.steps, a.p_init) == (5000, 0.8)
+                square_seeds.append(a.seed)
+            if e.attack == "pointwise":
+                assert a.restarts == 10
+        # each masked Square pass draws its own: seeds 3 + 1, 3 + 2, ...
+        assert square_seeds == list(range(4, 4 + len(square_seeds)))
     assert len(set(suite.labels())) == len(suite)
 
 
@@ -80,6 +88,14 @@ def test_masked_tier_opens_on_filters_or_a_gradient_free_break():
     assert not escalation_open(probe, [], 2, is_gradient_free)
 
 
+def test_thresholding_filters_count_for_l2_and_l1_only():
+    """The filters mask the gradients of the other norms (MSD §5.1); for ℓ∞ they are the
+    defence, and the masked tier waits for a gradient-free break as on any model."""
+    union = parse(THREATS)
+    assert [masking_filters(t, 3) for t in union] == [0, 3, 3]
+    assert [masking_filters(t, 0) for t in union] == [0, 0, 0]
+
+
 @pytest.mark.slow
 def test_unmasked_model_skips_the_masked_tier():
     """No thresholding filter, nothing for the probe to find: the masked tier attacks nothing."""
@@ -99,23 +115,39 @@ def test_unmasked_model_skips_the_masked_tier():
 
 @pytest.mark.slow
 def test_thresholding_model_gets_the_escalation_and_the_evidence_is_reported():
+    """ℓ2 on a model with a thresholding filter: the masked tier at once, the survivor pass and
+    the probe give way; ℓ∞ on the same model: the survivor pass and the probe run (the filters
+    are no evidence for ℓ∞), and the probe's gradient-free breaks open the masked tier."""
     model = FourClasses(centre_model(True)).eval()
     x, y = centre_data(40)
     ids = torch.arange(100, 140)
-    report = evaluate(model, x, y, threats="linf:0.15", progress=False, example_ids=ids)
+    report = evaluate(model, x, y, threats="l2:0.15, linf:0.15", progress=False, example_ids=ids)
     entries = report.entries
-    masked = [e for e, d in enumerate(entries) if d["params"].get("escalate") == "masked"]
-    assert masked and all(report.attacked[e] > 0 or report.union_accuracy == 0 for e in masked)
-    skipped = [e for e, d in enumerate(entries) if d["params"].get("escalate") in GIVE_WAY]
+
+    def tier_entries(threat: str, tiers: tuple[str, ...]) -> list[int]:
+        return [
+            e
+            for e, d in enumerate(entries)
+            if d["threat"] == threat and d["params"].get("escalate") in tiers
+        ]
+
+    masked = tier_entries("l2:0.15", ("masked",))
+    assert masked and report.attacked[masked[0]] > 0
+    skipped = tier_entries("l2:0.15", GIVE_WAY)
     assert len(skipped) == 2 and all(report.attacked[e] == 0 for e in skipped)
+    ran = tier_entries("linf:0.15", GIVE_WAY)
+    assert len(ran) == 2 and all(report.attacked[e] > 0 for e in ran)
     assert report.union_accuracy == 0.0  # every class-0 point falls to a gradient-free pass
-    row = report.diagnostics["gradient_masking"]["per_threat"]["linf:0.15"]
-    assert row["flag"] and row["thresholding_filters"] == 1
-    assert row["points"] and set(row["points"]) <= set(range(100, 140, 2))  # class-0 points
-    assert len(row["points"]) == row["broken_only_by_gradient_free"]
-    assert str(row["points"][0]) in row["message"] and "first-layer filters" in row["message"]
-    table = format_diagnostics(report.diagnostics)
-    assert "gradient masking linf:0.15" in table and str(row["points"][0]) in table
-    assert report.to_dict()["diagnostics"]["gradient_masking"]["per_threat"]["linf:0.15"][
-        "points"
-    ] == row["points"]
+    for threat in ("l2:0.15", "linf:0.15"):
+        row = report.diagnostics["gradient_masking"]["per_threat"][threat]
+        assert row["flag"] and row["thresholding_filters"] == 1
+        assert row["points"] and set(row["points"]) <= set(range(100, 140, 2))  # class 0
+        assert len(row["points"]) == row["broken_only_by_gradient_free"]
+        assert str(row["points"][0]) in row["message"]
+        assert "first-layer filters" in row["message"]
+        table = format_diagnostics(report.diagnostics)
+        assert f"gradient masking {threat}" in table and str(row["points"][0]) in table
+        assert (
+            report.to_dict()["diagnostics"]["gradient_masking"]["per_threat"][threat]["points"]
+            == row["points"]
+        )

@@ -42,8 +42,8 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
         tuple(e for e in full.entries if escalation_tier(e) not in ("probe", "masked")),
     )
     # the ℓ∞/ℓ2 survivor pass gives way on models with thresholding filters ("unmasked")
-    assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 5
-    survivors = {False: ["apgd-t"], True: ["apgd-ce", "apgd-cw", "apgd-ce"]}
+    assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 6
+    survivors = {False: ["apgd-t"], True: ["apgd-t", "apgd-ce", "apgd-cw", "apgd-ce"]}
     assert [(e.threat_index, e.attack) for e in suite.entries] == [
         (i, a) for i in range(3) for a in ("apgd-ce", "apgd-t", *survivors[i == 2])
     ]
@@ -62,11 +62,13 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
         assert t.n_targets == (5 if l1 else 9)
         assert all(a.large_eps == l1 for a in attacks)
         assert all(dict(e.params).get("large_eps", False) == l1 for e in entries)
-        # the survivor round: every pass with fresh random starts (its own seed), ℓ1 longer
+        # the survivor round: every pass with fresh random starts (its own seed); ℓ1 a
+        # targeted pass, then longer runs
         rest = attacks[2:]
         assert len({a.seed for a in rest} - {5}) == len(rest)
         if l1:
             assert [(a.loss, a.steps, a.restarts) for a in rest] == [
+                ("dlr-targeted", 100, 1),
                 ("ce", 300, 2),
                 ("cw", 300, 2),
                 ("ce", 1000, 1),

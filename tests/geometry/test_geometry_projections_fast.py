@@ -130,3 +130,21 @@ def test_box_movable_matches_its_definition_on_edge_values():
         ref = ~(((x >= 1) & (g > 0)) | ((x <= 0) & (g < 0)))
         assert torch.equal(S.box_movable(g, x), ref)
         assert torch.equal(S.box_movable(g, x, dtype), ref.to(dtype))
+
+
+@pytest.mark.parametrize("method", ["auto", "active-set", "sort"])
+def test_l2_box_scale_keeps_small_free_coordinates_next_to_huge_clipped_ones(method):
+    """Σ of the free a² summed directly: as total − Σ_clipped it cancelled to 0 when the clipped
+    coordinates were 10⁹ times larger (the free coordinate then jumped to its face)."""
+    x = torch.ones(1, 12, dtype=torch.float64)
+    a = torch.full((1, 12), 1e9, dtype=torch.float64)
+    a[0, 0] = -1.0  # the only coordinate with room: 1 towards 0
+    e = torch.tensor([[0.5]], dtype=torch.float64)
+    t = P.l2_box_scale(a, -x, 1.0 - x, e, method=method)
+    z = torch.minimum(torch.maximum(t * a, -x), 1.0 - x)
+    want = torch.zeros_like(a)
+    want[0, 0] = -0.5
+    assert torch.allclose(z, want, atol=1e-12)
+    ref = ref_l2_box(a[0].numpy(), x[0].numpy(), 0.5)
+    assert np.allclose(z[0].numpy(), ref, atol=1e-9)
+    assert torch.allclose(P.project_l2_box(a, x, e[:, 0], method), want, atol=1e-12)

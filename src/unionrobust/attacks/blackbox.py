@@ -134,8 +134,10 @@ class SaltPepper(MinNormAttack):
 class Pointwise(MinNormAttack):
     """Pointwise attack (Schott et al. 2019), started from salt-and-pepper noise; see the module
     doc. ``sp_steps``/``sp_repeats``/``max_p`` set the starting search; ``passes`` bounds the
-    reset passes; ``binary_steps`` the per-coordinate bisection (0 = none). Cost: about
-    (number of perturbed coordinates) × (passes + binary_steps) forwards."""
+    reset passes; ``binary_steps`` the per-coordinate bisection (0 = none); ``restarts`` whole
+    runs from fresh salt-and-pepper draws and visiting orders, the smallest result kept (the
+    reset order decides which local minimum a run ends in). Cost per run: about (number of
+    perturbed coordinates) × (passes + binary_steps) forwards."""
 
     name = "pointwise"
     norms_supported = ("l0", "l1", "l2")
@@ -148,10 +150,12 @@ class Pointwise(MinNormAttack):
         sp_steps: int = 100,
         sp_repeats: int = 3,
         max_p: float = 0.5,
+        restarts: int = 1,
         seed: int = 0,
         amp: bool = False,
     ) -> None:
         super().__init__(threat, refine_steps=0, seed=seed, amp=amp)
+        self.restarts = check_int("restarts", restarts, 1)
         self.passes = check_int("passes", passes, 1)
         self.binary_steps = check_int("binary_steps", binary_steps, 0)
         self.sp_steps = check_int("sp_steps", sp_steps, 1)
@@ -167,14 +171,35 @@ class Pointwise(MinNormAttack):
         return order, int(changed.sum(dim=1).max())
 
     def _search(self, model, x, y, rand, clean_logits, tracker) -> None:
+        if self.restarts == 1:
+            self._once(model, x, y, rand, tracker, 0)
+            return
+        clean_broken = misclassified(clean_logits, y)
+        for r in range(self.restarts):  # each run from its own start; the tracker keeps the best
+            run = MinNormTracker(x, self.threat, clean_broken)
+            self._once(model, x, y, rand, run, r)
+            tracker.update(run.best, run.found)
+
+    def _once(self, model, x, y, rand, tracker, restart: int) -> None:
+        """One run: the salt-and-pepper start, the reset passes, the bisection; keyed draws of
+        its own for each ``restart``."""
         salt_pepper_search(
-            model, x, y, rand, tracker, self.sp_steps, self.sp_repeats, self.max_p, self.amp
+            model,
+            x,
+            y,
+            rand,
+            tracker,
+            self.sp_steps,
+            self.sp_repeats,
+            self.max_p,
+            self.amp,
+            counter0=restart * self.sp_repeats,
         )
         b = x.shape[0]
         xf = x.reshape(b, -1)
         cur = tracker.best.reshape(b, -1).clone()
         rows = torch.arange(b, device=x.device)
-        counter = STEP_COUNTER + (1 << 20)
+        counter = STEP_COUNTER + (1 << 20) + restart * (self.passes + 1)
         for _ in range(self.passes):  # stage 1: reset coordinates to their clean value
             order, count = self._order(xf, cur, rand, counter)
             counter += 1

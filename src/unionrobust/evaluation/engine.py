@@ -56,6 +56,7 @@ from unionrobust.evaluation.suites import (
     escalation_open,
     escalation_tier,
     get_suite,
+    masking_filters,
 )
 from unionrobust.evaluation.verdicts import (
     VerdictLog,
@@ -208,7 +209,8 @@ def _attack_passes(
             if filters is None:
                 filters = int(thresholding_filters(run.model).get("count", 0))
             earlier = [(suite.entries[k], bool(v.broken[:, k].any())) for k in range(e)]
-            if not escalation_open(entry, earlier, filters, is_gradient_free):
+            masks = masking_filters(union[entry.threat_index], filters)
+            if not escalation_open(entry, earlier, masks, is_gradient_free):
                 todo = todo[:0]
         _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode is EvaluationMode.UNION_ONLY)
     return v

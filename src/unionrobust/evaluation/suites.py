@@ -18,17 +18,18 @@ Named suites (``suite_names()``):
   box" (it dispatches on the threat), run with that paper's large-ε schedule (3ε, 2ε, then ε;
   AutoAttack's ``use_largereps``). Then, on the points still robust (:data:`SURVIVOR_ROUND`),
   fresh random starts: ℓ∞/ℓ2 a second targeted pass started on the ball's surface (as
-  AutoAttack starts, ``start="surface"``); ℓ1 longer runs (300 steps with the CE and
-  the margin loss, 1,000 steps with CE), because ℓ1-APGD's sparse search misses points that
-  sit within a few hundredths of the decision margin when it stops at 100 steps (issue 8,
-  benchmarks/RESULTS.md). The round runs only on the survivors, so its cost grows with the
-  robust accuracy: up to about 3× the first round's on a model that keeps most points. Then
-  the escalation (:data:`ESCALATION`, issue 16), again only on the survivors: always a short
-  Square (1,000 queries); and on evidence of gradient masking — thresholding first-layer
-  filters, or a gradient-free pass that broke a point of that threat — AutoAttack's FAB-T
-  (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1), and for ℓ2/ℓ1 a
-  decision-based boundary search started from a FAB-T point (ℓ∞-trained MNIST models mask
-  the ℓ2/ℓ1 gradients: MSD §5.1, Tramèr & Boneh §4).
+  AutoAttack starts, ``start="surface"``); ℓ1 a targeted pass from fresh starts and longer
+  runs (300 steps with the CE and the margin loss, 1,000 steps with CE), because ℓ1-APGD's
+  sparse search misses points that sit within a few hundredths of the decision margin when it
+  stops at 100 steps (issue 8, benchmarks/RESULTS.md). The round runs only on the survivors,
+  so its cost grows with the robust accuracy: up to about 3× the first round's on a model that
+  keeps most points. Then the escalation (:data:`ESCALATION`, issue 16), again only on the
+  survivors: a short Square (1,000 queries); and on evidence of gradient masking — thresholding
+  first-layer filters (for ℓ2 and ℓ1, the norms they mask), or a gradient-free pass that broke
+  a point of that threat — AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000
+  queries; an ℓ1 version for ℓ1), for ℓ2 two more Square passes with fresh draws and for ℓ1
+  the Pointwise attack with 10 restarts (ℓ∞-trained MNIST models mask the ℓ2/ℓ1 gradients:
+  MSD §5.1, Tramèr & Boneh §4).
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
   sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
@@ -38,8 +39,9 @@ Named suites (``suite_names()``):
   verdicts. Its gradient-free attacks are not part of this suite.
 - ``full``: the papers' broad protocol (MSD App. B; Tramèr & Boneh §4): ``standard``, then the
   ``msd-paper`` PGD, then per norm FGSM/MIM/SLIDE, the minimum-norm attacks (DeepFool, DDN, FAB),
-  the gradient-free ones (Gaussian noise, salt & pepper, Pointwise; Square, FAB-T and the
-  boundary search come with ``standard``'s escalation, ungated here) and, when the
+  the gradient-free and decision-based ones (Gaussian noise, salt & pepper, Pointwise, the
+  HopSkipJump-style boundary search; Square, FAB-T and ℓ1 Pointwise come with ``standard``'s
+  escalation, ungated here) and, when the
   optional ``peers`` extra is installed, Foolbox's Boundary (ℓ2) and HopSkipJump (ℓ∞) attacks
   and torchattacks' EAD (ℓ1) (:data:`FULL_NATIVE`, :data:`FULL_PEERS`).
 
@@ -251,6 +253,7 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ),
     ],
     "l1": [
+        ("apgd-t", {"steps": 100, "restarts": 1, "loss": "dlr-targeted", "n_targets": 5}),
         ("apgd-ce", {"steps": 300, "restarts": 2, "loss": "ce"}),
         ("apgd-cw", {"steps": 300, "restarts": 2, "loss": "cw"}),
         ("apgd-ce", {"steps": 1000, "restarts": 1, "loss": "ce"}),
@@ -260,23 +263,44 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 
 #: ``standard``'s escalation, after the survivor round and only on the points still robust:
 #: per norm, (tier, registry name, parameters). The "probe" tier (a short Square: cheap, and a
-#: gradient-free pass for the masking check) runs unless the model has thresholding filters
-#: (then the masked tier is open anyway and its longer Square subsumes the probe); the "masked"
-#: tier — AutoAttack's FAB-T and Square at its budgets (Square ℓ1 as in "Mind the box"), then
-#: the decision-based search for ℓ2/ℓ1 started from a FAB-T point — runs only on evidence of
-#: gradient masking
-#: (:func:`escalation_open`): thresholding first-layer filters, or a gradient-free pass of the
-#: same threat broke a point. The tier is kept in the entry's parameters (``escalate``); the
-#: second Square pass has its own draws (``seed_offset``).
+#: gradient-free pass for the masking check) runs unless the threat's gradients are known to be
+#: masked (then its masked tier is open anyway and the longer Square subsumes the probe); the
+#: "masked" tier — AutoAttack's FAB-T and Square at its budgets (Square ℓ1 as in "Mind the
+#: box"), for ℓ2 two more Square passes with their own draws (on masked models a 5,000-query
+#: Square breaks a different few of the points near the boundary with every draw: the points
+#: Boundary or AutoAttack found and one Square run missed), for ℓ1 the Pointwise attack with
+#: 10 restarts (decision-based: it finds the sparse perturbations gradients and FAB miss on
+#: ℓ∞-trained models, for a few seconds) — runs only on evidence of gradient masking
+#: (:func:`escalation_open`). The tier is kept in the entry's parameters (``escalate``); each
+#: further Square pass has its own draws (``seed_offset``).
 ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     norm: [
         ("probe", "square", {"steps": 1000}),
         ("masked", "fab-t", {"steps": 100, "n_targets": 9, "early_stop": True}),
         ("masked", "square", {"steps": 5000, "seed_offset": 1}),
     ]
-    + ([("masked", "boundary-search", {"steps": 20})] if norm != "linf" else [])
+    + {
+        "linf": [],
+        "l2": [
+            ("masked", "square", {"steps": 5000, "seed_offset": 2}),
+            ("masked", "square", {"steps": 5000, "seed_offset": 3}),
+        ],
+        "l1": [("masked", "pointwise", {"restarts": 10})],
+    }[norm]
     for norm in ("linf", "l2", "l1")
 }
+
+#: the norms whose gradients thresholding first-layer filters mask (MSD §5.1 and App. B,
+#: Tramèr & Boneh §4: ℓ∞-trained MNIST models read robust in ℓ2/ℓ1 under PGD, not under
+#: decision-based attacks); for ℓ∞ the filters are the defence itself and the usual evidence
+#: (a gradient-free break) decides
+FILTER_MASKED_NORMS = ("l2", "l1")
+
+
+def masking_filters(threat: ThreatModel, filters: int) -> int:
+    """The thresholding filters that count as evidence of masking for ``threat``: ``filters``
+    for the norms of :data:`FILTER_MASKED_NORMS`, else 0."""
+    return filters if threat.name in FILTER_MASKED_NORMS else 0
 
 
 def _ungated(builder: Callable[..., Any]) -> Callable[..., Any]:
@@ -305,13 +329,13 @@ def escalation_open(
     gradient_free: Callable[[str], bool],
 ) -> bool:
     """Whether ``entry`` runs. Untiered entries always. With ``filters`` > 0 thresholding
-    first-layer filters (evidence of masking known before any attack), the "masked" tier runs
-    and the "unmasked" and "probe" tiers do not: a second gradient pass from new starts adds
-    little where gradients are masked, and the masked tier's 5,000-query Square subsumes the
-    1,000-query probe, so a masked model costs what AutoAttack's four attacks cost plus the
-    boundary search. Without such filters the "unmasked" and "probe" tiers run, and the "masked"
-    tier only when an ``earlier`` gradient-free entry of the same threat broke a point
-    (``earlier``: (entry, broke anything) pairs)."""
+    first-layer filters that mask this threat (:func:`masking_filters`: evidence known before
+    any attack), the "masked" tier runs and the "unmasked" and "probe" tiers do not: a second
+    gradient pass from new starts adds little where gradients are masked, and the masked
+    tier's 5,000-query Square subsumes the 1,000-query probe, so a masked threat costs about
+    what AutoAttack's four attacks cost. Without such filters the "unmasked" and "probe" tiers
+    run, and the "masked" tier only when an ``earlier`` gradient-free entry of the same threat
+    broke a point (``earlier``: (entry, broke anything) pairs)."""
     tier = escalation_tier(entry)
     if tier in ("unmasked", "probe"):
         return filters == 0
@@ -426,12 +450,13 @@ FULL_NATIVE: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("fab", {"steps": 100}),
         ("gaussian-noise", {"repeats": 10}),
         ("pointwise", {}),
+        ("boundary-search", {"steps": 20}),
     ],
     "l1": [
         ("slide", {"steps": 100, "restarts": 10}),
         ("fab", {"steps": 100}),
         ("salt-pepper", {"repeats": 10}),
-        ("pointwise", {}),
+        ("boundary-search", {"steps": 20}),
     ],
     "l0": [("salt-pepper", {"repeats": 10}), ("pointwise", {})],
 }

@@ -97,7 +97,9 @@ def _l2_box_scale_active(
     for _ in range(L2_BOX_ACTIVE_SET_ITERS):
         torch.ge(absa * t.to(dt), room, out=mask)  # S: clipped at t
         sum_c = (mask * c2).sum(dim=1, keepdim=True, dtype=w)
-        free = (total - (mask * a2).sum(dim=1, keepdim=True, dtype=w)).clamp_min(0)
+        # Σ over the free coordinates summed directly: total − Σ_S a² cancels when the clipped
+        # coordinates dwarf the free ones (|a| spanning many orders of magnitude)
+        free = ((1.0 - mask) * a2).sum(dim=1, keepdim=True, dtype=w)
         t_new = torch.maximum(t, ((e2 - sum_c).clamp_min(0) / free.clamp_min(tiny)).sqrt())
         done = done | (t_new == t)
         t = t_new
@@ -117,8 +119,8 @@ def _l2_box_scale_sorted(
     zero = a2.new_zeros(a2.shape[0], 1)
     # after passing j breakpoints (j = 0..d): A_j = Σ_{m≥j} a², C_j = Σ_{m<j} c²
     csum_c = torch.cat([zero, c2.cumsum(dim=1)], dim=1)
-    csum_a = torch.cat([zero, a2.cumsum(dim=1)], dim=1)
-    rem_a = (csum_a[:, -1:] - csum_a).clamp_min(0)
+    # Σ_{m≥j} a² as a suffix sum (a difference of prefix sums cancels for wide-ranging |a|)
+    rem_a = torch.cat([a2.flip(1).cumsum(dim=1).flip(1), zero], dim=1)
     # g at breakpoint j on the segment that ends there (NaN for t_j = inf: never counted)
     g_at = tb.square() * rem_a[:, :-1] + csum_c[:, :-1]
     j = (g_at <= e2).sum(dim=1, keepdim=True)
