@@ -474,6 +474,19 @@ def indices(mask: torch.Tensor) -> list[int]:
     return [int(i) for i in mask.nonzero().flatten()]
 
 
+def standard_autoattack(AutoAttack: Callable[..., Any], model: torch.nn.Module, threat, seed: int):
+    """AutoAttack ``version='standard'`` for one member of the union, on the CPU, silent."""
+    return AutoAttack(
+        model,
+        norm=AA_NORM[threat.name],
+        eps=float(threat.size),
+        version="standard",
+        seed=seed,
+        verbose=False,
+        device="cpu",
+    )
+
+
 def run_autoattack(
     AutoAttack: Callable[..., Any],
     model: torch.nn.Module,
@@ -488,15 +501,7 @@ def run_autoattack(
     AutoAttack counted but our check rejected)."""
     broken_at, cpu, facts = {}, {}, {}
     for threat in parse(THREATS).members:
-        adversary = AutoAttack(
-            model,
-            norm=AA_NORM[threat.name],
-            eps=float(threat.size),
-            version="standard",
-            seed=seed,
-            verbose=False,
-            device="cpu",
-        )
+        adversary = standard_autoattack(AutoAttack, model, threat, seed)
         per_attack, overhead = instrument(adversary, model)
 
         def run(adversary: Any = adversary) -> torch.Tensor:

@@ -334,6 +334,7 @@ CONTRACT = {
     "square": lambda: Square(Linf(0.05), steps=20, restarts=2),
     "square-l2": lambda: Square(L2(0.5), steps=20, restarts=2),
     "square-l1": lambda: Square(L1(2.0), steps=20, restarts=2),
+    "square-l2-side-by-side": lambda: Square(L2(0.5), steps=20, restarts=3, parallel=True),
     "boundary-search-l2": lambda: BoundarySearch(L2(0.5), steps=3, grad_queries=8, start_steps=3),
     "boundary-search-l1": lambda: BoundarySearch(L1(2.0), steps=3, grad_queries=8, start="noise"),
 }
@@ -499,3 +500,20 @@ def test_fill_l2_matches_a_slow_reference(x, d, eps):
             assert np.allclose(out[i], want, atol=tol * 10), (i, out[i], want)
             assert np.linalg.norm(out[i] - xi) <= eps * (1 + tol) + 1e-6
             assert out[i].min() >= 0.0 and out[i].max() <= 1.0
+
+
+@pytest.mark.parametrize("threat", [L2(0.3), Linf(0.03)])
+def test_square_side_by_side_restarts_never_end_above_one_run(threat, tiny_cnn, toy_images):
+    """Restart 0 of the side-by-side run draws what a single run draws and runs to the end
+    unless another restart breaks its example first, so every example ends at least as close
+    to misclassification as the single run; the broken set only grows."""
+    model = tiny_cnn().double().eval()
+    x, _ = toy_images(n=12)
+    x = x.double()
+    y = predicted(model, x)
+    one = Square(threat, steps=60, seed=2)(model, x, y)
+    both = Square(threat, steps=60, restarts=3, parallel=True, seed=2)(model, x, y)
+    assert bool((both.loss >= one.loss - 1e-9).all())  # loss: the CW margin, higher = closer
+    assert bool((both.loss > one.loss + 1e-6).any())  # the other restarts found better points
+    assert bool((both.success | ~one.success).all())
+    assert bool(threat.contains(both.x_adv - x, x).all())

@@ -25,6 +25,7 @@ from unionrobust.threats import parse
 THREATS = "linf:0.3, l2:2, l1:10"
 #: the tiers that give way to the masked tier on a model with thresholding filters
 GIVE_WAY = ("unmasked", "probe")
+GATED = ("unmasked", "probe", "masked")
 
 
 class FourClasses(nn.Module):
@@ -53,7 +54,7 @@ def test_standard_ends_each_threat_with_its_escalation():
         ]
         names = [e.attack for e in mine[k:]]
         assert names[:3] == ["square", "fab-t", "square"]
-        assert names[3:] == {"linf": [], "l2": ["square", "square"], "l1": ["pointwise"]}[norm]
+        assert names[3:] == {"linf": [], "l2": ["square"], "l1": ["pointwise"]}[norm]
         square_seeds = []
         for e in mine[k:]:  # every entry builds, with AutoAttack's budgets where masked
             a = e.build(suite.threats[i], 3)
@@ -64,6 +65,8 @@ def test_standard_ends_each_threat_with_its_escalation():
                 square_seeds.append(a.seed)
             if e.attack == "pointwise":
                 assert a.restarts == 10
+            if e.attack == "square" and e.seed_offset == 2:  # ℓ2: two more runs, one loop
+                assert (norm, a.restarts, a.parallel) == ("l2", 2, True)
         # each masked Square pass draws its own: seeds 3 + 1, 3 + 2, ...
         assert square_seeds == list(range(4, 4 + len(square_seeds)))
     assert len(set(suite.labels())) == len(suite)
@@ -88,12 +91,13 @@ def test_masked_tier_opens_on_filters_or_a_gradient_free_break():
     assert not escalation_open(probe, [], 2, is_gradient_free)
 
 
-def test_thresholding_filters_count_for_l2_and_l1_only():
+def test_thresholding_filters_count_for_l2_l1_and_for_linf_gradient_free_entries():
     """The filters mask the gradients of the other norms (MSD §5.1); for ℓ∞ they are the
-    defence, and the masked tier waits for a gradient-free break as on any model."""
+    defence: the gradient passes behave as on any model, the gradient-free ones count them."""
     union = parse(THREATS)
-    assert [masking_filters(t, 3) for t in union] == [0, 3, 3]
-    assert [masking_filters(t, 0) for t in union] == [0, 0, 0]
+    assert [masking_filters(t, False, 3) for t in union] == [0, 3, 3]
+    assert [masking_filters(t, True, 3) for t in union] == [3, 3, 3]
+    assert [masking_filters(t, free, 0) for t in union for free in (False, True)] == [0] * 6
 
 
 @pytest.mark.slow
@@ -116,8 +120,9 @@ def test_unmasked_model_skips_the_masked_tier():
 @pytest.mark.slow
 def test_thresholding_model_gets_the_escalation_and_the_evidence_is_reported():
     """ℓ2 on a model with a thresholding filter: the masked tier at once, the survivor pass and
-    the probe give way; ℓ∞ on the same model: the survivor pass and the probe run (the filters
-    are no evidence for ℓ∞), and the probe's gradient-free breaks open the masked tier."""
+    the probe give way. ℓ∞ on the same model: the filters count for the gradient-free entries
+    only, so the survivor pass runs, the probe gives way to the 5,000-query Square, which runs
+    at once, and FAB-T (a gradient attack) waits for a gradient-free break before it."""
     model = FourClasses(centre_model(True)).eval()
     x, y = centre_data(40)
     ids = torch.arange(100, 140)
@@ -135,8 +140,11 @@ def test_thresholding_model_gets_the_escalation_and_the_evidence_is_reported():
     assert masked and report.attacked[masked[0]] > 0
     skipped = tier_entries("l2:0.15", GIVE_WAY)
     assert len(skipped) == 2 and all(report.attacked[e] == 0 for e in skipped)
-    ran = tier_entries("linf:0.15", GIVE_WAY)
-    assert len(ran) == 2 and all(report.attacked[e] > 0 for e in ran)
+    linf = {entries[e]["key"]: report.attacked[e] for e in tier_entries("linf:0.15", GATED)}
+    assert linf["apgd-t@linf:0.15#2"] > 0  # the survivor pass ("unmasked")
+    assert linf["square@linf:0.15"] == 0  # the probe gives way
+    assert linf["fab-t@linf:0.15"] == 0  # nothing gradient-free broke a point before it
+    assert linf["square@linf:0.15#2"] > 0  # the masked tier's Square, at once
     assert report.union_accuracy == 0.0  # every class-0 point falls to a gradient-free pass
     for threat in ("l2:0.15", "linf:0.15"):
         row = report.diagnostics["gradient_masking"]["per_threat"][threat]

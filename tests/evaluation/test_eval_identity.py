@@ -36,7 +36,6 @@ def test_standard_keys_are_distinct_and_name_each_pass():
         "fab-t@l2:1",
         "square@l2:1#2",
         "square@l2:1#3",
-        "square@l2:1#4",
         "apgd-ce@l1:6",
         "apgd-t@l1:6",
         "apgd-t@l1:6#2",
@@ -61,10 +60,10 @@ def test_seed_offset_is_a_field_and_keeps_todays_seeds():
     for e in suite.entries:
         assert "seed_offset" not in dict(e.params)
         assert e.build(union[e.threat_index], 7).seed == 7 + e.seed_offset
-    # then the escalation: the Square probe, FAB-T, Square pass 2 (ℓ2: 3 and 4; ℓ1: Pointwise)
+    # then the escalation: the Square probe, FAB-T, Square pass 2 (ℓ2: pass 3; ℓ1: Pointwise)
     offsets = [e.seed_offset for e in suite.entries if e.threat_index == 2]
     assert offsets == [0, 0, 1, 2, 3, 4, 0, 0, 1, 0]
-    assert [e.seed_offset for e in suite.entries if e.threat_index == 1] == [0, 0, 1, 0, 0, 1, 2, 3]
+    assert [e.seed_offset for e in suite.entries if e.threat_index == 1] == [0, 0, 1, 0, 0, 1, 2]
     assert [e.seed_offset for e in suite.entries if e.threat_index == 0] == [0, 0, 1, 0, 0, 1]
 
 

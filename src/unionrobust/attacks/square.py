@@ -23,7 +23,11 @@ from unionrobust.errors import UnionRobustError, check_fraction, check_int
 from unionrobust.geometry.ball_box import l2_box_scale
 from unionrobust.geometry.batch import rows as _rows
 from unionrobust.losses import cw_margin
+from unionrobust.rng import KeyedRandom
 from unionrobust.threats import ThreatModel, single_threat
+
+#: side-by-side restart r keys its rows by example id + r · this (ids stay below it)
+_RESTART_ID_STRIDE = 1 << 48
 
 
 def square_p(p_init: float, step: int, steps: int, rescale: bool = False) -> float:
@@ -41,8 +45,11 @@ class Square(Attack):
     """Square attack, ℓ∞, ℓ2 and ℓ1 (see the module doc). ``steps`` queries after the initial
     one (AutoAttack's 5,000); ``p_init`` the initial fraction of pixels per window (AutoAttack's
     0.8; the paper's 0.05 for ImageNet-size models); ``restarts`` random restarts on the
-    examples not yet broken; ``rescale`` the window schedule to ``steps`` (:func:`square_p`;
-    off by default, as in AutoAttack)."""
+    examples not yet broken, one after the other, or with ``parallel`` side by side in one
+    loop (each restart its own keyed draws; an example's rows stop when one of them breaks it;
+    on a small model the per-step work of the proposals, not the forward pass, is the cost, so
+    one loop over R × B rows costs much less than R loops over B); ``rescale`` the window
+    schedule to ``steps`` (:func:`square_p`; off by default, as in AutoAttack)."""
 
     name = "square"
 
@@ -55,6 +62,7 @@ class Square(Attack):
         seed: int = 0,
         amp: bool = False,
         rescale: bool = False,
+        parallel: bool = False,
     ) -> None:
         threat = single_threat(threat, "Square")
         if threat.name not in ("linf", "l2", "l1"):
@@ -66,6 +74,7 @@ class Square(Attack):
         self.p_init = check_fraction("p_init", p_init)
         self.restarts = check_int("restarts", restarts, 1)
         self.rescale = bool(rescale)
+        self.parallel = bool(parallel)
 
     def _run(self, model, x, y, rand, clean_logits) -> AttackResult:
         if x.dim() != 4:
@@ -77,31 +86,69 @@ class Square(Attack):
         margin = -cw_margin(clean_logits, y)
         tracker = BestTracker(x, -margin, margin < 0)
 
-        def once(xs, ys, rs, t, r):
-            xa, m = self._once(model, xs, ys, rs, r)
-            t.update(xa, -m, m < 0)
+        if self.parallel and self.restarts > 1:
+            xa, m = self._side_by_side(model, x, y, rand)
+            tracker.update(xa, -m, m < 0)
+            best = tracker.x_adv
+        else:
 
-        best = run_restarts(self.restarts, x, y, rand, tracker, once).x_adv
+            def once(xs, ys, rs, t, r):
+                xa, m = self._once(model, xs, ys, rs, r)
+                t.update(xa, -m, m < 0)
+
+            best = run_restarts(self.restarts, x, y, rand, tracker, once).x_adv
         logits = forward(model, best, self.amp)
         return AttackResult(best, misclassified(logits, y), cw_margin(logits, y))
 
-    def _once(self, model, x, y, rand, restart) -> tuple[torch.Tensor, torch.Tensor]:
+    def _side_by_side(self, model, x, y, rand) -> tuple[torch.Tensor, torch.Tensor]:
+        """The restarts as R × B rows of one run: restart r's rows keyed by id + r·2⁴⁸ (restart
+        0 draws what a single run draws); per example the row of lowest margin."""
+        r_n, b = self.restarts, x.shape[0]
+        ids = torch.cat([rand.ids + r * _RESTART_ID_STRIDE for r in range(r_n)])
+        group = torch.arange(b, device=x.device).repeat(r_n)
+        xs, ys = x.repeat(r_n, 1, 1, 1), y.repeat(r_n)
+        xa, m = self._once(model, xs, ys, KeyedRandom(rand.seed, ids, rand.window), 0, group)
+        m = m.reshape(r_n, b)
+        pick = m.argmin(dim=0)
+        ar = torch.arange(b, device=x.device)
+        return xa.reshape(r_n, b, *x.shape[1:])[pick, ar], m[pick, ar]
+
+    def _once(
+        self, model, x, y, rand, restart, group: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One run. Each step proposes and queries only the rows not broken yet (as AutoAttack
+        does): the draws are keyed by example, so a row's run does not depend on which others
+        are still in the batch. One host read per step (the rows left). ``group``: the example
+        of each row (side-by-side restarts); a row stops when any row of its example broke."""
         l2 = self.threat.name != "linf"  # ℓ2 and ℓ1 share Alg. 3's window moves
+        propose = self._propose_l2 if l2 else self._propose_linf
         base = restart * (self.steps + 1) * 8
         cur = self._init_l2(x, rand, base) if l2 else self._init_linf(x, rand, base)
         margin = -cw_margin(forward(model, cur, self.amp), y)
+        rows = torch.arange(x.shape[0], device=x.device)
+        xs, ys, rs, cs, ms = x, y, rand, cur, margin  # the rows still unbroken
+        gs = group
+        n_groups = 0 if group is None else int(group.max()) + 1
         for i in range(self.steps):
-            if not bool((margin > 0).any()):
-                break
+            alive = ms > 0
+            if gs is not None:  # an example broken by one of its rows stops in all of them
+                hits = torch.zeros(n_groups, dtype=torch.long, device=x.device)
+                alive = hits.index_add_(0, gs, (~alive).long())[gs] == 0
+            if not bool(alive.all()):  # drop the rows broken last step
+                cur, margin = cur.index_copy(0, rows, cs), margin.index_copy(0, rows, ms)
+                keep = alive.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    return cur, margin
+                rows, xs, ys, cs, ms = rows[keep], xs[keep], ys[keep], cs[keep], ms[keep]
+                rs = rs.subset(keep)
+                gs = None if gs is None else gs[keep]
             p = square_p(self.p_init, i, self.steps, self.rescale)
-            ctr = base + 8 * (i + 1)
-            propose = self._propose_l2 if l2 else self._propose_linf
-            cand = propose(x, cur, p, rand, ctr)
-            m = -cw_margin(forward(model, cand, self.amp), y)
-            accept = (m < margin) & (margin > 0)
-            cur = torch.where(_rows(accept, x), cand, cur)
-            margin = torch.where(accept, m, margin)
-        return cur, margin
+            cand = propose(xs, cs, p, rs, base + 8 * (i + 1))
+            m = -cw_margin(forward(model, cand, self.amp), ys)
+            accept = m < ms
+            cs = torch.where(_rows(accept, xs), cand, cs)
+            ms = torch.where(accept, m, ms)
+        return cur.index_copy(0, rows, cs), margin.index_copy(0, rows, ms)
 
     # ℓ∞: Alg. 2 -------------------------------------------------------------------------------
     def _init_linf(self, x, rand, ctr) -> torch.Tensor:

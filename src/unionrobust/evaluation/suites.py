@@ -24,12 +24,13 @@ Named suites (``suite_names()``):
   stops at 100 steps (issue 8, benchmarks/RESULTS.md). The round runs only on the survivors,
   so its cost grows with the robust accuracy: up to about 3× the first round's on a model that
   keeps most points. Then the escalation (:data:`ESCALATION`, issue 16), again only on the
-  survivors: a short Square (1,000 queries); and on evidence of gradient masking — thresholding
-  first-layer filters (for ℓ2 and ℓ1, the norms they mask), or a gradient-free pass that broke
-  a point of that threat — AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000
-  queries; an ℓ1 version for ℓ1), for ℓ2 two more Square passes with fresh draws and for ℓ1
-  the Pointwise attack with 10 restarts (ℓ∞-trained MNIST models mask the ℓ2/ℓ1 gradients:
-  MSD §5.1, Tramèr & Boneh §4).
+  survivors: a short Square (1,000 queries); and on evidence of gradient masking —
+  thresholding first-layer filters (for ℓ2 and ℓ1, the norms they mask, and for ℓ∞ its
+  gradient-free part), or a gradient-free pass that broke a point of that threat —
+  AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1),
+  for ℓ2 two more Square runs side by side with fresh draws and for ℓ1 the Pointwise attack
+  with 10 restarts (ℓ∞-trained MNIST models mask the ℓ2/ℓ1 gradients: MSD §5.1, Tramèr &
+  Boneh §4).
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
   sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
@@ -263,16 +264,16 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 
 #: ``standard``'s escalation, after the survivor round and only on the points still robust:
 #: per norm, (tier, registry name, parameters). The "probe" tier (a short Square: cheap, and a
-#: gradient-free pass for the masking check) runs unless the threat's gradients are known to be
-#: masked (then its masked tier is open anyway and the longer Square subsumes the probe); the
-#: "masked" tier — AutoAttack's FAB-T and Square at its budgets (Square ℓ1 as in "Mind the
-#: box"), for ℓ2 two more Square passes with their own draws (on masked models a 5,000-query
-#: Square breaks a different few of the points near the boundary with every draw: the points
-#: Boundary or AutoAttack found and one Square run missed), for ℓ1 the Pointwise attack with
-#: 10 restarts (decision-based: it finds the sparse perturbations gradients and FAB miss on
-#: ℓ∞-trained models, for a few seconds) — runs only on evidence of gradient masking
-#: (:func:`escalation_open`). The tier is kept in the entry's parameters (``escalate``); each
-#: further Square pass has its own draws (``seed_offset``).
+#: gradient-free pass for the masking check) runs unless thresholding filters open the masked
+#: tier at once (its longer Square subsumes the probe); the "masked" tier — AutoAttack's FAB-T
+#: and Square at its budgets (Square ℓ1 as in "Mind the box"); for ℓ2 two more Square runs
+#: side by side with their own draws (on masked models every 5,000-query run breaks a different
+#: few of the points near the boundary: points Boundary or AutoAttack found and one run
+#: missed); for ℓ1 the Pointwise attack with 10 restarts (decision-based: it finds the sparse
+#: perturbations gradients and FAB miss on ℓ∞-trained models, in seconds) — runs only on
+#: evidence of gradient masking (:func:`escalation_open`, :func:`masking_filters`). The tier is
+#: kept in the entry's parameters (``escalate``); each further Square pass has its own draws
+#: (``seed_offset``).
 ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     norm: [
         ("probe", "square", {"steps": 1000}),
@@ -282,8 +283,7 @@ ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     + {
         "linf": [],
         "l2": [
-            ("masked", "square", {"steps": 5000, "seed_offset": 2}),
-            ("masked", "square", {"steps": 5000, "seed_offset": 3}),
+            ("masked", "square", {"steps": 5000, "restarts": 2, "parallel": True, "seed_offset": 2})
         ],
         "l1": [("masked", "pointwise", {"restarts": 10})],
     }[norm]
@@ -292,15 +292,21 @@ ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 
 #: the norms whose gradients thresholding first-layer filters mask (MSD §5.1 and App. B,
 #: Tramèr & Boneh §4: ℓ∞-trained MNIST models read robust in ℓ2/ℓ1 under PGD, not under
-#: decision-based attacks); for ℓ∞ the filters are the defence itself and the usual evidence
-#: (a gradient-free break) decides
+#: decision-based attacks)
 FILTER_MASKED_NORMS = ("l2", "l1")
 
 
-def masking_filters(threat: ThreatModel, filters: int) -> int:
-    """The thresholding filters that count as evidence of masking for ``threat``: ``filters``
-    for the norms of :data:`FILTER_MASKED_NORMS`, else 0."""
-    return filters if threat.name in FILTER_MASKED_NORMS else 0
+def masking_filters(threat: ThreatModel, gradient_free: bool, filters: int) -> int:
+    """The thresholding filters that count as evidence of masking for an entry of ``threat``
+    (``gradient_free``: the entry's attack uses no gradient): all of them for the norms of
+    :data:`FILTER_MASKED_NORMS`; for ℓ∞ (and other norms) only for gradient-free entries. For
+    ℓ∞ the filters are the defence the model was trained to have, so the gradient passes stay
+    (the second targeted APGD runs, FAB-T waits for a gradient-free break as on any model),
+    while the 5,000-query Square runs at once: on the benchmark's ℓ∞-trained LeNet it breaks
+    ℓ∞ points no gradient attack and no 1,000-query probe breaks."""
+    if threat.name in FILTER_MASKED_NORMS or gradient_free:
+        return filters
+    return 0
 
 
 def _ungated(builder: Callable[..., Any]) -> Callable[..., Any]:
