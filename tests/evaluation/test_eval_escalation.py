@@ -25,7 +25,7 @@ from unionrobust.threats import parse
 THREATS = "linf:0.3, l2:2, l1:10"
 #: the tiers that give way to the masked tier on a model with thresholding filters
 GIVE_WAY = ("unmasked", "probe")
-GATED = ("unmasked", "probe", "masked")
+GATED = ("unmasked", "probe", "masked", "filters")
 
 
 class FourClasses(nn.Module):
@@ -89,15 +89,20 @@ def test_masked_tier_opens_on_filters_or_a_gradient_free_break():
     assert escalation_open(survivor, [], 0, is_gradient_free)
     assert not escalation_open(survivor, [], 2, is_gradient_free)
     assert not escalation_open(probe, [], 2, is_gradient_free)
+    # the extra ℓ2 Square runs: only with thresholding filters, not on a probe's break alone
+    extra = SuiteEntry(1, "square", (("escalate", "filters"),), seed_offset=2)
+    assert escalation_open(extra, [], 2, is_gradient_free)
+    assert not escalation_open(extra, [(probe, True)], 0, is_gradient_free)
 
 
-def test_thresholding_filters_count_for_l2_l1_and_for_linf_gradient_free_entries():
+def test_thresholding_filters_count_everywhere_but_for_linf_fab_t():
     """The filters mask the gradients of the other norms (MSD §5.1); for ℓ∞ they are the
-    defence: the gradient passes behave as on any model, the gradient-free ones count them."""
+    defence: only the masked tier's gradient attack (FAB-T) ignores them."""
     union = parse(THREATS)
-    assert [masking_filters(t, False, 3) for t in union] == [0, 3, 3]
-    assert [masking_filters(t, True, 3) for t in union] == [3, 3, 3]
-    assert [masking_filters(t, free, 0) for t in union for free in (False, True)] == [0] * 6
+    assert [masking_filters(t, "masked", False, 3) for t in union] == [0, 3, 3]
+    for tier, free in (("masked", True), ("unmasked", False), ("probe", True)):
+        assert [masking_filters(t, tier, free, 3) for t in union] == [3, 3, 3]
+    assert [masking_filters(t, "masked", free, 0) for t in union for free in (0, 1)] == [0] * 6
 
 
 @pytest.mark.slow
@@ -120,9 +125,9 @@ def test_unmasked_model_skips_the_masked_tier():
 @pytest.mark.slow
 def test_thresholding_model_gets_the_escalation_and_the_evidence_is_reported():
     """ℓ2 on a model with a thresholding filter: the masked tier at once, the survivor pass and
-    the probe give way. ℓ∞ on the same model: the filters count for the gradient-free entries
-    only, so the survivor pass runs, the probe gives way to the 5,000-query Square, which runs
-    at once, and FAB-T (a gradient attack) waits for a gradient-free break before it."""
+    the probe give way. ℓ∞ on the same model: the survivor pass and the probe give way to the
+    5,000-query Square, which runs at once, and FAB-T (a gradient attack of the masked tier)
+    waits for a gradient-free break before it."""
     model = FourClasses(centre_model(True)).eval()
     x, y = centre_data(40)
     ids = torch.arange(100, 140)
@@ -141,7 +146,7 @@ def test_thresholding_model_gets_the_escalation_and_the_evidence_is_reported():
     skipped = tier_entries("l2:0.15", GIVE_WAY)
     assert len(skipped) == 2 and all(report.attacked[e] == 0 for e in skipped)
     linf = {entries[e]["key"]: report.attacked[e] for e in tier_entries("linf:0.15", GATED)}
-    assert linf["apgd-t@linf:0.15#2"] > 0  # the survivor pass ("unmasked")
+    assert linf["apgd-t@linf:0.15#2"] == 0  # the survivor pass gives way
     assert linf["square@linf:0.15"] == 0  # the probe gives way
     assert linf["fab-t@linf:0.15"] == 0  # nothing gradient-free broke a point before it
     assert linf["square@linf:0.15#2"] > 0  # the masked tier's Square, at once

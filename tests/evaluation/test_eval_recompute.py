@@ -143,7 +143,11 @@ def check_recomputable(out: Path) -> None:
     state = {t: list(cc) for t in threats}
     after = []
     # standard's masked tier runs only on evidence of gradient masking (issue 16)
-    masked = {d["key"] for d in report["attacks"] if d["params"].get("escalate") == "masked"}
+    masked = {
+        d["key"]
+        for d in report["attacks"]
+        if d["params"].get("escalate") in ("masked", "filters")
+    }
     gated = masked & {r["key"] for r in report["per_attack"] if r["attacked"] == 0}
     for e, k in enumerate(keys):
         t = threat_of[k]

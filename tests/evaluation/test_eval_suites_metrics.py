@@ -39,7 +39,7 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
     suite = Suite(
         "standard",
         full.threats,
-        tuple(e for e in full.entries if escalation_tier(e) not in ("probe", "masked")),
+        tuple(e for e in full.entries if escalation_tier(e) not in ("probe", "masked", "filters")),
     )
     # the ℓ∞/ℓ2 survivor pass gives way on models with thresholding filters ("unmasked")
     assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 6

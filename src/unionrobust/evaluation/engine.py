@@ -210,7 +210,8 @@ def _attack_passes(
                 filters = int(thresholding_filters(run.model).get("count", 0))
             earlier = [(suite.entries[k], bool(v.broken[:, k].any())) for k in range(e)]
             free = is_gradient_free(entry.attack)
-            masks = masking_filters(union[entry.threat_index], free, filters)
+            tier = escalation_tier(entry)
+            masks = masking_filters(union[entry.threat_index], tier, free, filters)
             if not escalation_open(entry, earlier, masks, is_gradient_free):
                 todo = todo[:0]
         _run_entry(run, e, entry, union, seed, todo, v, union_bar=mode is EvaluationMode.UNION_ONLY)

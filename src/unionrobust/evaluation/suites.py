@@ -28,9 +28,9 @@ Named suites (``suite_names()``):
   thresholding first-layer filters (for ℓ2 and ℓ1, the norms they mask, and for ℓ∞ its
   gradient-free part), or a gradient-free pass that broke a point of that threat —
   AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1),
-  for ℓ2 two more Square runs side by side with fresh draws and for ℓ1 the Pointwise attack
-  with 10 restarts (ℓ∞-trained MNIST models mask the ℓ2/ℓ1 gradients: MSD §5.1, Tramèr &
-  Boneh §4).
+  for ℓ2 (on models with such filters) two more Square runs side by side with fresh draws and
+  for ℓ1 the Pointwise attack with 10 restarts (ℓ∞-trained MNIST models mask the ℓ2/ℓ1
+  gradients: MSD §5.1, Tramèr & Boneh §4).
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
   sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
@@ -271,8 +271,9 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 #: few of the points near the boundary: points Boundary or AutoAttack found and one run
 #: missed); for ℓ1 the Pointwise attack with 10 restarts (decision-based: it finds the sparse
 #: perturbations gradients and FAB miss on ℓ∞-trained models, in seconds) — runs only on
-#: evidence of gradient masking (:func:`escalation_open`, :func:`masking_filters`). The tier is
-#: kept in the entry's parameters (``escalate``); each further Square pass has its own draws
+#: evidence of gradient masking (:func:`escalation_open`, :func:`masking_filters`); the extra
+#: ℓ2 runs ("filters") only on models with thresholding filters. The tier is kept in the
+#: entry's parameters (``escalate``); each further Square pass has its own draws
 #: (``seed_offset``).
 ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     norm: [
@@ -283,7 +284,11 @@ ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     + {
         "linf": [],
         "l2": [
-            ("masked", "square", {"steps": 5000, "restarts": 2, "parallel": True, "seed_offset": 2})
+            (
+                "filters",
+                "square",
+                {"steps": 5000, "restarts": 2, "parallel": True, "seed_offset": 2},
+            )
         ],
         "l1": [("masked", "pointwise", {"restarts": 10})],
     }[norm]
@@ -296,15 +301,18 @@ ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 FILTER_MASKED_NORMS = ("l2", "l1")
 
 
-def masking_filters(threat: ThreatModel, gradient_free: bool, filters: int) -> int:
+def masking_filters(
+    threat: ThreatModel, tier: str | None, gradient_free: bool, filters: int
+) -> int:
     """The thresholding filters that count as evidence of masking for an entry of ``threat``
-    (``gradient_free``: the entry's attack uses no gradient): all of them for the norms of
-    :data:`FILTER_MASKED_NORMS`; for ℓ∞ (and other norms) only for gradient-free entries. For
-    ℓ∞ the filters are the defence the model was trained to have, so the gradient passes stay
-    (the second targeted APGD runs, FAB-T waits for a gradient-free break as on any model),
-    while the 5,000-query Square runs at once: on the benchmark's ℓ∞-trained LeNet it breaks
-    ℓ∞ points no gradient attack and no 1,000-query probe breaks."""
-    if threat.name in FILTER_MASKED_NORMS or gradient_free:
+    in gated ``tier`` (``gradient_free``: its attack uses no gradient): all of them for the
+    norms of :data:`FILTER_MASKED_NORMS`. For ℓ∞ (and other norms) the filters are the defence
+    the model was trained to have, not a mask over its ℓ∞ gradient: a gradient attack of the
+    masked tier (FAB-T) waits for a gradient-free break as on any model, while for the rest
+    they count — the 5,000-query Square runs at once and the second APGD pass and the probe
+    give way (on the benchmark's ℓ∞-trained LeNet Square breaks the ℓ∞ points the second APGD
+    pass breaks, and the ones AutoAttack's Square breaks that no gradient attack finds)."""
+    if threat.name in FILTER_MASKED_NORMS or gradient_free or tier != "masked":
         return filters
     return 0
 
@@ -319,12 +327,13 @@ def _ungated(builder: Callable[..., Any]) -> Callable[..., Any]:
 
 
 #: the gated tiers of ``standard`` (:func:`escalation_open`)
-GATED_TIERS = ("unmasked", "probe", "masked")
+GATED_TIERS = ("unmasked", "probe", "masked", "filters")
 
 
 def escalation_tier(entry: SuiteEntry) -> str | None:
     """The entry's gated tier (:data:`GATED_TIERS`: the ℓ∞/ℓ2 survivor pass is "unmasked", the
-    :data:`ESCALATION` tiers "probe" and "masked"), None for an entry that always runs."""
+    :data:`ESCALATION` tiers "probe", "masked" and "filters"), None for an entry that always
+    runs."""
     return dict(entry.params).get("escalate")
 
 
@@ -341,10 +350,15 @@ def escalation_open(
     tier's 5,000-query Square subsumes the 1,000-query probe, so a masked threat costs about
     what AutoAttack's four attacks cost. Without such filters the "unmasked" and "probe" tiers
     run, and the "masked" tier only when an ``earlier`` gradient-free entry of the same threat
-    broke a point (``earlier``: (entry, broke anything) pairs)."""
+    broke a point (``earlier``: (entry, broke anything) pairs). The "filters" tier (the ℓ2
+    Square runs beyond AutoAttack's one, for models whose gradients the filters mask) runs
+    only with such filters: where only a probe's break opened the masked tier, AutoAttack's
+    FAB-T and Square are the masked tier."""
     tier = escalation_tier(entry)
     if tier in ("unmasked", "probe"):
         return filters == 0
+    if tier == "filters":
+        return filters > 0
     if tier != "masked" or filters > 0:
         return True
     return any(
