@@ -517,3 +517,7 @@ def test_square_side_by_side_restarts_never_end_above_one_run(threat, tiny_cnn, 
     assert bool((both.loss > one.loss + 1e-6).any())  # the other restarts found better points
     assert bool((both.success | ~one.success).all())
     assert bool(threat.contains(both.x_adv - x, x).all())
+    with pytest.raises(UnionRobustError, match="example ids"):
+        Square(threat, steps=2, restarts=2, parallel=True)(
+            model, x[:2], y[:2], example_ids=torch.tensor([0, 1 << 48])
+        )

@@ -171,9 +171,6 @@ class Pointwise(MinNormAttack):
         return order, int(changed.sum(dim=1).max())
 
     def _search(self, model, x, y, rand, clean_logits, tracker) -> None:
-        if self.restarts == 1:
-            self._once(model, x, y, rand, tracker, 0)
-            return
         clean_broken = misclassified(clean_logits, y)
         for r in range(self.restarts):  # each run from its own start; the tracker keeps the best
             run = MinNormTracker(x, self.threat, clean_broken)

@@ -104,6 +104,11 @@ class Square(Attack):
         """The restarts as R × B rows of one run: restart r's rows keyed by id + r·2⁴⁸ (restart
         0 draws what a single run draws); per example the row of lowest margin."""
         r_n, b = self.restarts, x.shape[0]
+        if bool(((rand.ids < 0) | (rand.ids >= _RESTART_ID_STRIDE)).any()):
+            raise UnionRobustError(
+                f"Square(parallel=True) needs example ids in [0, 2**48), got "
+                f"{int(rand.ids.min())}..{int(rand.ids.max())}"
+            )
         ids = torch.cat([rand.ids + r * _RESTART_ID_STRIDE for r in range(r_n)])
         group = torch.arange(b, device=x.device).repeat(r_n)
         xs, ys = x.repeat(r_n, 1, 1, 1), y.repeat(r_n)
@@ -128,7 +133,7 @@ class Square(Attack):
         rows = torch.arange(x.shape[0], device=x.device)
         xs, ys, rs, cs, ms = x, y, rand, cur, margin  # the rows still unbroken
         gs = group
-        n_groups = 0 if group is None else int(group.max()) + 1
+        n_groups = 0 if group is None else int(group.max()) + 1  # one host read per run
         for i in range(self.steps):
             alive = ms > 0
             if gs is not None:  # an example broken by one of its rows stops in all of them
