@@ -87,8 +87,9 @@ def _key_state(
     seed: int, ids: torch.Tensor, counter: int | torch.Tensor, stream: int
 ) -> torch.Tensor:
     """The hash state of ``(seed, id, counter, stream)``: ``ids`` a (B, 1) int64 column,
-    ``counter`` an int (→ (B, 1)) or a (1, T) int64 row of counters (→ (B, T), element for
-    element the same values as T calls with one counter each)."""
+    ``counter`` an int (→ (B, 1)), a (B, 1) column (one counter per row) or a (1, T) / (B, T)
+    int64 table of counters (→ (B, T), element for element the same values as calls with one
+    counter each)."""
     seed = int(seed)
     if not isinstance(counter, torch.Tensor):
         counter = int(counter)
@@ -101,12 +102,17 @@ def _key_state(
 
 
 def keyed_bits(
-    seed: int, example_ids: torch.Tensor, counter: int, numel: int, stream: int = 0
+    seed: int,
+    example_ids: torch.Tensor,
+    counter: int | torch.Tensor,
+    numel: int,
+    stream: int = 0,
 ) -> torch.Tensor:
     """Return int64 hash values in [0, 2**32) of shape ``(B, numel)``.
 
     ``example_ids`` is a 1-D integer tensor; ``counter`` distinguishes successive draws
-    (restart index, iteration, purpose) for the same example, ``stream`` the kind of draw. The
+    (restart index, iteration, purpose) for the same example (an int, or a (B, 1) column: one
+    per row), ``stream`` the kind of draw. The
     key is absorbed one 32-bit word at a time (seed low/high, id low/high, counter, stream),
     each followed by a bijective avalanche mix, so for fixed other inputs distinct ids, counters
     or seeds give distinct states (no structured collisions such as seed + id shifts).
@@ -134,7 +140,7 @@ def _to_unit(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def keyed_uniform(
     seed: int,
     example_ids: torch.Tensor,
-    counter: int,
+    counter: int | torch.Tensor,
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -144,10 +150,32 @@ def keyed_uniform(
     return _to_unit(bits, dtype).reshape(example_ids.shape[0], *shape)
 
 
+def keyed_uniform_steps(
+    seed: int,
+    example_ids: torch.Tensor,
+    counters: torch.Tensor,
+    numel: int,
+    dtype: torch.dtype = torch.float32,
+    offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`keyed_uniform` for T counters at once: shape ``(B, T, numel)``, ``[:, t]``
+    bit-identical to ``keyed_uniform(seed, ids, counters[t], (numel,), dtype)`` (one batch of
+    hash ops for a window of an attack's steps instead of T small ones); ``offsets`` (B,) as
+    in :meth:`KeyedRandom.shifted`."""
+    ids = example_ids.to(torch.int64).reshape(-1, 1)
+    table = counters.to(ids.device, torch.int64).reshape(1, -1)
+    if offsets is not None:
+        table = table + offsets.to(ids.device, torch.int64).reshape(-1, 1)
+    h = _key_state(seed, ids, table, STREAM_UNIFORM).unsqueeze(-1)  # (B, T, 1)
+    idx = torch.arange(numel, device=ids.device, dtype=torch.int64).reshape(1, 1, -1)
+    bits = _mix32((_mix32(h ^ idx) + idx * 0x9E3779B9) & _MASK32)
+    return _to_unit(bits, dtype)
+
+
 def keyed_normal(
     seed: int,
     example_ids: torch.Tensor,
-    counter: int,
+    counter: int | torch.Tensor,
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -173,7 +201,7 @@ def _randint_span(low: int, high: int) -> int:
 
 
 def keyed_randint(
-    seed: int, example_ids: torch.Tensor, counter: int, low: int, high: int
+    seed: int, example_ids: torch.Tensor, counter: int | torch.Tensor, low: int, high: int
 ) -> torch.Tensor:
     """One integer per example, uniform in ``[low, high]`` (inclusive), shape ``(B,)``.
 
@@ -186,16 +214,26 @@ def keyed_randint(
 
 
 def keyed_randint_window(
-    seed: int, example_ids: torch.Tensor, start: int, count: int, low: int, high: int
+    seed: int,
+    example_ids: torch.Tensor,
+    start: int,
+    count: int,
+    low: int,
+    high: int,
+    offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``keyed_randint`` for the counters ``start .. start + count − 1`` at once: shape
     ``(B, count)``, column j bit-identical to ``keyed_randint(seed, ids, start + j, low, high)``
-    (one batch of hash ops instead of ``count`` small ones)."""
+    (one batch of hash ops instead of ``count`` small ones); ``offsets`` (B,) moves row i's
+    counters by ``offsets[i]`` (:meth:`KeyedRandom.shifted`)."""
     low, high = int(low), int(high)
     span = _randint_span(low, high)
     ids = example_ids.to(torch.int64).reshape(-1, 1)
     counters = torch.arange(start, start + count, device=ids.device, dtype=torch.int64)
-    h = _key_state(seed, ids, counters.reshape(1, -1), STREAM_RANDINT)
+    counters = counters.reshape(1, -1)
+    if offsets is not None:
+        counters = counters + offsets.to(ids.device, torch.int64).reshape(-1, 1)
+    h = _key_state(seed, ids, counters, STREAM_RANDINT)
     bits = _mix32(_mix32(h))  # keyed_bits' element 0: idx = 0 drops out of both mixes
     return low + ((bits * span) >> 32)
 
@@ -212,12 +250,21 @@ class KeyedRandom:
     examples that remain when an attack shrinks its batch. ``with_window(start, count)`` gives
     the same keys with a window of step counters whose integer draws are computed all at once
     on first use (bit-identical to drawing them one by one; see :func:`keyed_randint_window`).
+    ``shifted(offsets)`` adds a per-row offset to every counter: rows of several passes stacked
+    side by side in one batch (the same example in each) draw what each pass draws alone.
     """
 
-    def __init__(self, seed: int, ids: torch.Tensor, window: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        ids: torch.Tensor,
+        window: tuple[int, int] | None = None,
+        offsets: torch.Tensor | None = None,
+    ) -> None:
         self.seed = check_seed(seed)  # a seed >= 2**64 would wrap onto another's draws
         self.ids = ids.to(torch.int64)
         self.window = window
+        self.offsets = None if offsets is None else offsets.to(self.ids.device, torch.int64)
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
@@ -228,17 +275,46 @@ class KeyedRandom:
 
     def subset(self, index: torch.Tensor) -> KeyedRandom:
         """Keys of ``ids[index]`` (a bool mask or an index tensor)."""
-        return KeyedRandom(self.seed, self.ids[index], self.window)
+        offsets = None if self.offsets is None else self.offsets[index]
+        return KeyedRandom(self.seed, self.ids[index], self.window, offsets)
 
     def with_window(self, start: int, count: int) -> KeyedRandom:
         """These keys, with ``randint`` over counters [start, start + count) drawn at once."""
-        return KeyedRandom(self.seed, self.ids, (int(start), int(count)))
+        return KeyedRandom(self.seed, self.ids, (int(start), int(count)), self.offsets)
+
+    def shifted(self, offsets: torch.Tensor) -> KeyedRandom:
+        """These keys with every counter of row i moved by ``offsets[i]`` (int, shape (B,)):
+        row i's draw for counter c is the draw of ``counter + offsets[i]`` of its example, so
+        passes stacked in one batch (pass p's rows shifted by its counter step) draw exactly
+        what they draw run one after another. Offsets add up; the window stays."""
+        offsets = offsets.to(self.ids.device, torch.int64).reshape(-1)
+        if offsets.shape[0] != self.ids.shape[0]:
+            raise UnionRobustError(
+                f"shifted needs one counter offset per row ({self.ids.shape[0]}), got "
+                f"{offsets.shape[0]}"
+            )
+        if self.offsets is not None:
+            offsets = offsets + self.offsets
+        return KeyedRandom(self.seed, self.ids, self.window, offsets)
+
+    def _counter(self, counter: int) -> int | torch.Tensor:
+        """``counter``, or the (B, 1) column ``counter + offsets`` of a shifted batch."""
+        if self.offsets is None:
+            return counter
+        return (self.offsets + int(counter)).reshape(-1, 1)
 
     def uniform(self, counter: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32):
-        return keyed_uniform(self.seed, self.ids, counter, tuple(shape), dtype)
+        return keyed_uniform(self.seed, self.ids, self._counter(counter), tuple(shape), dtype)
+
+    def uniform_steps(
+        self, counters: torch.Tensor, numel: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """``uniform(counters[t], (numel,))`` for every t at once, shape (B, T, numel)
+        (:func:`keyed_uniform_steps`)."""
+        return keyed_uniform_steps(self.seed, self.ids, counters, numel, dtype, self.offsets)
 
     def normal(self, counter: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32):
-        return keyed_normal(self.seed, self.ids, counter, tuple(shape), dtype)
+        return keyed_normal(self.seed, self.ids, self._counter(counter), tuple(shape), dtype)
 
     def seeded_normal(
         self, counter: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
@@ -248,7 +324,8 @@ class KeyedRandom:
         samples still do not depend on its batch, at the cost of one generator call per example
         instead of a hash per element (the hash costs ~40 integer ops per sample). The numbers
         differ between CPU and CUDA generators; one host sync for the seeds."""
-        seeds = keyed_bits(self.seed, self.ids, counter, 1, STREAM_NORMAL).reshape(-1).tolist()
+        seeds = keyed_bits(self.seed, self.ids, self._counter(counter), 1, STREAM_NORMAL)
+        seeds = seeds.reshape(-1).tolist()
         dev = self.ids.device
         out = torch.empty((len(seeds), *shape), dtype=dtype, device=dev)
         for i, s in enumerate(seeds):
@@ -263,7 +340,9 @@ class KeyedRandom:
                 key = (int(low), int(high))
                 table = self._tables.get(key)
                 if table is None:
-                    table = keyed_randint_window(self.seed, self.ids, start, count, *key)
+                    table = keyed_randint_window(
+                        self.seed, self.ids, start, count, *key, offsets=self.offsets
+                    )
                     self._tables[key] = table
                 return table[:, counter - start]
-        return keyed_randint(self.seed, self.ids, counter, low, high)
+        return keyed_randint(self.seed, self.ids, self._counter(counter), low, high)

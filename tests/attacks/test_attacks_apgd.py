@@ -295,6 +295,44 @@ def test_restarts_and_targets_run_only_on_robust_points(linear_model):
     assert model.sizes == [10] + [7] * (2 * (10 + 3))
 
 
+@pytest.mark.parametrize("norm", VARIANTS)
+def test_stacked_passes_give_the_verdicts_of_passes_one_after_another(linear_model, norm):
+    """Passes side by side (a row budget above the batch) draw what they draw one after another:
+    the same points break, and a point no pass breaks ends at the same best point and loss."""
+    model = linear_model(dim=36, classes=5, seed=3)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(12, 1, 6, 6, generator=g)
+    y = _predicted(model, x)
+    threat = _threat(norm, 0.6 if norm != "linf" else 0.04)
+    kw = dict(steps=8, restarts=2, loss="dlr-targeted", n_targets=3, seed=4, **_large(norm))
+    alone = APGD(threat, **kw)(model, x, y)
+    stacked = APGD(threat, **kw).with_row_budget(1000)(model, x, y)
+    assert 0 < int(alone.success.sum()) < 12  # some points break, some do not
+    assert torch.equal(stacked.success, alone.success)
+    kept = ~alone.success
+    assert torch.allclose(stacked.x_adv[kept], alone.x_adv[kept], atol=1e-6)
+    assert torch.allclose(stacked.loss[kept], alone.loss[kept], atol=1e-5)
+
+
+def test_stacked_passes_fill_the_row_budget_in_equal_groups(linear_model):
+    model = CountingModel(linear_model(dim=16, classes=4, seed=2))
+    x = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model.inner(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 4  # three points misclassified from the start: 7 robust rows
+    steps = 4
+    kw = dict(steps=steps, restarts=2, loss="dlr-targeted")  # 3 targets × 2 restarts
+    # every pass fits 50 rows: all six at once
+    APGD(Linf(1e-4), **kw).with_row_budget(50)(model, x, y)
+    assert model.sizes == [10] + [42] * (steps + 1)
+    # 30 rows: the first pass alone, then the five left in groups of 3 and 2 (not 4 and 1)
+    model.sizes.clear()
+    APGD(Linf(1e-4), **kw).with_row_budget(30)(model, x, y)
+    assert model.sizes == [10] + [7] * (steps + 1) + [21] * (steps + 1) + [14] * (steps + 1)
+    with pytest.raises(UnionRobustError, match="row budget must be an integer >= 1"):
+        APGD(Linf(0.1)).with_row_budget(0)
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 

@@ -521,3 +521,24 @@ def test_square_side_by_side_restarts_never_end_above_one_run(threat, tiny_cnn, 
         Square(threat, steps=2, restarts=2, parallel=True)(
             model, x[:2], y[:2], example_ids=torch.tensor([0, 1 << 48])
         )
+
+
+@pytest.mark.parametrize("threat", [L2(0.3), Linf(0.03), L1(1.0)])
+def test_square_windowed_draws_change_nothing(threat, tiny_cnn, toy_images, monkeypatch):
+    """Square draws the keyed uniforms of 64 steps at once; one step at a time (window 1)
+    gives bit-identical results, with rows dropping out and side-by-side restarts."""
+    import unionrobust.attacks.square as square_module
+
+    model = tiny_cnn().double().eval()
+    x, _ = toy_images(n=10)
+    x = x.double()
+    y = predicted(model, x)
+    attacks = [
+        Square(threat, steps=150, seed=3),
+        Square(threat, steps=70, restarts=2, parallel=True),
+    ]
+    windowed = [a(model, x, y) for a in attacks]
+    monkeypatch.setattr(square_module, "_WINDOW", 1)
+    for a, w in zip(attacks, windowed, strict=True):
+        one = a(model, x, y)
+        assert torch.equal(one.x_adv, w.x_adv) and torch.equal(one.success, w.success)

@@ -23,6 +23,7 @@ from unionrobust.rng import (
     keyed_randint,
     keyed_randint_window,
     keyed_uniform,
+    keyed_uniform_steps,
 )
 
 IDS = torch.arange(120)
@@ -233,3 +234,47 @@ def test_pgd_l1_random_k_results_do_not_depend_on_the_batched_draws(monkeypatch)
     plain = [a(model, x, y).x_adv for a in attacks]
     for b, p in zip(batched, plain, strict=True):
         assert torch.equal(b, p)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**62),
+    counter=st.integers(0, 2**31),
+    offsets=st.lists(st.integers(0, 2**31), min_size=4, max_size=4),
+)
+def test_shifted_rows_draw_what_their_counter_plus_offset_draws(seed, counter, offsets):
+    """Row i of a shifted batch draws, for counter c, exactly the draw of c + offsets[i] of its
+    example (stacked passes: each pass's rows shifted by its counter step)."""
+    ids = torch.tensor([0, 5, 5, 2**40 + 1], dtype=torch.int64)
+    off = torch.tensor(offsets, dtype=torch.int64)
+    keys = KeyedRandom(seed, ids).shifted(off)
+    for i in range(4):
+        one = KeyedRandom(seed, ids[i : i + 1])
+        c = counter + offsets[i]
+        assert torch.equal(keys.uniform(counter, (3, 2))[i], one.uniform(c, (3, 2))[0])
+        assert torch.equal(keys.normal(counter, (5,))[i], one.normal(c, (5,))[0])
+        assert torch.equal(keys.randint(counter, -3, 9)[i], one.randint(c, -3, 9)[0])
+    # offsets follow subset and add up; the window's integer table is shifted too
+    sub = keys.subset(torch.tensor([3, 1]))
+    assert torch.equal(sub.uniform(counter, (2,)), keys.uniform(counter, (2,))[[3, 1]])
+    twice = keys.shifted(torch.full((4,), 7))
+    assert torch.equal(twice.uniform(counter, (2,)), keys.uniform(counter + 7, (2,)))
+    window = keys.with_window(counter, 3)
+    assert torch.equal(window.randint(counter + 2, 0, 99), keys.randint(counter + 2, 0, 99))
+    with pytest.raises(UnionRobustError, match="one counter offset per row"):
+        keys.shifted(torch.zeros(3, dtype=torch.int64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**62), start=st.integers(0, 2**31), numel=st.integers(1, 9))
+def test_uniform_steps_is_bit_identical_to_one_draw_per_counter(seed, start, numel):
+    ids = torch.tensor([0, 1, 7, 2**40 + 3], dtype=torch.int64)
+    counters = start + 8 * torch.arange(6)
+    table = keyed_uniform_steps(seed, ids, counters, numel, torch.float64)
+    for t, c in enumerate(counters.tolist()):
+        assert torch.equal(table[:, t], keyed_uniform(seed, ids, c, (numel,), torch.float64))
+    off = torch.tensor([0, 3, 1, 2])
+    shifted = KeyedRandom(seed, ids).shifted(off).uniform_steps(counters, numel)
+    for i in range(4):
+        ref = KeyedRandom(seed, ids[i : i + 1]).uniform_steps(counters + off[i], numel)
+        assert torch.equal(shifted[i], ref[0])

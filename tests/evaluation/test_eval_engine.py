@@ -253,3 +253,22 @@ def test_real_attacks_cascade_equals_everything(problem):
     for e, t in enumerate(casc.entry_threat):  # every reported norm is inside the ball
         finite = ran[:, e]
         assert (casc.norms[finite, e] <= union[t].size * (1 + 1e-5) + 1e-6).all()
+
+
+def test_attacks_may_stack_passes_up_to_the_batch_size(problem):
+    """The engine gives every attack it builds its batch size as the row budget (stacked
+    passes never hold more rows than the caller's batches)."""
+    from unionrobust.attacks.apgd import APGD
+    from unionrobust.evaluation.suites import Suite, SuiteEntry
+
+    model, x, y = problem
+    built = []
+
+    def build(threat, seed):
+        built.append(APGD(threat, steps=2, seed=seed))
+        return built[-1]
+
+    union = parse(THREATS)
+    suite = Suite("budget", union, tuple(SuiteEntry(i, "apgd-ce", (), build) for i in range(2)))
+    run(model, x[:12], y[:12], suite=suite, batch_size=7)
+    assert [a.row_budget for a in built] == [7, 7]

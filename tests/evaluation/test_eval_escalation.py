@@ -48,7 +48,7 @@ def test_standard_ends_each_threat_with_its_escalation():
         tiers = [escalation_tier(e) for e in mine]
         k = tiers.index("probe")
         # APGD and the survivor round first; the ℓ∞/ℓ2 survivor pass only without filters
-        assert tiers[:k] == [None, None] + (["unmasked"] if norm != "l1" else [None] * 4)
+        assert tiers[:k] == [None, None] + (["unmasked"] if norm != "l1" else [None] * 5)
         assert [(escalation_tier(e), e.attack) for e in mine[k:]] == [
             (tier, name) for tier, name, _ in ESCALATION[norm]
         ]

@@ -42,6 +42,7 @@ def test_standard_keys_are_distinct_and_name_each_pass():
         "apgd-ce@l1:6#3",
         "apgd-cw@l1:6#4",
         "apgd-ce@l1:6#5",
+        "apgd-ce@l1:6#6",
         "square@l1:6",
         "fab-t@l1:6",
         "square@l1:6#2",
@@ -62,7 +63,7 @@ def test_seed_offset_is_a_field_and_keeps_todays_seeds():
         assert e.build(union[e.threat_index], 7).seed == 7 + e.seed_offset
     # then the escalation: the Square probe, FAB-T, Square pass 2 (ℓ2: pass 3; ℓ1: Pointwise)
     offsets = [e.seed_offset for e in suite.entries if e.threat_index == 2]
-    assert offsets == [0, 0, 1, 2, 3, 4, 0, 0, 1, 0]
+    assert offsets == [0, 0, 1, 2, 3, 4, 5, 0, 0, 1, 0]
     assert [e.seed_offset for e in suite.entries if e.threat_index == 1] == [0, 0, 1, 0, 0, 1, 2]
     assert [e.seed_offset for e in suite.entries if e.threat_index == 0] == [0, 0, 1, 0, 0, 1]
 

@@ -42,8 +42,8 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
         tuple(e for e in full.entries if escalation_tier(e) not in ("probe", "masked", "filters")),
     )
     # the ℓ∞/ℓ2 survivor pass gives way on models with thresholding filters ("unmasked")
-    assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 6
-    survivors = {False: ["apgd-t"], True: ["apgd-t", "apgd-ce", "apgd-cw", "apgd-ce"]}
+    assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 7
+    survivors = {False: ["apgd-t"], True: ["apgd-t", "apgd-ce", "apgd-cw", "apgd-ce", "apgd-ce"]}
     assert [(e.threat_index, e.attack) for e in suite.entries] == [
         (i, a) for i in range(3) for a in ("apgd-ce", "apgd-t", *survivors[i == 2])
     ]
@@ -63,20 +63,22 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
         assert all(a.large_eps == l1 for a in attacks)
         assert all(dict(e.params).get("large_eps", False) == l1 for e in entries)
         # the survivor round: every pass with fresh random starts (its own seed); ℓ1 a
-        # targeted pass, then longer runs
+        # targeted pass, then longer runs, then AutoAttack's CE budget from new starts
         rest = attacks[2:]
         assert len({a.seed for a in rest} - {5}) == len(rest)
         if l1:
             assert [(a.loss, a.steps, a.restarts) for a in rest] == [
-                ("dlr-targeted", 100, 1),
+                ("dlr-targeted", 100, 1),  # 3 targets (the survivors fall to the likeliest)
                 ("ce", 300, 2),
                 ("cw", 300, 2),
                 ("ce", 1000, 1),
+                ("ce", 100, 5),  # AutoAttack's ℓ1 APGD-CE budget again, from new starts
             ]
         else:
             assert [(a.loss, a.steps, a.n_targets, a.start) for a in rest] == [
-                ("dlr-targeted", 100, 9, "surface")
+                ("dlr-targeted", 100, 3, "surface")
             ]
+        assert rest[0].n_targets == 3
         assert len(set(suite.labels())) == len(suite)  # every pass told apart in progress
 
 

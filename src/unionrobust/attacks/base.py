@@ -24,6 +24,7 @@ from unionrobust.errors import (
     UnionRobustError,
     check_example_ids,
     check_images,
+    check_int,
     check_labels,
     check_logits,
     check_seed,
@@ -288,6 +289,18 @@ class Attack(ABC):
         self.threat = threat
         self.seed = check_seed(seed)
         self.amp = bool(amp)
+        #: the most rows one model call may hold when an attack stacks passes side by side
+        #: (:meth:`with_row_budget`); None: the rows of the batch it is called with
+        self.row_budget: int | None = None
+
+    def with_row_budget(self, rows: int | None) -> Attack:
+        """Let the attack stack passes (restarts, targets) side by side into model calls of up
+        to ``rows`` rows — the evaluation engine passes its batch size, the memory the caller
+        chose; None: no more rows than the batch the attack is called with. Verdicts do not
+        depend on it (stacked passes draw what they draw one after another), only the cost.
+        Returns the attack."""
+        self.row_budget = None if rows is None else check_int("row budget", rows, 1)
+        return self
 
     def models_of(self, target: Any) -> list[nn.Module]:
         """The models an attack on ``target`` runs (frozen and checked by ``__call__``): the

@@ -28,6 +28,8 @@ from unionrobust.threats import ThreatModel, single_threat
 
 #: side-by-side restart r keys its rows by example id + r · this (ids stay below it)
 _RESTART_ID_STRIDE = 1 << 48
+#: steps whose keyed draws are computed at once (bit-identical to drawing them step by step)
+_WINDOW = 64
 
 
 def square_p(p_init: float, step: int, steps: int, rescale: bool = False) -> float:
@@ -66,9 +68,7 @@ class Square(Attack):
     ) -> None:
         threat = single_threat(threat, "Square")
         if threat.name not in ("linf", "l2", "l1"):
-            raise UnionRobustError(
-                f"Square supports linf, l2 and l1 threats, got {threat.spec!r}"
-            )
+            raise UnionRobustError(f"Square supports linf, l2 and l1 threats, got {threat.spec!r}")
         super().__init__(threat, seed=seed, amp=amp)
         self.steps = check_int("steps", steps, 1)
         self.p_init = check_fraction("p_init", p_init)
@@ -112,7 +112,9 @@ class Square(Attack):
         ids = torch.cat([rand.ids + r * _RESTART_ID_STRIDE for r in range(r_n)])
         group = torch.arange(b, device=x.device).repeat(r_n)
         xs, ys = x.repeat(r_n, 1, 1, 1), y.repeat(r_n)
-        xa, m = self._once(model, xs, ys, KeyedRandom(rand.seed, ids, rand.window), 0, group)
+        offsets = None if rand.offsets is None else rand.offsets.repeat(r_n)
+        keys = KeyedRandom(rand.seed, ids, rand.window, offsets)
+        xa, m = self._once(model, xs, ys, keys, 0, group)
         m = m.reshape(r_n, b)
         pick = m.argmin(dim=0)
         ar = torch.arange(b, device=x.device)
@@ -134,7 +136,12 @@ class Square(Attack):
         xs, ys, rs, cs, ms = x, y, rand, cur, margin  # the rows still unbroken
         gs = group
         n_groups = 0 if group is None else int(group.max()) + 1  # one host read per run
+        width = (5 if l2 else 2) + x.shape[1]  # the uniforms of one proposal
+        draws = torch.empty(0)  # the keyed draws of the next _WINDOW steps, drawn at once
         for i in range(self.steps):
+            if i % _WINDOW == 0:
+                ctrs = base + 8 * torch.arange(i + 1, min(i + _WINDOW, self.steps) + 1)
+                draws = rs.uniform_steps(ctrs, width, torch.float64)
             alive = ms > 0
             if gs is not None:  # an example broken by one of its rows stops in all of them
                 hits = torch.zeros(n_groups, dtype=torch.long, device=x.device)
@@ -145,10 +152,10 @@ class Square(Attack):
                 if keep.numel() == 0:
                     return cur, margin
                 rows, xs, ys, cs, ms = rows[keep], xs[keep], ys[keep], cs[keep], ms[keep]
-                rs = rs.subset(keep)
+                rs, draws = rs.subset(keep), draws[keep]
                 gs = None if gs is None else gs[keep]
             p = square_p(self.p_init, i, self.steps, self.rescale)
-            cand = propose(xs, cs, p, rs, base + 8 * (i + 1))
+            cand = propose(xs, cs, p, draws[:, i % _WINDOW])
             m = -cw_margin(forward(model, cand, self.amp), ys)
             accept = m < ms
             cs = torch.where(_rows(accept, xs), cand, cs)
@@ -161,10 +168,10 @@ class Square(Attack):
         stripes = _signs(rand.uniform(ctr, (c, 1, w), x.dtype))
         return (x + self.threat.size * stripes).clamp(0.0, 1.0)
 
-    def _propose_linf(self, x, cur, p, rand, ctr) -> torch.Tensor:
+    def _propose_linf(self, x, cur, p, u) -> torch.Tensor:
+        """One step of Alg. 2; ``u`` the step's keyed uniforms (B, 2 + C), float64."""
         _, c, h, w = x.shape
         s = max(min(round(math.sqrt(p * h * w)), min(h, w) - 1), 1)
-        u = rand.uniform(ctr, (2 + c,), torch.float64)  # one keyed draw per step
         window = _window(x, s, _offset(u[:, 0], h - s), _offset(u[:, 1], w - s))
         signs = _signs(u[:, 2:]).to(x.dtype).reshape(-1, c, 1, 1)
         return torch.where(window, (x + self.threat.size * signs).clamp(0.0, 1.0), cur)
@@ -198,16 +205,16 @@ class Square(Attack):
             delta[:, :, r0 : r0 + s, c0 : c0 + s] += patch * signs[:, k]
         return self._to_ball(x, delta)
 
-    def _propose_l2(self, x, cur, p, rand, ctr) -> torch.Tensor:
+    def _propose_l2(self, x, cur, p, u) -> torch.Tensor:
         """One step of Alg. 3 (the authors' implementation): in window W1 the old content,
         normalised, plus a random-sign meta-patch; window W2 zeroed; the budget freed in W1 ∪ W2
         and unused by the image is given to W1; the whole perturbation back to the ball
-        (:meth:`_to_ball`). Norms are ℓ2 or ℓ1 as the threat's."""
+        (:meth:`_to_ball`). Norms are ℓ2 or ℓ1 as the threat's. ``u``: the step's keyed
+        uniforms (B, 5 + C), float64."""
         eps = self.threat.size
         _, c, h, w = x.shape
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + (s % 2 == 0), min(h, w) - 1)
-        u = rand.uniform(ctr, (5 + c,), torch.float64)  # one keyed draw per step
         r1, c1 = _offset(u[:, 0], h - s), _offset(u[:, 1], w - s)
         w1 = _window(x, s, r1, c1).to(x.dtype)
         w2 = _window(x, s, _offset(u[:, 2], h - s), _offset(u[:, 3], w - s)).to(x.dtype)

@@ -174,6 +174,8 @@ def _run_entry(
             else:
                 if attack is None:
                     attack = entry.build(threat, int(seed))
+                    if hasattr(attack, "with_row_budget"):  # stacked passes: batch-size rows
+                        attack.with_row_budget(run.batch_size)
                 tc = time.perf_counter()
                 b, nrm, r = _attack_chunk(run, attack, threat, idx)
                 dt = time.perf_counter() - tc
