@@ -29,7 +29,7 @@ Named suites (``suite_names()``):
   on the survivors, so its cost grows with the robust accuracy; APGD stacks its restarts and
   targets side by side there (:meth:`~unionrobust.attacks.base.Attack.with_row_budget`).
   Then the escalation (:data:`ESCALATION`, issue 16), again only on the
-  survivors: a short Square (500 queries); and on evidence of gradient masking —
+  survivors: a short Square (1,000 queries); and on evidence of gradient masking —
   thresholding first-layer filters (for ℓ2 and ℓ1, the norms they mask, and for ℓ∞ its
   gradient-free part), or a gradient-free pass that broke a point of that threat —
   AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1),
@@ -283,7 +283,7 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 #: (``seed_offset``).
 ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     norm: [
-        ("probe", "square", {"steps": 500}),
+        ("probe", "square", {"steps": 1000}),
         ("masked", "fab-t", {"steps": 100, "n_targets": 9, "early_stop": True}),
         ("masked", "square", {"steps": 5000, "seed_offset": 1}),
     ]
@@ -353,7 +353,7 @@ def escalation_open(
     first-layer filters that mask this threat (:func:`masking_filters`: evidence known before
     any attack), the "masked" tier runs and the "unmasked" and "probe" tiers do not: a second
     gradient pass from new starts adds little where gradients are masked, and the masked
-    tier's 5,000-query Square subsumes the 500-query probe, so a masked threat costs about
+    tier's 5,000-query Square subsumes the 1,000-query probe, so a masked threat costs about
     what AutoAttack's four attacks cost. Without such filters the "unmasked" and "probe" tiers
     run, and the "masked" tier only when an ``earlier`` gradient-free entry of the same threat
     broke a point (``earlier``: (entry, broke anything) pairs). The "filters" tier (the ℓ2
