@@ -22,9 +22,10 @@ x_max − x⁽ᵏ⁾ (Alg. 1 replaces x⁽ᵏ⁺¹⁾ only). The last iterate is
 Losses: ``ce``, ``cw`` (margin), ``dlr`` (eq. 5, ≥ 3 classes) and ``dlr-targeted`` (≥ 4 classes;
 one pass per target, targets = the ``n_targets`` highest clean non-true logits, clipped to
 classes − 1). Success is always untargeted misclassification. Each restart/target pass runs only
-on the points not yet broken when it starts: the first alone, the later ones side by side in one
-stacked batch within the row budget (each pass on its own rows with its own draws, so a point's
-verdict is the one the passes give one after another); the result is, per example, the best
+on the points not yet broken when it starts; passes run side by side in one stacked batch
+within the row budget (all of them if they fit, else the first alone and the rest in equal
+groups: :meth:`APGD._pass_groups`), each on its own rows with its own draws, so a point's
+verdict is the one the passes give one after another. The result is, per example, the best
 point over all iterations, restarts and targets (a success beats a failure, then the higher loss
 wins).
 """

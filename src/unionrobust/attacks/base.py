@@ -232,14 +232,14 @@ def check_kind(cls: type[Attack], threat: ThreatModel | Union | Any) -> None:
 
 
 def restart_rows(
-    restarts: int, tracker: BestTracker, whole_first: bool = True
+    restarts: int, tracker: BestTracker
 ) -> Iterator[tuple[int, torch.Tensor | None]]:
     """Yield ``(restart, rows)`` for ``restarts`` passes: ``rows`` None (the whole batch) for
-    the first pass if ``whole_first``, else the index of the examples ``tracker`` has not broken
-    yet (read when the pass starts, so a pass sees the previous ones' successes); stops early
-    once every example is broken. One host sync per pass."""
+    the first pass, then the index of the examples ``tracker`` has not broken yet (read when
+    the pass starts, so a pass sees the previous ones' successes); stops early once every
+    example is broken. One host sync per pass after the first."""
     for r in range(restarts):
-        if r == 0 and whole_first:
+        if r == 0:
             yield 0, None
             continue
         idx = (~tracker.success).nonzero().squeeze(1)

@@ -207,12 +207,12 @@ def _attack_passes(
     filters: int | None = None
     for e, entry in enumerate(suite.entries):
         todo = v.todo(entry.threat_index, mode)
-        if escalation_tier(entry) in GATED_TIERS:  # standard's gated passes (escalation_open)
+        tier = escalation_tier(entry)
+        if tier in GATED_TIERS:  # standard's gated passes (escalation_open)
             if filters is None:
                 filters = int(thresholding_filters(run.model).get("count", 0))
             earlier = [(suite.entries[k], bool(v.broken[:, k].any())) for k in range(e)]
             free = is_gradient_free(entry.attack)
-            tier = escalation_tier(entry)
             masks = masking_filters(union[entry.threat_index], tier, free, filters)
             if not escalation_open(entry, earlier, masks, is_gradient_free):
                 todo = todo[:0]
