@@ -30,6 +30,7 @@ from unionrobust.attacks.square import Square, fill_l2, square_p
 from unionrobust.errors import UnionRobustError
 from unionrobust.evaluation.engine import evaluate
 from unionrobust.evaluation.suites import FULL_NATIVE, get_suite
+from unionrobust.losses import cw_margin
 from unionrobust.threats import L0, L1, L2, Linf
 
 FAST = settings(
@@ -505,22 +506,77 @@ def test_fill_l2_matches_a_slow_reference(x, d, eps):
 @pytest.mark.parametrize("threat", [L2(0.3), Linf(0.03)])
 def test_square_side_by_side_restarts_never_end_above_one_run(threat, tiny_cnn, toy_images):
     """Restart 0 of the side-by-side run draws what a single run draws and runs to the end
-    unless another restart breaks its example first, so every example ends at least as close
-    to misclassification as the single run; the broken set only grows."""
+    unless another restart breaks its example first, so every example left unbroken ends at
+    least as close to misclassification as the single run; the broken set only grows."""
     model = tiny_cnn().double().eval()
     x, _ = toy_images(n=12)
     x = x.double()
     y = predicted(model, x)
     one = Square(threat, steps=60, seed=2)(model, x, y)
     both = Square(threat, steps=60, restarts=3, parallel=True, seed=2)(model, x, y)
-    assert bool((both.loss >= one.loss - 1e-9).all())  # loss: the CW margin, higher = closer
-    assert bool((both.loss > one.loss + 1e-6).any())  # the other restarts found better points
+    kept = ~both.success  # loss: the CW margin, higher = closer
+    assert bool((both.loss[kept] >= one.loss[kept] - 1e-9).all())
+    assert bool((both.loss[kept] > one.loss[kept] + 1e-6).any())  # other restarts did better
     assert bool((both.success | ~one.success).all())
     assert bool(threat.contains(both.x_adv - x, x).all())
-    with pytest.raises(UnionRobustError, match="example ids"):
-        Square(threat, steps=2, restarts=2, parallel=True)(
-            model, x[:2], y[:2], example_ids=torch.tensor([0, 1 << 48])
-        )
+
+
+def _square_fixture(tiny_cnn, toy_images, n: int = 12):
+    model = tiny_cnn().double().eval()
+    x, _ = toy_images(n=n)
+    x = x.double()
+    return model, x, predicted(model, x)
+
+
+@pytest.mark.parametrize("threat", [L2(0.3), Linf(0.03), L1(1.0)])
+def test_square_side_by_side_restarts_draw_what_they_draw_one_after_another(
+    threat, tiny_cnn, toy_images
+):
+    """Restart r's rows of the side-by-side run are keyed as restart r run alone, and a row
+    stops only when its example is broken: the same examples fall, and an example no restart
+    breaks ends at the same best margin."""
+    model, x, y = _square_fixture(tiny_cnn, toy_images)
+    ids = torch.arange(12) * 7919 + (1 << 50)  # large ids: keys are not limited to 2**48
+    seq = Square(threat, steps=60, restarts=3, seed=4)(model, x, y, example_ids=ids)
+    par = Square(threat, steps=60, restarts=3, parallel=True, seed=4)(model, x, y, ids)
+    assert torch.equal(seq.success, par.success)
+    assert bool(seq.success.any()) and not bool(seq.success.all())
+    kept = ~seq.success
+    assert torch.allclose(seq.loss[kept], par.loss[kept], rtol=0, atol=1e-9)
+    assert bool(threat.contains(par.x_adv - x, x).all())
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("threat", [L2(0.3), Linf(0.03)])
+def test_square_near_miss_restarts_only_the_first_runs_near_misses(
+    threat, parallel, tiny_cnn, toy_images
+):
+    """With ``near_miss`` f the first run goes on every example, the later restarts only on
+    the unbroken ones whose margin it brought to ≤ f × their clean margin: those end as all
+    restarts end, the others as the first run ends."""
+    model, x, y = _square_fixture(tiny_cnn, toy_images, n=16)
+    one = Square(threat, steps=40, seed=6)(model, x, y)
+    every = Square(threat, steps=40, restarts=3, seed=6)(model, x, y)
+    f = 0.6
+    near_ = Square(threat, steps=40, restarts=3, seed=6, near_miss=f, parallel=parallel)
+    got = near_(model, x, y)
+    with torch.no_grad():
+        clean = -cw_margin(model(x), y)
+    near = ~one.success & (-one.loss <= f * clean)
+    assert bool(near.any()) and bool((~near & ~one.success).any())
+    far = ~near
+    assert torch.equal(got.success[far], one.success[far])
+    assert torch.allclose(got.loss[far], one.loss[far], rtol=0, atol=1e-9)
+    assert torch.equal(got.success[near], every.success[near])
+    kept = near & ~every.success
+    assert torch.allclose(got.loss[kept], every.loss[kept], rtol=0, atol=1e-9)
+    assert bool(threat.contains(got.x_adv - x, x).all())
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, "x"])
+def test_square_near_miss_must_be_a_fraction(bad):
+    with pytest.raises(UnionRobustError, match="near_miss"):
+        Square(Linf(0.1), near_miss=bad)
 
 
 @pytest.mark.parametrize("threat", [L2(0.3), Linf(0.03), L1(1.0)])

@@ -145,12 +145,16 @@ def test_tables_name_every_model_reference_and_threat():
         1.5, 2.0, 1.0,
     )
     results = {
-        "lenet-max": {"n": 2, "clean": 1.0, "verdicts": v, "cpu": cpu,
-                      "targets": B.targets(v, cpu, masked=False)},
+        "lenet-max": {"n": 2, "clean": 1.0, "verdicts": v, "cpu": cpu, "masked": False,
+                      "thresholding_filters": 0, "targets": B.targets(v, cpu, masked=False)},
+        "lenet-pinf": {"n": 2, "clean": 1.0, "verdicts": v, "cpu": cpu, "masked": True,
+                       "thresholding_filters": 4, "targets": B.targets(v, cpu, masked=True)},
     }
     text = B.tables(results)
     for s in [*SPECS, "union", "lenet-max", "1.0 + 1.0 + 1.0 = 3.0", "7.0", "2.5", "0.67",
-              "0.33", "Boundary %", "all references %", "× APGD pair"]:
+              "0.33", "Boundary %", "all references %", "× APGD pair",
+              "| lenet-max | no |", "| lenet-pinf | yes (4 thresholding filters) |",
+              "cpu_union_only_le_1x_apgd_pair n/a"]:
         assert s in text
     assert "1 (50.0 %)" in text  # the references break point 2, we miss it, on every row
 

@@ -62,6 +62,9 @@ def test_standard_ends_each_threat_with_its_escalation():
                 assert (a.steps, a.n_targets, a.early_stop) == (100, 9, True)
             if e.attack == "square" and escalation_tier(e) == "masked":
                 assert (a.steps, a.p_init) == (5000, 0.8)
+                # ℓ∞: AutoAttack's run, then two more on its near misses only
+                want = (3, 0.05, True) if norm == "linf" else (1, None, False)
+                assert (a.restarts, a.near_miss, a.parallel) == want
                 square_seeds.append(a.seed)
             if e.attack == "pointwise":
                 assert a.restarts == 10

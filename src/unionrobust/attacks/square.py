@@ -23,11 +23,8 @@ from unionrobust.errors import UnionRobustError, check_fraction, check_int
 from unionrobust.geometry.ball_box import l2_box_scale
 from unionrobust.geometry.batch import rows as _rows
 from unionrobust.losses import cw_margin
-from unionrobust.rng import KeyedRandom
 from unionrobust.threats import ThreatModel, single_threat
 
-#: side-by-side restart r keys its rows by example id + r · this (ids stay below it)
-_RESTART_ID_STRIDE = 1 << 48
 #: steps whose keyed draws are computed at once (bit-identical to drawing them step by step)
 _WINDOW = 64
 
@@ -50,8 +47,13 @@ class Square(Attack):
     examples not yet broken, one after the other, or with ``parallel`` side by side in one
     loop (each restart its own keyed draws; an example's rows stop when one of them breaks it;
     on a small model the per-step work of the proposals, not the forward pass, is the cost, so
-    one loop over R × B rows costs much less than R loops over B); ``rescale`` the window
-    schedule to ``steps`` (:func:`square_p`; off by default, as in AutoAttack)."""
+    one loop over R × B rows costs much less than R loops over B); ``near_miss``: the restarts
+    after the first run only on its near misses, the unbroken examples whose margin it brought
+    within this fraction of their clean margin (on ℓ∞-trained MNIST models a 5,000-query run
+    misses points that most other draws break, and those sit closest to the boundary when it
+    stops: :data:`~unionrobust.evaluation.suites.ESCALATION`); ``rescale`` the window schedule
+    to ``steps`` (:func:`square_p`; off by default, as in AutoAttack). Restart r draws the same
+    whether run alone, after others or side by side."""
 
     name = "square"
 
@@ -65,6 +67,7 @@ class Square(Attack):
         amp: bool = False,
         rescale: bool = False,
         parallel: bool = False,
+        near_miss: float | None = None,
     ) -> None:
         threat = single_threat(threat, "Square")
         if threat.name not in ("linf", "l2", "l1"):
@@ -75,6 +78,7 @@ class Square(Attack):
         self.restarts = check_int("restarts", restarts, 1)
         self.rescale = bool(rescale)
         self.parallel = bool(parallel)
+        self.near_miss = None if near_miss is None else check_fraction("near_miss", near_miss)
 
     def _run(self, model, x, y, rand, clean_logits) -> AttackResult:
         if x.dim() != 4:
@@ -86,34 +90,60 @@ class Square(Attack):
         margin = -cw_margin(clean_logits, y)
         tracker = BestTracker(x, -margin, margin < 0)
 
-        if self.parallel and self.restarts > 1:
-            xa, m = self._side_by_side(model, x, y, rand)
+        if self.near_miss is not None:
+            best = self._near_misses(model, x, y, rand, tracker, margin)
+        elif self.parallel and self.restarts > 1:
+            xa, m = self._side_by_side(model, x, y, rand, 0)
             tracker.update(xa, -m, m < 0)
             best = tracker.x_adv
         else:
-
-            def once(xs, ys, rs, t, r):
-                xa, m = self._once(model, xs, ys, rs, r)
-                t.update(xa, -m, m < 0)
-
-            best = run_restarts(self.restarts, x, y, rand, tracker, once).x_adv
+            fold = functools.partial(self._fold, model)
+            best = run_restarts(self.restarts, x, y, rand, tracker, fold).x_adv
         logits = forward(model, best, self.amp)
         return AttackResult(best, misclassified(logits, y), cw_margin(logits, y))
 
-    def _side_by_side(self, model, x, y, rand) -> tuple[torch.Tensor, torch.Tensor]:
-        """The restarts as R × B rows of one run: restart r's rows keyed by id + r·2⁴⁸ (restart
-        0 draws what a single run draws); per example the row of lowest margin."""
-        r_n, b = self.restarts, x.shape[0]
-        if bool(((rand.ids < 0) | (rand.ids >= _RESTART_ID_STRIDE)).any()):
-            raise UnionRobustError(
-                f"Square(parallel=True) needs example ids in [0, 2**48), got "
-                f"{int(rand.ids.min())}..{int(rand.ids.max())}"
-            )
-        ids = torch.cat([rand.ids + r * _RESTART_ID_STRIDE for r in range(r_n)])
+    def _fold(self, model, x, y, rand, tracker, restart) -> None:
+        """Restart ``restart`` on these examples, folded into ``tracker``."""
+        xa, m = self._once(model, x, y, rand, restart)
+        tracker.update(xa, -m, m < 0)
+
+    def _near_misses(self, model, x, y, rand, tracker: BestTracker, clean: torch.Tensor):
+        """The first run on every example, the other restarts (side by side with ``parallel``)
+        only on its near misses: unbroken with margin ≤ ``near_miss`` × ``clean`` margin
+        z_y − max_{j≠y} z_j (the tracker's loss is minus the margin). One host read."""
+        self._fold(model, x, y, rand, tracker, 0)
+        near = ~tracker.success & (-tracker.loss <= self.near_miss * clean)
+        idx = near.nonzero().squeeze(1)
+        if self.restarts == 1 or idx.numel() == 0:
+            return tracker.x_adv
+        local = tracker.subset(idx)
+        xs, ys, rs = x[idx], y[idx], rand.subset(idx)
+        if self.parallel:
+            xa, m = self._side_by_side(model, xs, ys, rs, 1)
+            local.update(xa, -m, m < 0)
+        else:
+
+            def later(xr, yr, rr, t, r):
+                self._fold(model, xr, yr, rr, t, r + 1)
+
+            run_restarts(self.restarts - 1, xs, ys, rs, local, later)
+        tracker.merge(local, idx)
+        return tracker.x_adv
+
+    def _counter_base(self, restart: int) -> int:
+        """The first keyed counter of restart ``restart`` (each run uses 8 per query)."""
+        return restart * (self.steps + 1) * 8
+
+    def _side_by_side(self, model, x, y, rand, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Restarts ``first`` … R−1 as rows of one run: restart r's rows draw the keys it draws
+        alone (counters shifted by its base, :meth:`KeyedRandom.shifted`); per example the row
+        of lowest margin."""
+        b = x.shape[0]
+        restarts = torch.arange(first, self.restarts, device=x.device)
+        r_n = restarts.numel()
         group = torch.arange(b, device=x.device).repeat(r_n)
         xs, ys = x.repeat(r_n, 1, 1, 1), y.repeat(r_n)
-        offsets = None if rand.offsets is None else rand.offsets.repeat(r_n)
-        keys = KeyedRandom(rand.seed, ids, rand.window, offsets)
+        keys = rand.subset(group).shifted(self._counter_base(1) * restarts.repeat_interleave(b))
         xa, m = self._once(model, xs, ys, keys, 0, group)
         m = m.reshape(r_n, b)
         pick = m.argmin(dim=0)
@@ -129,7 +159,7 @@ class Square(Attack):
         of each row (side-by-side restarts); a row stops when any row of its example broke."""
         l2 = self.threat.name != "linf"  # ℓ2 and ℓ1 share Alg. 3's window moves
         propose = self._propose_l2 if l2 else self._propose_linf
-        base = restart * (self.steps + 1) * 8
+        base = self._counter_base(restart)
         cur = self._init_l2(x, rand, base) if l2 else self._init_linf(x, rand, base)
         margin = -cw_margin(forward(model, cur, self.amp), y)
         rows = torch.arange(x.shape[0], device=x.device)

@@ -32,7 +32,8 @@ Named suites (``suite_names()``):
   survivors: a short Square (1,000 queries); and on evidence of gradient masking —
   thresholding first-layer filters (for ℓ2 and ℓ1, the norms they mask, and for ℓ∞ its
   gradient-free part), or a gradient-free pass that broke a point of that threat —
-  AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1),
+  AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1;
+  for ℓ∞ two more runs on the near misses of the first, :data:`SQUARE_NEAR_MISS`),
   for ℓ2 (on models with such filters) two more Square runs side by side with fresh draws and
   for ℓ1 the Pointwise attack with 10 restarts (ℓ∞-trained MNIST models mask the ℓ2/ℓ1
   gradients: MSD §5.1, Tramèr & Boneh §4).
@@ -268,6 +269,17 @@ SURVIVOR_ROUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 
+#: the masked tier's ℓ∞ Square: two more runs side by side on the first run's near misses
+#: (unbroken, margin brought to ≤ 5 % of the clean margin). On the benchmark's ℓ∞-trained
+#: LeNet one point stayed robust under our 5,000-query run at 0.5 % of its clean margin,
+#: which 10 of 12 other draws (and AutoAttack's) break; it was the closest survivor, and the
+#: masked CNNs have one or two survivors under 5 %, so the runs cost seconds. ℓ2 has its
+#: "filters" runs, ℓ1 the Pointwise attack.
+SQUARE_NEAR_MISS: dict[str, dict[str, Any]] = {
+    "linf": {"restarts": 3, "near_miss": 0.05, "parallel": True}
+}
+
+
 #: ``standard``'s escalation, after the survivor round and only on the points still robust:
 #: per norm, (tier, registry name, parameters). The "probe" tier (a short Square: cheap, and a
 #: gradient-free pass for the masking check) runs unless thresholding filters open the masked
@@ -285,7 +297,7 @@ ESCALATION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     norm: [
         ("probe", "square", {"steps": 1000}),
         ("masked", "fab-t", {"steps": 100, "n_targets": 9, "early_stop": True}),
-        ("masked", "square", {"steps": 5000, "seed_offset": 1}),
+        ("masked", "square", {"steps": 5000, "seed_offset": 1, **SQUARE_NEAR_MISS.get(norm, {})}),
     ]
     + {
         "linf": [],
