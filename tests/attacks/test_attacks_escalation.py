@@ -137,6 +137,28 @@ def test_square_breaks_what_is_within_its_budget_and_nothing_below(
     assert not bool(below.success.any())
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_square_near_miss_retries_on_a_linear_model(norm, linear_model):
+    """A linear classifier with ε at the median of the exact minimal perturbations: the
+    retries on every unbroken point (``near_miss=1``, side by side) break exactly what three
+    restarts one after another break, at least what one run breaks, and never a point whose
+    exact minimum exceeds ε."""
+    model, x, y, exact = multiclass_setup(linear_model, 1)
+    opt = exact(norm)
+    xi = x.reshape(B, 1, 4, 4)
+    eps = float(opt.median())
+    threat = THREAT[norm](eps)
+    one = Square(threat, steps=10)(model, xi, y)  # short runs: the retries matter
+    three = Square(threat, steps=10, restarts=3)(model, xi, y)
+    near = Square(threat, steps=10, restarts=3, near_miss=1.0, parallel=True)(model, xi, y)
+    assert torch.equal(near.success, three.success)
+    assert bool((near.success | ~one.success).all())
+    assert int(near.success.sum()) > int(one.success.sum())
+    assert not bool(near.success[opt > eps * (1 + 1e-4)].any())
+    assert bool(threat.contains(near.x_adv - xi, xi).all())
+    assert bool(((near.x_adv >= 0) & (near.x_adv <= 1)).all())
+
+
 def test_square_defaults_are_autoattacks():
     a = make_attack("square", "l1:10")
     assert (a.steps, a.p_init, a.restarts) == (5000, 0.8, 1)

@@ -336,6 +336,10 @@ CONTRACT = {
     "square-l2": lambda: Square(L2(0.5), steps=20, restarts=2),
     "square-l1": lambda: Square(L1(2.0), steps=20, restarts=2),
     "square-l2-side-by-side": lambda: Square(L2(0.5), steps=20, restarts=3, parallel=True),
+    "square-near-miss": lambda: Square(Linf(0.05), steps=20, restarts=3, near_miss=0.9),
+    "square-near-miss-side-by-side": lambda: Square(
+        L1(2.0), steps=20, restarts=3, near_miss=0.9, parallel=True
+    ),
     "boundary-search-l2": lambda: BoundarySearch(L2(0.5), steps=3, grad_queries=8, start_steps=3),
     "boundary-search-l1": lambda: BoundarySearch(L1(2.0), steps=3, grad_queries=8, start="noise"),
 }
