@@ -118,9 +118,24 @@ def keyed_bits(
     or seeds give distinct states (no structured collisions such as seed + id shifts).
     """
     ids = example_ids.to(torch.int64).reshape(-1, 1)
-    h = _key_state(seed, ids, counter, stream)
-    idx = torch.arange(numel, device=ids.device, dtype=torch.int64).reshape(1, -1)
+    return _element_bits(_key_state(seed, ids, counter, stream), numel)
+
+
+def _element_bits(h: torch.Tensor, numel: int) -> torch.Tensor:
+    """The ``numel`` element hashes of key states ``h`` (trailing dim 1 → ``numel``)."""
+    idx = torch.arange(numel, device=h.device, dtype=torch.int64)
     return _mix32((_mix32(h ^ idx) + idx * 0x9E3779B9) & _MASK32)
+
+
+def _counter_table(
+    counters: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor | None
+) -> torch.Tensor:
+    """A (1, T) row of ``counters`` for the (B, 1) column ``ids``, or with per-row
+    ``offsets`` (:meth:`KeyedRandom.shifted`) the (B, T) table ``counters + offsets[i]``."""
+    table = counters.to(ids.device, torch.int64).reshape(1, -1)
+    if offsets is None:
+        return table
+    return table + offsets.to(ids.device, torch.int64).reshape(-1, 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -163,13 +178,8 @@ def keyed_uniform_steps(
     hash ops for a window of an attack's steps instead of T small ones); ``offsets`` (B,) as
     in :meth:`KeyedRandom.shifted`."""
     ids = example_ids.to(torch.int64).reshape(-1, 1)
-    table = counters.to(ids.device, torch.int64).reshape(1, -1)
-    if offsets is not None:
-        table = table + offsets.to(ids.device, torch.int64).reshape(-1, 1)
-    h = _key_state(seed, ids, table, STREAM_UNIFORM).unsqueeze(-1)  # (B, T, 1)
-    idx = torch.arange(numel, device=ids.device, dtype=torch.int64).reshape(1, 1, -1)
-    bits = _mix32((_mix32(h ^ idx) + idx * 0x9E3779B9) & _MASK32)
-    return _to_unit(bits, dtype)
+    h = _key_state(seed, ids, _counter_table(counters, ids, offsets), STREAM_UNIFORM)
+    return _to_unit(_element_bits(h.unsqueeze(-1), numel), dtype)  # (B, T, numel)
 
 
 def keyed_normal(
@@ -230,10 +240,7 @@ def keyed_randint_window(
     span = _randint_span(low, high)
     ids = example_ids.to(torch.int64).reshape(-1, 1)
     counters = torch.arange(start, start + count, device=ids.device, dtype=torch.int64)
-    counters = counters.reshape(1, -1)
-    if offsets is not None:
-        counters = counters + offsets.to(ids.device, torch.int64).reshape(-1, 1)
-    h = _key_state(seed, ids, counters, STREAM_RANDINT)
+    h = _key_state(seed, ids, _counter_table(counters, ids, offsets), STREAM_RANDINT)
     bits = _mix32(_mix32(h))  # keyed_bits' element 0: idx = 0 drops out of both mixes
     return low + ((bits * span) >> 32)
 
