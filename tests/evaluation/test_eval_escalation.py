@@ -48,11 +48,17 @@ def test_standard_ends_each_threat_with_its_escalation():
         tiers = [escalation_tier(e) for e in mine]
         k = tiers.index("probe")
         # APGD and the survivor round first; the ℓ∞/ℓ2 survivor pass only without filters
-        assert tiers[:k] == [None, None] + (["unmasked"] if norm != "l1" else [None] * 5)
+        assert tiers[:k] == [None, None] + (["unmasked"] if norm != "l1" else [None] * 4)
         assert [(escalation_tier(e), e.attack) for e in mine[k:]] == [
             (tier, name) for tier, name, _ in ESCALATION[norm]
         ]
         names = [e.attack for e in mine[k:]]
+        if norm == "l1":  # the survivor round's 1,000-step run opens the masked tier
+            long_run = mine[k + 1].build(suite.threats[i], 3)
+            assert (long_run.steps, long_run.restarts, long_run.loss) == (1000, 1, "ce")
+            assert long_run.large_eps and mine[k + 1].seed_offset == 4
+            assert "1000" not in str([e.params for e in mine[:k]])
+            names.pop(1)
         assert names[:3] == ["square", "fab-t", "square"]
         assert names[3:] == {"linf": [], "l2": ["square"], "l1": ["pointwise"]}[norm]
         square_seeds = []

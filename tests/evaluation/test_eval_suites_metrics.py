@@ -42,8 +42,8 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
         tuple(e for e in full.entries if escalation_tier(e) not in ("probe", "masked", "filters")),
     )
     # the ℓ∞/ℓ2 survivor pass gives way on models with thresholding filters ("unmasked")
-    assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 7
-    survivors = {False: ["apgd-t"], True: ["apgd-t", "apgd-ce", "apgd-cw", "apgd-ce", "apgd-ce"]}
+    assert [escalation_tier(e) for e in suite.entries] == [None, None, "unmasked"] * 2 + [None] * 6
+    survivors = {False: ["apgd-t"], True: ["apgd-t", "apgd-ce", "apgd-cw", "apgd-ce"]}
     assert [(e.threat_index, e.attack) for e in suite.entries] == [
         (i, a) for i in range(3) for a in ("apgd-ce", "apgd-t", *survivors[i == 2])
     ]
@@ -63,7 +63,8 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
         assert all(a.large_eps == l1 for a in attacks)
         assert all(dict(e.params).get("large_eps", False) == l1 for e in entries)
         # the survivor round: every pass with fresh random starts (its own seed); ℓ1 a
-        # targeted pass, then longer runs, then AutoAttack's CE budget from new starts
+        # targeted pass, then longer runs, then AutoAttack's CE budget from new starts (the
+        # 1,000-step run is in the masked tier: test_eval_escalation.py)
         rest = attacks[2:]
         assert len({a.seed for a in rest} - {5}) == len(rest)
         if l1:
@@ -71,9 +72,9 @@ def test_standard_suite_is_autoattack_apgd_then_a_survivor_round_per_threat():
                 ("dlr-targeted", 100, 1),  # 3 targets (the survivors fall to the likeliest)
                 ("ce", 300, 2),
                 ("cw", 300, 2),
-                ("ce", 1000, 1),
                 ("ce", 100, 5),  # AutoAttack's ℓ1 APGD-CE budget again, from new starts
             ]
+            assert [a.seed for a in rest] == [6, 7, 8, 10]  # pass 5's draws: the long run
         else:
             assert [(a.loss, a.steps, a.n_targets, a.start) for a in rest] == [
                 ("dlr-targeted", 100, 3, "surface")
