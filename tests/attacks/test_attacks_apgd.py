@@ -314,6 +314,49 @@ def test_stacked_passes_give_the_verdicts_of_passes_one_after_another(linear_mod
     assert torch.allclose(stacked.loss[kept], alone.loss[kept], atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", VARIANTS)
+@pytest.mark.parametrize("budget", [None, 1000])
+def test_early_stop_changes_no_verdict_and_no_unbroken_point(linear_model, norm, budget):
+    """``early_stop`` drops a row once it (or a row of the same example side by side) is
+    misclassified: the same points break, each at a misclassified point in ball ∩ box, and the
+    points no pass breaks end at the same best point and loss."""
+    model = linear_model(dim=36, classes=5, seed=3)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(12, 1, 6, 6, generator=g)
+    y = _predicted(model, x)
+    threat = _threat(norm, 0.6 if norm != "linf" else 0.04)
+    kw = dict(steps=12, restarts=2, loss="dlr-targeted", n_targets=3, seed=4, **_large(norm))
+    runs = []
+    for early in (False, True):
+        attack = APGD(threat, early_stop=early, **kw)
+        runs.append(attack if budget is None else attack.with_row_budget(budget))
+    full, early = (a(model, x, y) for a in runs)
+    assert 0 < int(full.success.sum()) < 12
+    assert torch.equal(early.success, full.success)
+    kept = ~full.success  # the same run, up to the round-off of a smaller batch's matmul
+    assert torch.allclose(early.x_adv[kept], full.x_adv[kept], atol=1e-6)
+    assert torch.allclose(early.loss[kept], full.loss[kept], atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(model(early.x_adv).argmax(1) != y, early.success)
+    assert bool(threat.contains(early.x_adv - x, x).all())
+    assert bool(((early.x_adv >= 0) & (early.x_adv <= 1)).all())
+
+
+def test_early_stop_runs_only_the_rows_not_broken(linear_model):
+    """The loop carries only the rows still running: once a point breaks, later model calls
+    are smaller, and a batch that all breaks stops calling the model."""
+    model = CountingModel(linear_model(dim=16, classes=4, seed=2))
+    x = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model.inner(x).argmax(1)
+    # ε = 1: every point breaks at the first step; calls: clean logits, start, 10 steps
+    APGD(Linf(1.0), steps=10, loss="ce")(model, x, y)
+    assert model.sizes == [10] * 12
+    model.sizes.clear()
+    APGD(Linf(1.0), steps=10, loss="ce", early_stop=True)(model, x, y)
+    assert model.sizes == [10] * 3  # the loop ends once every row is broken
+
+
 def test_stacked_passes_fill_the_row_budget_in_equal_groups(linear_model):
     model = CountingModel(linear_model(dim=16, classes=4, seed=2))
     x = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(2))
@@ -359,6 +402,8 @@ def test_dlr_needs_three_classes_targeted_four(linear_model):
         ({"large_eps": True}, "large_eps is the ℓ1 schedule"),
         ({"large_eps": "yes"}, "large_eps must be True or False"),
         ({"start": "edge"}, "unknown APGD start 'edge'; valid: random, surface"),
+        ({"early_stop": 1}, "early_stop must be True or False"),
+        ({"early_stop": True, "eot": 4}, "drop one of them"),
     ],
 )
 def test_bad_parameters(kwargs, match):

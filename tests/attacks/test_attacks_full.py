@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
+from unionrobust.attacks.apgd import APGD
 from unionrobust.attacks.blackbox import GaussianNoise, Pointwise, SaltPepper
 from unionrobust.attacks.ddn import DDN
 from unionrobust.attacks.decision import BoundarySearch
@@ -339,6 +340,9 @@ CONTRACT = {
     "square-near-miss": lambda: Square(Linf(0.05), steps=20, restarts=3, near_miss=0.9),
     "square-near-miss-side-by-side": lambda: Square(
         L1(2.0), steps=20, restarts=3, near_miss=0.9, parallel=True
+    ),
+    "apgd-t-early-stop": lambda: APGD(
+        L2(0.5), steps=10, loss="dlr-targeted", n_targets=3, restarts=2, early_stop=True
     ),
     "boundary-search-l2": lambda: BoundarySearch(L2(0.5), steps=3, grad_queries=8, start_steps=3),
     "boundary-search-l1": lambda: BoundarySearch(L1(2.0), steps=3, grad_queries=8, start="noise"),

@@ -80,7 +80,7 @@ def test_unknown_parameter_lists_the_valid_ones_on_the_command_line(monkeypatch,
     code = cli_main.main(["eval", "--model", "small-cnn", "--n", "4", "--threats", "linf:0.3",
                           "--suite", "linf:0.3=apgd-ce(stepz=200)", "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "valid: alpha, amp, eot" in err
+    assert code == 2 and err.count("\n") == 1 and "valid: alpha, amp, early_stop, eot" in err
 
 
 def test_report_records_the_budgets(tmp_path):

@@ -33,7 +33,7 @@ wins).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -86,6 +86,40 @@ def to_surface(threat: ThreatModel, delta: torch.Tensor, x: torch.Tensor) -> tor
     return threat.project(delta * _rows(scale.to(delta.dtype), delta), x)
 
 
+#: on accelerators an ``early_stop`` APGD drops its finished rows every this many steps (each
+#: check is a host read); on CPU every step
+EARLY_STOP_EVERY = 10
+
+
+class RowLoss:
+    """A pass's loss per row: ``fn(logits, labels)``, or ``fn(logits, labels, target)`` with
+    the rows' targets (dlr-targeted), cut to the rows an early-stopping loop still runs."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], target: torch.Tensor | None = None):
+        self.fn, self.target = fn, target
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.target is None:
+            return self.fn(logits, labels)
+        return self.fn(logits, labels, self.target)
+
+    def subset(self, rows: torch.Tensor) -> RowLoss:
+        return RowLoss(self.fn, None if self.target is None else self.target[rows])
+
+
+def _still_running(
+    success: torch.Tensor, group: torch.Tensor, live: torch.Tensor | None, n_groups: int
+) -> torch.Tensor | None:
+    """The positions (in ``live``, or all rows) of the rows whose group (ids < ``n_groups``)
+    has no success yet; None when every live row still runs. One host read."""
+    succ = success if live is None else success[live]
+    hits = torch.zeros(n_groups, dtype=torch.long, device=group.device)
+    running = hits.index_add_(0, group, succ.long())[group] == 0
+    if bool(running.all()):
+        return None
+    return running.nonzero().squeeze(1)
+
+
 class APGD(Attack):
     """Auto-PGD for one threat model (ℓ∞, ℓ2, ℓ1 "Mind the box"); see the module docstring.
 
@@ -119,6 +153,7 @@ class APGD(Attack):
         large_eps: bool = False,
         start: str = "random",
         eot: int = 1,
+        early_stop: bool = False,
     ) -> None:
         threat = single_threat(threat, "APGD")
         super().__init__(threat, seed=seed, amp=amp)
@@ -143,13 +178,22 @@ class APGD(Attack):
         if start not in APGD_STARTS:
             raise unknown_name("APGD start", start, APGD_STARTS)
         self.start = start
+        if not isinstance(early_stop, bool):
+            raise UnionRobustError(f"APGD early_stop must be True or False, got {early_stop!r}")
+        if early_stop and eot > 1:
+            raise UnionRobustError(
+                "APGD early_stop stops a row at its first misclassified iterate, which a "
+                "randomised model (eot > 1) may not repeat; drop one of them"
+            )
+        self.early_stop = early_stop
 
     def __repr__(self) -> str:
         return (
             f"APGD({self.threat!r}, steps={self.steps}, restarts={self.restarts}, "
             f"loss={self.loss!r}{', large_eps=True' if self.large_eps else ''}"
             f"{'' if self.start == 'random' else f', start={self.start!r}'}"
-            f"{'' if self.eot == 1 else f', eot={self.eot}'})"
+            f"{'' if self.eot == 1 else f', eot={self.eot}'}"
+            f"{', early_stop=True' if self.early_stop else ''})"
         )
 
     def _loss_and_grad(
@@ -209,18 +253,14 @@ class APGD(Attack):
         for numbers, idx in self._pass_groups(len(passes), best, x.shape[0]):
             rows = idx.repeat(len(numbers))
             number = torch.tensor(numbers, device=x.device).repeat_interleave(idx.numel())
-            if targets is None:
-                loss_fn = get_loss(self.loss)
-            else:
-                target = targets[rows, passes[number]]
-
-                def loss_fn(logits, labels, target=target):
-                    return targeted_dlr(logits, labels, target)
-
+            target = None if targets is None else targets[rows, passes[number]]
+            fn = get_loss(self.loss) if target is None else targeted_dlr
+            loss_fn = RowLoss(fn, target)
             # pass p draws with counters 4p + 1 + …, stacked or not (KeyedRandom.shifted)
             rand_rows = rand.subset(rows).shifted(4 * number)
-            x_adv, loss, success = self._pass(model, x[rows], y[rows], rand_rows, 1, loss_fn)
             n = idx.numel()
+            group = torch.arange(n, device=x.device).repeat(len(numbers))
+            x_adv, loss, success = self._pass(model, x[rows], y[rows], rand_rows, 1, loss_fn, group)
             for j in range(len(numbers)):
                 part = slice(j * n, (j + 1) * n)
                 best.update(x_adv[part], loss[part], success[part], index=idx)
@@ -268,7 +308,10 @@ class APGD(Attack):
         rand: KeyedRandom,
         counter: int,
         loss_fn: LossFn,
+        group: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass (all stages) on rows ``x``; ``group``: each row's example (rows of passes
+        side by side), for ``early_stop``."""
         stages = self._stages()
         delta: torch.Tensor | None = None
         best: BestTracker | None = None
@@ -282,7 +325,7 @@ class APGD(Attack):
                 delta, warm = threat.project(delta, x), True
             final = number == len(stages) - 1
             delta, best = self._iterate(
-                model, x, y, threat, rule, steps, delta, warm, loss_fn, final
+                model, x, y, threat, rule, steps, delta, warm, loss_fn, final, group
             )
         assert best is not None
         return best.x_adv, best.loss, best.success
@@ -299,16 +342,40 @@ class APGD(Attack):
         warm: bool,
         loss_fn: LossFn,
         track: bool,
+        group: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BestTracker | None]:
         """``steps`` iterations from ``delta`` in ``threat``; returns δ_max (the highest-loss
-        iterate) and, if ``track``, the best-point tracker of the iterates (results)."""
+        iterate) and, if ``track``, the best-point tracker of the iterates (results). With
+        ``early_stop`` and ``track`` a row stops once it, or another row of its ``group``, is
+        misclassified (its verdict is final; it keeps that first misclassified iterate): the
+        loop then carries only the rows still running (``live``), checked every step on CPU
+        (a host read) and every :data:`EARLY_STOP_EVERY` steps elsewhere."""
         x_adv = (x + delta).clamp_(0, 1)
         logits, loss, grad = self._loss_and_grad(model, x_adv, y, loss_fn)
         best = BestTracker(x_adv, loss, misclassified(logits, y)) if track else None
         rule.begin(loss, delta if warm else None)
         delta_max, grad_max, loss_max = delta, grad, loss
         prev = delta
+        stop_every = 0
+        if track and self.early_stop:
+            stop_every = 1 if x.device.type == "cpu" else EARLY_STOP_EVERY
+        if group is None:
+            group = torch.arange(x.shape[0], device=x.device)
+        n_groups = x.shape[0]  # group ids are row positions of the first pass: < rows
+        live: torch.Tensor | None = None  # rows still iterated (None: all)
         for t in range(1, steps + 1):
+            if stop_every and t % stop_every == 0 and best is not None:
+                keep = _still_running(best.success, group, live, n_groups)
+                if keep is not None:
+                    if keep.numel() == 0:
+                        break
+                    live = keep if live is None else live[keep]
+                    x, y, group = x[keep], y[keep], group[keep]
+                    delta, prev, delta_max = delta[keep], prev[keep], delta_max[keep]
+                    grad, grad_max = grad[keep], grad_max[keep]
+                    loss, loss_max = loss[keep], loss_max[keep]
+                    rule.keep(keep)
+                    loss_fn = loss_fn.subset(keep) if isinstance(loss_fn, RowLoss) else loss_fn
             z = threat.project(delta + rule.step(grad, delta, x), x)
             a = rule.momentum if t > 1 else 1.0
             new = (
@@ -324,7 +391,7 @@ class APGD(Attack):
             else:
                 logits, new_loss, new_grad = self._loss_and_grad(model, x_adv, y, loss_fn)
             if best is not None:
-                best.update(x_adv, new_loss, misclassified(logits, y))
+                best.update(x_adv, new_loss, misclassified(logits, y), index=live)
             rule.observe(new_loss > loss)
             up = new_loss > loss_max
             delta_max = torch.where(_rows(up, new), new, delta_max)

@@ -80,6 +80,11 @@ class StepSizeRule:
     def step(self, grad: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.threat.step(grad, self.eta, delta, x)
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep the state of ``rows`` only (the loop stopped the others)."""
+        self.eta, self.increases = self.eta[rows], self.increases[rows]
+        self.halved_last, self.loss_max_last = self.halved_last[rows], self.loss_max_last[rows]
+
     def observe(self, rose: torch.Tensor) -> None:
         self.increases += rose.to(self.increases.dtype)
 
@@ -141,6 +146,11 @@ class L1SparsityRule:
 
     def observe(self, rose: torch.Tensor) -> None:
         pass
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep the state of ``rows`` only (the loop stopped the others; k_max stays a bound)."""
+        self.eta, self.k = self.eta[rows], self.k[rows]
+        self.sparsity_old, self.loss_max_last = self.sparsity_old[rows], self.loss_max_last[rows]
 
     def _sparsity(self, delta: torch.Tensor) -> torch.Tensor:
         s = (delta.reshape(delta.shape[0], -1).abs() > ZERO_TOL).sum(dim=1)

@@ -12,31 +12,33 @@ Named suites (``suite_names()``):
 
 - ``quick``: PGD per threat (20 steps, one random start) — a fast smoke test, not a claim.
 - ``standard``: the AutoAttack-style white-box protocol of Croce & Hein (2022) §2 / E-AT, then a
-  survivor round of ours. First, per threat, APGD-CE (100 steps) then targeted APGD-DLR
-  (100 steps) with AutoAttack's standard budgets (ℓ∞/ℓ2: 1 restart, 9 target classes; ℓ1:
-  5 restarts, 5 target classes); for ℓ1 the APGD class is the box-aware ℓ1-APGD of "Mind the
-  box" (it dispatches on the threat), run with that paper's large-ε schedule (3ε, 2ε, then ε;
-  AutoAttack's ``use_largereps``). Then, on the points still robust (:data:`SURVIVOR_ROUND`),
-  fresh random starts: ℓ∞/ℓ2 a second targeted pass on the 3 most likely targets started on
-  the ball's surface (as AutoAttack starts, ``start="surface"``); ℓ1 a targeted pass (3
-  targets) from fresh starts and longer runs (300 steps with the CE and the margin loss, 1,000
-  steps with CE), because ℓ1-APGD's sparse search misses points that sit within a few
-  hundredths of the decision margin when it stops at 100 steps (issue 8,
-  benchmarks/RESULTS.md), and a last pass of AutoAttack's ℓ1 APGD-CE budget (5 restarts) from
-  new starts (on the benchmark's MSD LeNet, AutoAttack's own starts break ℓ1 points none of
-  the longer runs finds; other starts find them). Every point the second targeted passes broke
-  on the benchmark's six models fell to one of its 3 most likely targets. The round runs only
-  on the survivors, so its cost grows with the robust accuracy; APGD stacks its restarts and
-  targets side by side there (:meth:`~unionrobust.attacks.base.Attack.with_row_budget`).
-  Then the escalation (:data:`ESCALATION`, issue 16), again only on the
-  survivors: a short Square (1,000 queries); and on evidence of gradient masking —
-  thresholding first-layer filters (for ℓ2 and ℓ1, the norms they mask, and for ℓ∞ its
-  gradient-free part), or a gradient-free pass that broke a point of that threat —
-  AutoAttack's FAB-T (9 targets, 100 steps) and Square (5,000 queries; an ℓ1 version for ℓ1;
-  for ℓ∞ two more runs on the near misses of the first, :data:`SQUARE_NEAR_MISS`),
-  for ℓ2 (on models with such filters) two more Square runs side by side with fresh draws and
-  for ℓ1 the Pointwise attack with 10 restarts (ℓ∞-trained MNIST models mask the ℓ2/ℓ1
-  gradients: MSD §5.1, Tramèr & Boneh §4).
+  survivor round of ours. First, per threat, APGD-CE (100 steps) then targeted APGD-DLR (100 steps)
+  with AutoAttack's standard budgets (ℓ∞/ℓ2: 1 restart, 9 target classes; ℓ1: 5 restarts, 5 target
+  classes; every APGD pass of ``standard`` stops a point at its first misclassified iterate,
+  ``early_stop``: the full runs' verdicts, in less time); for ℓ1 the APGD class is the box-aware
+  ℓ1-APGD of "Mind the box" (it dispatches on the threat), run with that paper's large-ε schedule
+  (3ε, 2ε, then ε; AutoAttack's ``use_largereps``). Then, on the points still robust
+  (:data:`SURVIVOR_ROUND`), fresh random starts: ℓ∞/ℓ2 a second targeted pass on the 3 most likely
+  targets started on the ball's surface (as AutoAttack starts, ``start="surface"``); ℓ1 a targeted
+  pass (3 targets) from fresh starts and longer runs (300 steps with the CE and the margin loss),
+  because ℓ1-APGD's sparse search misses points that sit within a few hundredths of the decision
+  margin when it stops at 100 steps (issue 8, benchmarks/RESULTS.md), and a last pass of
+  AutoAttack's ℓ1 APGD-CE budget (5 restarts) from new starts (on the benchmark's MSD LeNet,
+  AutoAttack's own starts break ℓ1 points none of the longer runs finds; other starts find them). A
+  1,000-step CE run (:data:`L1_LONG_RUN`) opens the ℓ1 masked tier below: it breaks
+  reference-broken points the round misses only on ℓ∞-trained models. Every point the second
+  targeted passes broke on the benchmark's six models fell to one of its 3 most likely targets. The
+  round runs only on the survivors, so its cost grows with the robust accuracy; APGD stacks its
+  restarts and targets side by side there
+  (:meth:`~unionrobust.attacks.base.Attack.with_row_budget`). Then the escalation
+  (:data:`ESCALATION`, issue 16), again only on the survivors: a short Square (1,000 queries); and
+  on evidence of gradient masking — thresholding first-layer filters (for ℓ2 and ℓ1, the norms they
+  mask, and for ℓ∞ its gradient-free part), or a gradient-free pass that broke a point of that
+  threat — (for ℓ1 first the 1,000-step ℓ1-APGD-CE run) AutoAttack's FAB-T (9 targets, 100 steps)
+  and Square (5,000 queries; an ℓ1 version for ℓ1; for ℓ∞ two more runs on the near misses of the
+  first, :data:`SQUARE_NEAR_MISS`), for ℓ2 (on models with such filters) two more Square runs side
+  by side with fresh draws and for ℓ1 the Pointwise attack with 10 restarts (ℓ∞-trained MNIST
+  models mask the ℓ2/ℓ1 gradients: MSD §5.1, Tramèr & Boneh §4).
 - ``msd-paper``: PGD as at test time in Maini et al. (2020) App. C.1/B.1 on MNIST: iterations
   (ℓ∞, ℓ2, ℓ1) = (100, 200, 100), 10 restarts (the first from δ = 0, the others random), step
   sizes scaled from App. C.1 relative to ε (α/ε = 0.01/0.3, 0.1/2, 0.8/10), ℓ1 steps on the top-k
@@ -278,6 +280,7 @@ L1_LONG_RUN: dict[str, Any] = {
     "restarts": 1,
     "loss": "ce",
     "large_eps": True,
+    "early_stop": True,
     "seed_offset": 4,
 }
 
@@ -410,7 +413,8 @@ def _standard(threats: Union, _masked: str = "masked") -> list[SuiteEntry]:
     for i, t in enumerate(threats):
         l1 = isinstance(t, L1)
         restarts, targets = (5, 5) if l1 else (1, 9)
-        extra = {"large_eps": True} if l1 else {}
+        # every APGD pass stops a point at its first misclassified iterate (same verdicts)
+        extra = {"large_eps": True, "early_stop": True} if l1 else {"early_stop": True}
         out.append(_entry(i, "apgd-ce", _apgd, steps=100, restarts=restarts, loss="ce", **extra))
         out.append(
             _entry(
