@@ -295,16 +295,21 @@ def test_restarts_and_targets_run_only_on_robust_points(linear_model):
     assert model.sizes == [10] + [7] * (2 * (10 + 3))
 
 
+def _margin_setup(linear_model, norm: str, steps: int):
+    """12 points of a 5-class linear model and a targeted APGD (3 targets × 2 restarts) whose
+    ε breaks some of them and not others: (model, x, y, threat, APGD keywords)."""
+    model = linear_model(dim=36, classes=5, seed=3)
+    x = torch.rand(12, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    threat = _threat(norm, 0.6 if norm != "linf" else 0.04)
+    kw = dict(steps=steps, restarts=2, loss="dlr-targeted", n_targets=3, seed=4, **_large(norm))
+    return model, x, _predicted(model, x), threat, kw
+
+
 @pytest.mark.parametrize("norm", VARIANTS)
 def test_stacked_passes_give_the_verdicts_of_passes_one_after_another(linear_model, norm):
     """Passes side by side (a row budget above the batch) draw what they draw one after another:
     the same points break, and a point no pass breaks ends at the same best point and loss."""
-    model = linear_model(dim=36, classes=5, seed=3)
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(12, 1, 6, 6, generator=g)
-    y = _predicted(model, x)
-    threat = _threat(norm, 0.6 if norm != "linf" else 0.04)
-    kw = dict(steps=8, restarts=2, loss="dlr-targeted", n_targets=3, seed=4, **_large(norm))
+    model, x, y, threat, kw = _margin_setup(linear_model, norm, steps=8)
     alone = APGD(threat, **kw)(model, x, y)
     stacked = APGD(threat, **kw).with_row_budget(1000)(model, x, y)
     assert 0 < int(alone.success.sum()) < 12  # some points break, some do not
@@ -320,12 +325,7 @@ def test_early_stop_changes_no_verdict_and_no_unbroken_point(linear_model, norm,
     """``early_stop`` drops a row once it (or a row of the same example side by side) is
     misclassified: the same points break, each at a misclassified point in ball ∩ box, and the
     points no pass breaks end at the same best point and loss."""
-    model = linear_model(dim=36, classes=5, seed=3)
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(12, 1, 6, 6, generator=g)
-    y = _predicted(model, x)
-    threat = _threat(norm, 0.6 if norm != "linf" else 0.04)
-    kw = dict(steps=12, restarts=2, loss="dlr-targeted", n_targets=3, seed=4, **_large(norm))
+    model, x, y, threat, kw = _margin_setup(linear_model, norm, steps=12)
     runs = []
     for early in (False, True):
         attack = APGD(threat, early_stop=early, **kw)
