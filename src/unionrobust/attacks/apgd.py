@@ -49,6 +49,7 @@ from unionrobust.attacks.base import (
 )
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError, check_fraction, check_int, unknown_name
+from unionrobust.geometry.batch import groups_clear
 from unionrobust.geometry.batch import rows as _rows
 from unionrobust.losses import get_loss, targeted_dlr
 from unionrobust.rng import KeyedRandom
@@ -112,9 +113,7 @@ def _still_running(
 ) -> torch.Tensor | None:
     """The positions (in ``live``, or all rows) of the rows whose group (ids < ``n_groups``)
     has no success yet; None when every live row still runs. One host read."""
-    succ = success if live is None else success[live]
-    hits = torch.zeros(n_groups, dtype=torch.long, device=group.device)
-    running = hits.index_add_(0, group, succ.long())[group] == 0
+    running = groups_clear(success if live is None else success[live], group, n_groups)
     if bool(running.all()):
         return None
     return running.nonzero().squeeze(1)
@@ -307,7 +306,7 @@ class APGD(Attack):
         y: torch.Tensor,
         rand: KeyedRandom,
         counter: int,
-        loss_fn: LossFn,
+        loss_fn: RowLoss,
         group: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One pass (all stages) on rows ``x``; ``group``: each row's example (rows of passes
@@ -340,7 +339,7 @@ class APGD(Attack):
         steps: int,
         delta: torch.Tensor,
         warm: bool,
-        loss_fn: LossFn,
+        loss_fn: RowLoss,
         track: bool,
         group: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BestTracker | None]:
@@ -375,7 +374,7 @@ class APGD(Attack):
                     grad, grad_max = grad[keep], grad_max[keep]
                     loss, loss_max = loss[keep], loss_max[keep]
                     rule.keep(keep)
-                    loss_fn = loss_fn.subset(keep) if isinstance(loss_fn, RowLoss) else loss_fn
+                    loss_fn = loss_fn.subset(keep)
             z = threat.project(delta + rule.step(grad, delta, x), x)
             a = rule.momentum if t > 1 else 1.0
             new = (

@@ -21,6 +21,7 @@ from unionrobust.attacks.base import Attack, AttackResult, forward, misclassifie
 from unionrobust.attacks.best import BestTracker
 from unionrobust.errors import UnionRobustError, check_fraction, check_int
 from unionrobust.geometry.ball_box import l2_box_scale
+from unionrobust.geometry.batch import groups_clear
 from unionrobust.geometry.batch import rows as _rows
 from unionrobust.losses import cw_margin
 from unionrobust.threats import ThreatModel, single_threat
@@ -174,8 +175,7 @@ class Square(Attack):
                 draws = rs.uniform_steps(ctrs, width, torch.float64)
             alive = ms > 0
             if gs is not None:  # an example broken by one of its rows stops in all of them
-                hits = torch.zeros(n_groups, dtype=torch.long, device=x.device)
-                alive = hits.index_add_(0, gs, (~alive).long())[gs] == 0
+                alive = groups_clear(~alive, gs, n_groups)
             if not bool(alive.all()):  # drop the rows broken last step
                 cur, margin = cur.index_copy(0, rows, cs), margin.index_copy(0, rows, ms)
                 keep = alive.nonzero().squeeze(1)

@@ -27,6 +27,14 @@ def rows(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (ref.dim() - 1)))
 
 
+def groups_clear(done: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Per row, whether no row of its group is ``done`` (bool (R,); ``group`` the rows' group
+    ids, all < ``n_groups``): the rows of an example run side by side (targets, restarts) stop
+    together once one of them broke it."""
+    hits = torch.zeros(n_groups, dtype=torch.long, device=group.device)
+    return hits.index_add_(0, group, done.long())[group] == 0
+
+
 def work_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 for the breakpoint sums: as cheap as float32 next to the sort, and it keeps the
     float32 results exact to a few ulps even for tiny ε (no cancellation in |a| − λ)."""
